@@ -1,0 +1,84 @@
+"""The method interface: what a balancing method does to one training batch.
+
+A method turns (model, inputs, labels) into one scalar loss whose single
+backward pass gives every parameter group the gradient the method intends.
+Methods that must touch gradients after the backward pass (gradient
+modulation) override `after_backward`. Trainers know nothing else about them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bmlr.registry import Registry
+
+METHODS: Registry[type["Method"]] = Registry("method")
+
+
+@dataclass
+class StepResult:
+    loss: Tensor  # scalar, the one tensor the trainer backpropagates
+    fused_logits: Tensor  # detached, [B, C]
+    unimodal_logits: dict[str, Tensor]  # detached, modality -> [B, C]
+    stats: dict[str, float] = field(default_factory=dict)  # summed over the batch, e.g. "reshaped/audio"
+    losses: dict[str, Tensor] = field(default_factory=dict)  # the parts of `loss`: "fused", one per modality
+
+
+class Method:
+    """Base class. Subclasses set `name` through `@METHODS.register(name)`."""
+
+    #: method_args this method accepts, with defaults (validated in __init__)
+    default_args: dict[str, Any] = {}
+
+    def __init__(self, cfg) -> None:
+        self.cfg = cfg
+        unknown = sorted(set(cfg.method_args) - set(self.default_args))
+        if unknown:
+            raise ValueError(
+                f"method {cfg.method!r} does not accept method_args {unknown}; "
+                f"accepted: {sorted(self.default_args) or 'none'}"
+            )
+        self.args = {**self.default_args, **cfg.method_args}
+
+    def training_step(self, model, inputs: dict[str, Tensor], labels: Tensor) -> StepResult:
+        raise NotImplementedError
+
+    def after_backward(self, model) -> None:
+        """Hook between backward and optimizer step (gradient modulation methods)."""
+
+    def on_epoch_start(self, model, epoch: int) -> None:
+        """Hook at the start of each training epoch (methods with schedules)."""
+
+
+def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean over the batch of -sum_c target_c log softmax(logits)_c (equation 10)."""
+    return -(target * F.log_softmax(logits.float(), dim=-1)).sum(dim=-1).mean()
+
+
+def hard_cross_entropy(logits: Tensor, labels: Tensor) -> Tensor:
+    return F.cross_entropy(logits.float(), labels)
+
+
+def detached(features: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {u: z.detach() for u, z in features.items()}
+
+
+def probe_unimodal_logits(model, features: dict[str, Tensor], labels: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """Unimodal logits for monitoring, for methods that train no unimodal path.
+
+    Concat and sum read them off the decision layer (equation 3), which costs
+    nothing and needs no loss. FiLM and gated have separate unimodal heads; they
+    are trained here as linear probes on detached features, so they report each
+    modality's accuracy without changing what the encoders or the fused head learn.
+    """
+    fusion = model.fusion
+    if not fusion.separate_unimodal_heads:
+        with torch.no_grad():
+            return fusion.unimodal_logits(detached(features)), labels.new_zeros((), dtype=torch.float32)
+    logits = fusion.unimodal_logits(detached(features))
+    loss = sum(hard_cross_entropy(z, labels) for z in logits.values())
+    return logits, loss
