@@ -1,0 +1,227 @@
+"""The epoch loop: build data, model, method and optimizer from a Config, then
+train one epoch at a time. The production CLI (`bmlr.train`) and the Ray Tune
+trainable both drive `Trainer.step_epoch()`; this module knows nothing of Ray.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from bmlr.config import Config
+from bmlr.data import DataSplits, build_datasets
+from bmlr.methods import METHODS
+from bmlr.metrics import classification_metrics
+from bmlr.models import MultimodalModel, build_model
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def encoder_spec(cfg: Config, kind: str, shape: tuple) -> tuple[str, dict]:
+    """Which encoder reads which kind of input (the paper: ResNet-18 for spectrograms
+    and frames, a Transformer for sequence features)."""
+    blocks = (cfg.model_depth,) * 4
+    if kind == "spectrogram":
+        return "resnet_audio", {"in_channels": shape[0], "base_width": cfg.model_width, "blocks": blocks}
+    if kind == "frames":
+        return "resnet_visual", {"base_width": cfg.model_width, "blocks": blocks}
+    if kind == "sequence":
+        return "transformer", {"d_in": shape[-1], "d_model": cfg.model_width, "layers": cfg.model_depth,
+                               "max_len": max(shape[0], 1)}
+    raise ValueError(f"no encoder for input kind {kind!r}")
+
+
+def build_model_for(cfg: Config, data: DataSplits) -> MultimodalModel:
+    encoders = {u: encoder_spec(cfg, spec.kind, tuple(spec.shape)) for u, spec in data.modalities.items()}
+    return build_model(encoders, cfg.fusion, data.num_classes)
+
+
+def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+                                weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+    return None
+
+
+class Trainer:
+    """Owns one seed's model, method, optimizer and epoch counter."""
+
+    def __init__(self, cfg: Config, seed: int, data: DataSplits | None = None,
+                 device: torch.device | None = None, progress: bool = False):
+        self.cfg, self.seed, self.progress = cfg, seed, progress
+        self.device = device or resolve_device(cfg.device)
+        seed_everything(seed)
+        self.data = data if data is not None else build_datasets(cfg)
+        self.model = build_model_for(cfg, self.data).to(self.device)
+        self.method = METHODS.get(cfg.method)(cfg)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.scheduler = build_scheduler(cfg, self.optimizer)
+        use_cuda = self.device.type == "cuda"
+        self.amp_dtype = None
+        if use_cuda and cfg.amp:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.epoch = 0  # epochs completed
+        self.best_epoch = -1
+        self.best_val: dict[str, float] = {}
+        self.best_model_state: dict | None = None
+        self.history: list[dict[str, float]] = []
+
+    # --- data ---------------------------------------------------------------------------
+    def loader(self, split: str) -> DataLoader:
+        dataset = getattr(self.data, split)
+        train = split == "train"
+        # the shuffle order depends only on (seed, epoch), so a resumed run sees the same batches
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch) if train else None
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=train, generator=generator,
+                          num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    def _to_device(self, inputs: dict, labels: torch.Tensor):
+        nb = self.device.type == "cuda"
+        return {u: x.to(self.device, non_blocking=nb) for u, x in inputs.items()}, labels.to(self.device, non_blocking=nb)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    # --- one epoch ----------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        self.model.train()
+        self.method.on_epoch_start(self.model, self.epoch)
+        totals: dict[str, float] = {}
+        seen, loss_sum = 0, 0.0
+        batches = self.loader("train")
+        if self.progress:
+            from tqdm import tqdm
+            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
+        for inputs, labels in batches:
+            inputs, labels = self._to_device(inputs, labels)
+            with self._autocast():
+                result = self.method.training_step(self.model, inputs, labels)
+            if not torch.isfinite(result.loss):
+                raise FloatingPointError(
+                    f"training loss became {result.loss.item()} at epoch {self.epoch + 1} "
+                    f"(method {self.cfg.method}, lr {self.cfg.lr}, alpha {self.cfg.alpha}, beta {self.cfg.beta})")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(result.loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            self.method.after_backward(self.model)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            n = len(labels)
+            seen += n
+            loss_sum += result.loss.item() * n
+            for key, value in result.stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+        if self.scheduler is not None:
+            self.scheduler.step()
+        metrics = {"train_loss": loss_sum / max(seen, 1)}
+        metrics.update(totals)  # counts per epoch, e.g. reshaped/audio (the paper's Figure 3a)
+        return metrics
+
+    @torch.no_grad()
+    def predict(self, split: str):
+        """Fused logits, unimodal logits and labels of a whole split (float32, CPU)."""
+        self.model.eval()
+        fused, unimodal, all_labels = [], {}, []
+        for inputs, labels in self.loader(split):
+            inputs, labels = self._to_device(inputs, labels)
+            with self._autocast():
+                f, uni = self.model(inputs)
+            fused.append(f.float().cpu())
+            for u, z in uni.items():
+                unimodal.setdefault(u, []).append(z.float().cpu())
+            all_labels.append(labels.cpu())
+        return (torch.cat(fused), {u: torch.cat(z) for u, z in unimodal.items()}, torch.cat(all_labels))
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        fused, unimodal, labels = self.predict(split)
+        metrics = classification_metrics(fused, unimodal, labels, self.data.num_classes)
+        metrics["loss"] = torch.nn.functional.cross_entropy(fused, labels).item()
+        return metrics
+
+    def step_epoch(self) -> dict[str, float]:
+        """Train one epoch, evaluate on validation, track the best epoch. Never reads test."""
+        metrics = self.train_epoch()
+        val = self.evaluate("val")
+        self.epoch += 1
+        metrics.update({f"val_{k}": v for k, v in val.items()})
+        metrics["epoch"] = self.epoch
+        if self.best_epoch < 0 or val["acc"] > self.best_val["acc"]:
+            self.best_epoch, self.best_val = self.epoch, val
+            self.best_model_state = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+        metrics["best_val_acc"] = self.best_val["acc"]
+        self.history.append(metrics)
+        return metrics
+
+    def load_best(self) -> None:
+        if self.best_model_state is not None:
+            self.model.load_state_dict(self.best_model_state)
+
+    # --- checkpoints --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best_epoch": self.best_epoch,
+            "best_val": self.best_val,
+            "best_model_state": self.best_model_state,
+            "history": self.history,
+            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+                    "torch": torch.get_rng_state(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.epoch = state["epoch"]
+        self.best_epoch, self.best_val = state["best_epoch"], state["best_val"]
+        self.best_model_state = state["best_model_state"]
+        self.history = state["history"]
+        rng = state["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
+    return mean, math.sqrt(var)
