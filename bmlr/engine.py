@@ -81,6 +81,7 @@ class Trainer:
         self.method = METHODS.get(cfg.method)(cfg)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
+        self.method.setup(self.model, self.optimizer)
         use_cuda = self.device.type == "cuda"
         self.amp_dtype = None
         if use_cuda and cfg.amp:
@@ -154,7 +155,7 @@ class Trainer:
         for inputs, labels in self.loader(split):
             inputs, labels = self._to_device(inputs, labels)
             with self._autocast():
-                f, uni = self.model(inputs)
+                f, uni = self.method.predict(self.model, inputs)
             fused.append(f.float().cpu())
             for u, z in uni.items():
                 unimodal.setdefault(u, []).append(z.float().cpu())
@@ -189,6 +190,7 @@ class Trainer:
     def state_dict(self) -> dict:
         return {
             "model": self.model.state_dict(),
+            "method": self.method.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
@@ -204,6 +206,7 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
+        self.method.load_state_dict(state["method"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler and state["scheduler"]:
             self.scheduler.load_state_dict(state["scheduler"])

@@ -44,8 +44,22 @@ class Method:
             )
         self.args = {**self.default_args, **cfg.method_args}
 
+    def setup(self, model, optimizer) -> None:
+        """Called once after the optimizer is built (methods that add learners add them here)."""
+
     def training_step(self, model, inputs: dict[str, Tensor], labels: Tensor) -> StepResult:
         raise NotImplementedError
+
+    def predict(self, model, inputs: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Fused and unimodal logits at evaluation time."""
+        return model(inputs)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that a checkpoint must keep (added learners, running statistics)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
 
     def after_backward(self, model) -> None:
         """Hook between backward and optimizer step (gradient modulation methods)."""
