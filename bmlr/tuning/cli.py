@@ -1,0 +1,146 @@
+"""`bmlr-tune` / `python tune.py`: tune BMLR with Ray Tune (Optuna TPE + ASHA), log to MLflow.
+
+    python tune.py --dataset ave --samples 64 --data-root /data/AVE
+    python tune.py --samples 8 --max-epochs 6 --set model_width=8      # synthetic default
+    python tune.py --dataset ave --name bmlr-20250101-120000 --resume   # continue a study
+    python tune.py export --run-id <MLflow run id> -o chosen.yaml       # any trial -> YAML
+
+See docs/tuning.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from bmlr.config import ConfigError
+
+EXIT_ERROR = 2
+EXIT_NO_RESULT = 1
+EXIT_INTERRUPTED = 130
+
+
+def _parse_overrides(items: list[str]) -> dict:
+    import yaml
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
+def study_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bmlr-tune", description="Tune BMLR hyperparameters with Ray Tune (Optuna TPE search, ASHA "
+        "early stopping), one MLflow parent run per study and a nested run per trial. "
+        "`bmlr-tune export --help` exports a trial chosen in MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("what to tune")
+    g.add_argument("--dataset", default="synthetic",
+                   help="data set (synthetic, cremad, ks, ave, avmnist, mosi, mosei)")
+    g.add_argument("--data-root", help="the data set's folder (default: the generated synthetic data set)")
+    g.add_argument("--method", help="training method (default: the search space's fixed method, else bmlr)")
+    g.add_argument("--search-space", help="search-space YAML (default: search_spaces/<dataset>.yaml, looked up "
+                   "in the current folder, then in the project)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix one more configuration key for every trial and the export (repeatable), "
+                   "e.g. --set model_width=8 --set epochs=10")
+    g = p.add_argument_group("search and early stopping")
+    g.add_argument("--samples", type=int, default=16, help="number of trials")
+    g.add_argument("--max-epochs", type=int, help="epochs a trial trains at most (ASHA's max_t; default: the "
+                   "search space's fixed epochs). The exported YAML keeps the full fixed epochs")
+    g.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    g.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/factor of trials per rung")
+    g.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
+    g.add_argument("--max-failures", type=int, default=0,
+                   help="retries of a failed trial (from its last checkpoint) before it counts as failed")
+    g = p.add_argument_group("resources")
+    g.add_argument("--concurrent", type=int, help="trials at once (default: as many as the resources allow)")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional values share a GPU, e.g. 0.25")
+    g.add_argument("--address", help="an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: start a "
+                   "local one")
+    g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    g = p.add_argument_group("where results go")
+    g.add_argument("--storage", default="tune_runs", help="results folder; a study lives in "
+                   "<storage>/<dataset>/<name>/")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                   "sqlite:////<abs storage>/mlflow.db)")
+    g.add_argument("--experiment", help="MLflow experiment (default: bmlr-tune-<dataset>)")
+    g.add_argument("--name", help="study name (default: <method>-<timestamp>)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted study (--name, default: the "
+                   "latest study of --dataset in --storage); finished trials are not rerun")
+    g.add_argument("--top", type=int, default=5, help="rows of the summary table")
+    g.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
+                   help="0: summary only, 1: Ray Tune's progress table, 2: also Ray's logs and trial output")
+    return p
+
+
+def export_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bmlr-tune export", description="Write a trial's configuration (an MLflow run id from the UI) as a "
+        "production YAML for `python -m bmlr.train --config`. A study's parent run id exports its best trial.")
+    p.add_argument("--run-id", required=True, help="MLflow run id of a trial (or of a study)")
+    p.add_argument("-o", "--output", required=True, help="YAML file to write")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite in --storage")
+    p.add_argument("--storage", default="tune_runs", help="where the default SQLite store lives")
+    p.add_argument("--epochs", type=int, help="production epochs (default: the study's fixed epochs)")
+    p.add_argument("--seeds", type=int, nargs="+", help="production seeds (default: the study's fixed seeds)")
+    return p
+
+
+def export_main(argv: list[str]) -> int:
+    from bmlr.tuning import tracking
+    from bmlr.tuning.export import ExportError, export_run
+
+    args = export_parser().parse_args(argv)
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
+        Path(args.storage).expanduser())
+    try:
+        tracking.check_reachable(uri)
+        path, cfg = export_run(args.run_id, args.output, uri, epochs=args.epochs, seeds=args.seeds)
+    except (ExportError, tracking.TrackingError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"wrote {path} ({cfg.dataset}, method {cfg.method}, {cfg.epochs} epochs, seeds {cfg.seeds})\n"
+          f"train it: python -m bmlr.train --config {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
+    args = study_parser().parse_args(argv)
+
+    from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
+    from bmlr.tuning.study import StudyError, StudySettings, run_study
+
+    try:
+        overrides = _parse_overrides(args.overrides)
+        search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
+        settings = StudySettings(
+            dataset=args.dataset, search_space=search_space, data_root=args.data_root, method=args.method,
+            samples=args.samples, max_epochs=args.max_epochs, grace_period=args.grace_period,
+            reduction_factor=args.reduction_factor, concurrent=args.concurrent, cpus_per_trial=args.cpus_per_trial,
+            gpus_per_trial=args.gpus_per_trial, storage=args.storage, tracking_uri=args.tracking_uri,
+            experiment=args.experiment, name=args.name, seed=args.seed, max_failures=args.max_failures,
+            overrides=overrides)
+        outcome = run_study(settings, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
+                            verbose=args.verbose, top=args.top)
+    except (SearchSpaceError, ConfigError, StudyError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return 0 if outcome.best is not None else EXIT_NO_RESULT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

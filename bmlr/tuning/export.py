@@ -1,0 +1,99 @@
+"""Turn a trial's configuration into a production YAML for `python -m bmlr.train`.
+
+A trial trains `--max-epochs` epochs with the study's one seed; the production run
+trains the full `epochs` with all `seeds` of the search space's `fixed` part (the
+`export.epochs` / `export.seeds` tags of the trial's MLflow run) and evaluates the
+test split once per seed. Everything else is the trial's configuration as trained.
+
+    bmlr-tune export --run-id <MLflow run id> -o best.yaml [--tracking-uri URI]
+
+A study's parent run id exports the study's best trial.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bmlr.config import Config, ConfigError, from_dict
+
+
+class ExportError(RuntimeError):
+    """The run cannot be exported."""
+
+
+def production_config(trial_config: dict[str, Any], epochs: int | None = None,
+                      seeds: list[int] | None = None) -> Config:
+    data = dict(trial_config)
+    if epochs is not None:
+        data["epochs"] = int(epochs)
+    if seeds is not None:
+        data["seeds"] = list(seeds)
+    data["name"] = None  # bmlr.train names the run folder itself and never overwrites
+    return from_dict(data, source="exported configuration")
+
+
+def write_config(cfg: Config, path: str | Path, header: list[str] | None = None) -> Path:
+    path = Path(path).expanduser().resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [f"# {line}" for line in (header or [])]
+    lines.append(f"# Train it: python -m bmlr.train --config {path}")
+    text = "\n".join(lines) + "\n" + cfg.to_yaml()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _config_from_run(client, run) -> dict[str, Any]:
+    """The trial's configuration: its `config.yaml` artifact, else its params."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = client.download_artifacts(run.info.run_id, "config.yaml", folder)
+            data = yaml.safe_load(Path(local).read_text())
+            if isinstance(data, dict):
+                return data
+        except Exception:
+            pass
+    from bmlr.config import FIELD_NAMES
+
+    params = {k: yaml.safe_load(v) for k, v in run.data.params.items() if k in FIELD_NAMES}
+    if not params:
+        raise ExportError(f"run {run.info.run_id} has neither a config.yaml artifact nor configuration params; "
+                          f"is it a bmlr-tune trial run?")
+    return params
+
+
+def export_run(run_id: str, out: str | Path, tracking_uri: str, epochs: int | None = None,
+               seeds: list[int] | None = None) -> tuple[Path, Config]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except Exception as err:
+        raise ExportError(f"run {run_id!r} not found at {tracking_uri} ({err})") from None
+    tags = run.data.tags
+    if "best_run_id" in tags and "trial_id" not in tags:  # a study's parent run: its best trial
+        print(f"run {run_id} is the study {tags.get('study', '')!r}; exporting its best trial "
+              f"{tags['best_run_id']}")
+        run = client.get_run(tags["best_run_id"])
+        tags = run.data.tags
+    trial_config = _config_from_run(client, run)
+    if epochs is None and "export.epochs" in tags:
+        epochs = int(tags["export.epochs"])
+    if seeds is None and "export.seeds" in tags:
+        seeds = yaml.safe_load(tags["export.seeds"])
+    try:
+        cfg = production_config(trial_config, epochs, seeds)
+    except ConfigError as err:
+        raise ExportError(f"run {run.info.run_id}: {err}") from None
+    val = run.data.metrics.get("best_val_acc")
+    header = [f"Exported by bmlr-tune from MLflow run {run.info.run_id}"
+              + (f" (study {tags['study']}, trial {tags.get('trial_id', '?')})" if "study" in tags else ""),
+              f"tracking URI: {tracking_uri}"]
+    if val is not None:
+        header.append(f"trial's best validation accuracy: {val:.4f} (epochs trained: {tags.get('epochs_trained', '?')})")
+    return write_config(cfg, out, header), cfg

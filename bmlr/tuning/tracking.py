@@ -1,0 +1,324 @@
+"""MLflow tracking of a study: one parent run per study, one nested run per trial.
+
+Written with `MlflowClient` (no global active run, no autologging), so the driver
+decides exactly what is logged and where:
+
+* parent run (created by the study before any trial starts; its id is stored in
+  the study folder so `--resume` keeps logging into it): tags `dataset`,
+  `method`, `search_space`, `git_commit`, `study`; the study settings as params;
+  at the end the search space, `best.yaml` and `trials.csv` as artifacts, the
+  best trial's run id as tag `best_run_id` and its score as metric `best_val_acc`.
+* nested run per trial (tag `mlflow.parentRunId`, which the MLflow UI nests):
+  the sampled keys and the whole trial configuration as params, `config.yaml`
+  (the configuration the trial trained) as an artifact, one metric point per
+  epoch (step = epoch), its final status (FINISHED / FAILED / KILLED) and tags
+  `trial_status` (completed, stopped_early, failed, interrupted),
+  `early_stopped` (true when ASHA stopped it before `--max-epochs`),
+  `epochs_trained`, `error` for failed trials and `best_trial` (true on the best).
+  Tags `export.epochs` / `export.seeds` hold the production settings, so
+  `bmlr-tune export --run-id` rebuilds a production YAML from any trial run.
+
+A Tune callback runs in the driver; Tune pickles it into the experiment state,
+so it holds only plain data and opens its MLflow client lazily.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ray.tune import Callback
+
+from bmlr.tuning.search_space import to_flat_params
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# Keys Ray adds to every result: not metrics of ours.
+RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
+            "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
+            "iterations_since_restore", "experiment_tag", "should_checkpoint", "time_this_iter_s",
+            "warmup_time", "experiment_id"}
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be used."""
+
+
+def default_tracking_uri(storage: Path) -> str:
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def _is_http(uri: str) -> bool:
+    return urllib.parse.urlparse(uri).scheme in ("http", "https")
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (no retry loop) when an HTTP tracking server does not answer, and
+    when a SQLite store's folder cannot be created."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                response.read(64)
+        except urllib.error.HTTPError as err:
+            if err.code >= 500:
+                raise TrackingError(f"tracking server {uri} answered {err.code} to {url}") from None
+            # a server without /health (a proxy, Databricks): it answered, so it is reachable
+        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(f"tracking server {uri} is not reachable ({reason}); start it "
+                                f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`) or pass another "
+                                f"--tracking-uri") from None
+    elif parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):]
+        if not path.startswith("/"):
+            raise TrackingError(f"tracking URI {uri}: use an absolute path, sqlite:////abs/path/mlflow.db "
+                                f"(trials and the MLflow UI run in other folders)")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"tracking URI {uri}: cannot create {Path(path).parent} ({err})") from None
+    elif parsed.scheme in ("", "file"):
+        raise TrackingError(f"tracking URI {uri!r}: MLflow's plain file store is not supported here; "
+                            f"use sqlite:////abs/path/mlflow.db or an http(s) tracking server")
+
+
+def artifact_location_for(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts. For a SQLite store: beside the database
+    (MLflow's default `./mlruns` would depend on the current folder); servers decide."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    client = client_for(uri)
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            return client.create_experiment(name, artifact_location=artifact_location_for(uri))
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    except Exception as err:  # any store error: report before a trial starts
+        raise TrackingError(f"tracking URI {uri}: cannot open experiment {name!r} ({err})") from None
+
+
+def git_commit(root: Path) -> str | None:
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def create_parent_run(uri: str, experiment_id: str, name: str, tags: dict[str, str],
+                      params: dict[str, Any]) -> str:
+    client = client_for(uri)
+    run = client.create_run(experiment_id, run_name=name, tags={k: str(v) for k, v in tags.items()})
+    log_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(client, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    flat = to_flat_params(params)
+    items = [Param(k, v[:6000]) for k, v in flat.items()]
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def trial_status(last_epoch: int | None, max_epochs: int, errored: bool) -> str:
+    if errored:
+        return "failed"
+    if last_epoch is not None and last_epoch < max_epochs:
+        return "stopped_early"
+    return "completed"
+
+
+class MLflowTrialLogger(Callback):
+    """Nested MLflow run per trial under the study's parent run."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict,
+                 max_epochs: int, export_epochs: int, export_seeds: list[int], study: str):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.base_config = dict(base_config)
+        self.max_epochs = int(max_epochs)
+        self.export_epochs = int(export_epochs)
+        self.export_seeds = list(export_seeds)
+        self.study = study
+        self._reset()
+
+    def _reset(self) -> None:
+        self._client = None
+        self._runs: dict[str, str] = {}  # trial id -> run id
+        self._last_step: dict[str, int] = {}  # run id -> last epoch logged
+        self._last_epoch: dict[str, int] = {}  # trial id -> last epoch reported
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        for key in ("_client", "_runs", "_last_step", "_last_epoch"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._reset()
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = client_for(self.tracking_uri)
+        return self._client
+
+    # --- runs ---------------------------------------------------------------------
+    def find_run(self, trial_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{trial_id}'",
+            max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def run_for(self, trial) -> str:
+        trial_id = trial.trial_id
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        run_id = self.find_run(trial_id)
+        if run_id is None:
+            run = self.client.create_run(
+                self.experiment_id, run_name=f"trial_{trial_id}",
+                tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id,
+                      "study": self.study, "trial_status": "running",
+                      "export.epochs": str(self.export_epochs),
+                      "export.seeds": yaml.safe_dump(self.export_seeds, default_flow_style=True).strip()})
+            run_id = run.info.run_id
+            config = {**self.base_config, **dict(trial.config)}
+            log_params(self.client, run_id, config)
+            self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
+            self.client.set_tag(run_id, "sampled", ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items()))
+            self._last_step[run_id] = 0
+        else:  # a resumed study: continue the trial's run, never log an epoch twice
+            history = self.client.get_metric_history(run_id, "val_acc")
+            self._last_step[run_id] = max((m.step for m in history), default=0)
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.set_tag(run_id, "trial_status", "running")
+        try:
+            self.client.set_tag(run_id, "trial_dir", str(trial.path))
+        except Exception:
+            pass
+        self._runs[trial_id] = run_id
+        return run_id
+
+    # --- Tune hooks -----------------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        from mlflow.entities import Metric
+
+        run_id = self.run_for(trial)
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        self._last_epoch[trial.trial_id] = epoch
+        if epoch <= self._last_step.get(run_id, 0):
+            return  # already logged before the study was interrupted
+        ts = _now_ms()
+        metrics = [Metric(k, float(v), ts, epoch) for k, v in result.items()
+                   if k not in RAY_KEYS and k != "epoch" and isinstance(v, (int, float))
+                   and not isinstance(v, bool)]
+        if "time_this_iter_s" in result:
+            metrics.append(Metric("epoch_seconds", float(result["time_this_iter_s"]), ts, epoch))
+        for i in range(0, len(metrics), 500):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 500])
+        self._last_step[run_id] = epoch
+
+    def _last_epoch_of(self, trial) -> int | None:
+        if trial.trial_id in self._last_epoch:
+            return self._last_epoch[trial.trial_id]
+        last = trial.last_result or {}
+        return int(last["epoch"]) if "epoch" in last else None
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_for(trial)
+        last_epoch = self._last_epoch_of(trial)
+        status = trial_status(last_epoch, self.max_epochs, errored=False)
+        self.client.set_tag(run_id, "trial_status", status)
+        self.client.set_tag(run_id, "early_stopped", str(status == "stopped_early").lower())
+        self.client.set_tag(run_id, "epochs_trained", str(last_epoch or 0))
+        self.client.set_terminated(run_id, "FINISHED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self.run_for(trial)
+        retries = int(getattr(trial.run_metadata, "num_failures", 0) or 0)
+        self.client.set_tag(run_id, "trial_status", "retrying")
+        self.client.set_tag(run_id, "retries", str(retries))
+        self.client.set_tag(run_id, "last_error", _error_text(trial)[:4000])
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_for(trial)
+        self.client.set_tag(run_id, "trial_status", "failed")
+        self.client.set_tag(run_id, "early_stopped", "false")
+        self.client.set_tag(run_id, "epochs_trained", str(self._last_epoch_of(trial) or 0))
+        self.client.set_tag(run_id, "error", _error_text(trial)[:4000])
+        self.client.set_terminated(run_id, "FAILED")
+
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _error_text(trial) -> str:
+    """The last line of the trial's error (e.g. 'FloatingPointError: training loss became nan ...')."""
+    try:
+        path = trial.error_file
+        if path and os.path.isfile(path):
+            lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
+            errors = [line for line in lines if "Error" in line.split(":")[0]]
+            return (errors or lines or ["error"])[-1].strip()
+    except Exception:
+        pass
+    return "trial raised an error (see the trial's error.txt)"
+
+
+def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, Any]:
+    """trial id -> MLflow Run of the study's nested runs."""
+    client = client_for(uri)
+    runs = {}
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                  max_results=1000, page_token=token)
+        for run in page:
+            trial_id = run.data.tags.get("trial_id")
+            if trial_id:
+                runs[trial_id] = run
+        token = page.token
+        if not token:
+            return runs
