@@ -238,6 +238,12 @@ def parse_search_space(data: Any, source: str = "<search space>", text: str = ""
         raise SearchSpaceError(f"{source}: search: every entry is a constant; nothing to search")
 
     all_fixed = {**fixed, **constants}
+    for key, value in all_fixed.items():
+        section = "fixed" if key in fixed else "search"
+        try:
+            from_dict({key: value})
+        except ConfigError as err:
+            raise _err(source, f"{section}.{key}", str(err)) from None
     try:
         base = from_dict(all_fixed, source=f"{source} (fixed)")
     except ConfigError as err:
