@@ -334,6 +334,7 @@ def build_tuner(plan: Plan, verbose: int):
         _trainable(plan),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                                     num_samples=s.samples, max_concurrent_trials=s.concurrent,
+                                    reuse_actors=True,  # a new trial skips the worker start and imports
                                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=RAY_DIR, storage_path=str(plan.study_dir), callbacks=[_callback(plan)], verbose=verbose,
