@@ -109,16 +109,18 @@ def _rows(study_dir: Path) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------
 # the trainable without a cluster
-def test_trial_resumes_from_its_checkpoint_exactly(tiny, tmp_path, monkeypatch):
-    """A trial restored from its epoch-1 checkpoint continues with epoch 2 and reproduces
-    the uninterrupted run (model, optimizer and random states restored); it never
-    evaluates the test split."""
+def test_trial_continues_from_its_saved_state_exactly(tiny, tmp_path, monkeypatch):
+    """A trial that dies after reporting epoch 2 (before saving it) restarts from its
+    epoch-1 state, redoes epoch 2 and reproduces the uninterrupted run exactly (model,
+    optimizer and random states restored); it never evaluates the test split."""
+    import types
+
     import torch
     from ray import tune
 
     from bmlr.config import from_dict
     from bmlr.engine import Trainer
-    from bmlr.tuning.trainable import train_trial
+    from bmlr.tuning.trainable import state_path, train_trial
 
     torch.set_num_threads(1)
     base = from_dict({**TINY_FIXED, "data_root": str(tiny["data"]), "cache_dir": str(tiny["cache"]),
@@ -126,30 +128,33 @@ def test_trial_resumes_from_its_checkpoint_exactly(tiny, tmp_path, monkeypatch):
     splits = []
     evaluate = Trainer.evaluate
     monkeypatch.setattr(Trainer, "evaluate", lambda self, split: splits.append(split) or evaluate(self, split))
-    reports = []
-    saves = iter(range(100))
+    monkeypatch.setattr(tune, "get_context", lambda: types.SimpleNamespace(get_trial_id=lambda: "abc"))
+    reports, crash_at = [], [None]
 
     def report(metrics, checkpoint=None):
-        saved = tmp_path / f"ckpt{next(saves)}"
-        shutil.copytree(checkpoint.path, saved)  # Tune copies it into the trial folder
-        reports.append((metrics, saved))
+        reports.append(metrics)
+        if metrics["epoch"] == crash_at[0]:
+            crash_at[0] = None
+            raise RuntimeError("node lost")
 
     monkeypatch.setattr(tune, "report", report)
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: None)
     sampled = {"beta": 0.5, "alpha": 1.0, "lr": 5e-3}
-    train_trial(sampled, base)
-    full = [m for m, _ in reports]
+    train_trial(sampled, base, state_dir=str(tmp_path / "uninterrupted"))
+    full = list(reports)
     assert [m["epoch"] for m in full] == [1, 2, 3]
     assert {"val_acc", "val_macro_f1", "val_acc_audio", "val_acc_visual", "train_loss", "reshaped/audio",
             "best_val_acc"} <= set(full[0])
 
-    checkpoint = tune.Checkpoint.from_directory(str(reports[0][1]))
     reports.clear()
-    monkeypatch.setattr(tune, "get_checkpoint", lambda: checkpoint)
-    train_trial(sampled, base)
-    resumed = [m for m, _ in reports]
-    assert [m["epoch"] for m in resumed] == [2, 3]
-    for a, b in zip(resumed, full[1:]):
+    crash_at[0] = 2
+    with pytest.raises(RuntimeError, match="node lost"):
+        train_trial(sampled, base, state_dir=str(tmp_path / "crashed"))
+    saved = torch.load(state_path(tmp_path / "crashed", "abc"), weights_only=False)
+    assert saved["epoch"] == 1
+    reports.clear()
+    train_trial(sampled, base, state_dir=str(tmp_path / "crashed"))  # Ray retries it
+    assert [m["epoch"] for m in reports] == [2, 3]
+    for a, b in zip(reports, full[1:]):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
     assert set(splits) == {"val"}
 
@@ -394,70 +399,75 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tiny, tmp_p
 
 
 # ---------------------------------------------------------------------------------------------
-# a real MLflow server, a real Ray cluster
-@pytest.mark.slow
-def test_study_against_a_real_mlflow_server(tiny, tmp_path):
-    port = _free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination", str(tmp_path / "art")],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
+# a real MLflow server and a real Ray cluster (started together: both take a while to boot)
+def _wait_until(ready, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, f"{what} exited with {proc.returncode}"
+        assert time.time() < deadline, f"{what} did not come up in {timeout}s"
+        time.sleep(0.5)
+
+
+def _http_ok(url: str) -> bool:
     try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, "mlflow server did not start"
-                time.sleep(0.5)
+        with urllib.request.urlopen(url, timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _port_open(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_study_on_a_ray_start_cluster_logging_to_an_mlflow_server(tiny, tmp_path):
+    """`ray start --head` (then --address) and `mlflow server` on loopback, both torn down
+    afterwards by their process ids."""
+    import ray
+
+    mlflow_port, ray_port = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="bmlr-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
+    procs = []
+    try:
+        procs.append(subprocess.Popen(
+            [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{tmp_path}/server.db", "--artifacts-destination",
+             str(tmp_path / "art")],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        procs.append(subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--port", str(ray_port), "--num-cpus", "2",
+             "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir],
+            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        uri = f"http://127.0.0.1:{mlflow_port}"
+        _wait_until(lambda: _http_ok(f"{uri}/health"), procs[0], "mlflow server")
+        _wait_until(lambda: _port_open(ray_port), procs[1], "ray start --head")
+
         storage = tmp_path / "runs"
         space = _space(tmp_path / "s.yaml", SPACE)
         rc = cli.main(_args(tiny, storage, space, "--samples", "2", "--max-epochs", "2", "--name", "served",
-                            "--tracking-uri", uri, "--experiment", "served-test"))
+                            "--tracking-uri", uri, "--experiment", "served-test", "--address",
+                            f"127.0.0.1:{ray_port}", local=False))
         assert rc == 0
+        assert not ray.is_initialized()  # disconnected from the cluster afterwards
         study_dir = storage / "synthetic" / "served"
+        rows = _rows(study_dir)
+        assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
         info, client, parent, children = _study_runs(uri, study_dir)
         assert info["tracking_uri"] == uri and not (storage / "mlflow.db").exists()
         assert parent.data.tags["study"] == "served" and len(children) == 2
         for run in children:
             assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
+            assert run.data.tags["trial_dir"].startswith(str(study_dir))
         assert "best.yaml" in {a.path for a in client.list_artifacts(parent.info.run_id)}
         out = tmp_path / "from-server.yaml"
         assert cli.main(["export", "--run-id", parent.info.run_id, "-o", str(out), "--tracking-uri", uri]) == 0
         assert load_config(out) == load_config(study_dir / "best.yaml")
     finally:
-        _stop(server)
-
-
-@pytest.mark.slow
-def test_study_on_a_ray_cluster_started_with_ray_start(tiny, tmp_path):
-    import ray
-
-    port = _free_port()
-    temp_dir = tempfile.mkdtemp(prefix="bmlr-ray-", dir="/tmp")  # short: Ray's socket paths have a limit
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
-         "--include-dashboard", "false", "--disable-usage-stats", "--temp-dir", temp_dir],
-        env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert head.poll() is None and time.time() < deadline, "ray start --head did not come up"
-                time.sleep(0.5)
-        storage = tmp_path / "runs"
-        space = _space(tmp_path / "s.yaml", SPACE)
-        argv = _args(tiny, storage, space, "--samples", "2", "--max-epochs", "2", "--name", "clustered",
-                     "--address", f"127.0.0.1:{port}", local=False)
-        assert cli.main(argv) == 0
-        assert not ray.is_initialized()  # disconnected from the cluster afterwards
-        rows = _rows(storage / "synthetic" / "clustered")
-        assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
-    finally:
-        _stop(head)
+        for proc in procs:
+            _stop(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)

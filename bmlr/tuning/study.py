@@ -6,7 +6,8 @@ Study folder `<storage>/<dataset>/<name>/`:
     study.json          settings, MLflow tracking URI, experiment and parent run id
     search_space.yaml   the search space as used (a resumed study reuses this copy,
                         so Optuna's categorical choices never change within a study)
-    ray/                Ray Tune's experiment folder (trial folders, checkpoints, state)
+    ray/                Ray Tune's experiment folder (trial folders, Ray's state)
+    state/              the Trainer state of each unfinished trial (deleted when it ends)
     trials.csv          one row per trial (written at the end of every run)
     best.yaml           the best trial as a production configuration for bmlr.train
 
@@ -37,6 +38,7 @@ from bmlr.tuning.trainable import METRIC, MODE, TIME_ATTR, train_trial, trial_di
 STUDY_FILE = "study.json"
 SPACE_FILE = "search_space.yaml"
 RAY_DIR = "ray"
+STATE_DIR = "state"  # per-trial Trainer state of running trials (bmlr.tuning.trainable)
 
 
 class StudyError(RuntimeError):
@@ -303,7 +305,8 @@ def _trainable(plan: Plan):
     from ray import tune
 
     s = plan.settings
-    fn = tune.with_parameters(train_trial, base=plan.trial_base, threads=max(1, int(s.cpus_per_trial)))
+    fn = tune.with_parameters(train_trial, base=plan.trial_base, state_dir=str(plan.study_dir / STATE_DIR),
+                              threads=max(1, int(s.cpus_per_trial)))
     return tune.with_resources(fn, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 
@@ -311,7 +314,8 @@ def _callback(plan: Plan):
     return tracking.MLflowTrialLogger(
         tracking_uri=plan.tracking_uri, experiment_id=plan.experiment_id, parent_run_id=plan.parent_run_id,
         base_config=plan.trial_base, max_epochs=plan.max_epochs, export_epochs=plan.production.epochs,
-        export_seeds=plan.production.seeds, study=plan.settings.name)
+        export_seeds=plan.production.seeds, study=plan.settings.name,
+        state_dir=str(plan.study_dir / STATE_DIR))
 
 
 def build_tuner(plan: Plan, verbose: int):
@@ -338,7 +342,6 @@ def build_tuner(plan: Plan, verbose: int):
                                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=RAY_DIR, storage_path=str(plan.study_dir), callbacks=[_callback(plan)], verbose=verbose,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False)),
     )
 
@@ -439,6 +442,16 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
     client = tracking.client_for(plan.tracking_uri)
     runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
     rows = trial_rows(grid, plan, runs)
+    known = {row["trial_id"] for row in rows}
+    lost = [run for trial_id, run in runs.items() if trial_id not in known]
+    for run in lost:  # started just before a killed driver, after Ray's last snapshot
+        if run.data.tags.get("trial_status") != "lost":
+            client.set_tag(run.info.run_id, "trial_status", "lost")
+            client.set_tag(run.info.run_id, "note", "the driver died before Ray saved this trial; its "
+                                                    "configuration was sampled again as a new trial")
+            client.set_tag(run.info.run_id, "best_trial", "false")
+            client.set_terminated(run.info.run_id, "KILLED")
+    runs = {trial_id: run for trial_id, run in runs.items() if trial_id in known}
     for row in rows:  # runs of trials that were cut off: KILLED until --resume continues them
         if row["status"] == "interrupted" and row["run_id"]:
             client.set_tag(row["run_id"], "trial_status", "interrupted")
@@ -466,11 +479,15 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
     counts: dict[str, int] = {}
     for row in rows:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
+    if lost:
+        counts["lost"] = len(lost)
     for status, n in counts.items():
         client.set_tag(plan.parent_run_id, f"trials.{status}", str(n))
     client.log_artifact(plan.parent_run_id, str(csv_path))
     client.log_artifact(plan.parent_run_id, str(plan.study_dir / STUDY_FILE))
     client.set_terminated(plan.parent_run_id, "KILLED" if interrupted else "FINISHED")
+    if not interrupted:  # every trial has ended: no state to continue from
+        shutil.rmtree(plan.study_dir / STATE_DIR, ignore_errors=True)
 
     log(f"\nstudy {plan.study_dir}  trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
     if rows:

@@ -44,6 +44,9 @@ RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "t
             "time_total_s", "pid", "hostname", "node_ip", "config", "time_since_restore",
             "iterations_since_restore", "experiment_tag", "should_checkpoint", "time_this_iter_s",
             "warmup_time", "experiment_id"}
+# Ray snapshots the experiment every few seconds (TUNE_GLOBAL_CHECKPOINT_S, set by the study);
+# a trial's state file is kept this long after the trial ended.
+STATE_GRACE_S = 60.0
 
 
 class TrackingError(RuntimeError):
@@ -165,7 +168,8 @@ class MLflowTrialLogger(Callback):
     """Nested MLflow run per trial under the study's parent run."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict,
-                 max_epochs: int, export_epochs: int, export_seeds: list[int], study: str):
+                 max_epochs: int, export_epochs: int, export_seeds: list[int], study: str,
+                 state_dir: str | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -174,6 +178,7 @@ class MLflowTrialLogger(Callback):
         self.export_epochs = int(export_epochs)
         self.export_seeds = list(export_seeds)
         self.study = study
+        self.state_dir = state_dir
         self._reset()
 
     def _reset(self) -> None:
@@ -181,10 +186,11 @@ class MLflowTrialLogger(Callback):
         self._runs: dict[str, str] = {}  # trial id -> run id
         self._last_step: dict[str, int] = {}  # run id -> last epoch logged
         self._last_epoch: dict[str, int] = {}  # trial id -> last epoch reported
+        self._ended: dict[str, float] = {}  # trial id -> when it ended (its state goes later)
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        for key in ("_client", "_runs", "_last_step", "_last_epoch"):
+        for key in ("_client", "_runs", "_last_step", "_last_epoch", "_ended"):
             state.pop(key, None)
         return state
 
@@ -272,6 +278,21 @@ class MLflowTrialLogger(Callback):
         self.client.set_tag(run_id, "early_stopped", str(status == "stopped_early").lower())
         self.client.set_tag(run_id, "epochs_trained", str(last_epoch or 0))
         self.client.set_terminated(run_id, "FINISHED")
+        self._drop_state(trial)
+
+    def _drop_state(self, trial) -> None:
+        """Forget the trial's Trainer state once Ray's experiment snapshot surely knows the
+        trial ended (a driver killed before that snapshot restarts the trial, which then
+        continues from this state instead of starting over)."""
+        if self.state_dir:
+            self._ended[trial.trial_id] = time.monotonic()
+
+    def on_step_end(self, iteration, trials, **info):
+        now = time.monotonic()
+        for trial_id, ended in list(self._ended.items()):
+            if now - ended > STATE_GRACE_S:
+                Path(self.state_dir, f"trial_{trial_id}.pt").unlink(missing_ok=True)
+                del self._ended[trial_id]
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
@@ -287,6 +308,7 @@ class MLflowTrialLogger(Callback):
         self.client.set_tag(run_id, "epochs_trained", str(self._last_epoch_of(trial) or 0))
         self.client.set_tag(run_id, "error", _error_text(trial)[:4000])
         self.client.set_terminated(run_id, "FAILED")
+        self._drop_state(trial)
 
 
 
