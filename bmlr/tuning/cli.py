@@ -33,12 +33,22 @@ def _parse_overrides(items: list[str]) -> dict:
     return overrides
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Shows a default only where the help text does not already explain it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, [], False, argparse.SUPPRESS):
+            text += f" (default: {action.default})"
+        return text
+
+
 def study_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="bmlr-tune", description="Tune BMLR hyperparameters with Ray Tune (Optuna TPE search, ASHA "
         "early stopping), one MLflow parent run per study and a nested run per trial. "
         "`bmlr-tune export --help` exports a trial chosen in MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_Formatter)
     g = p.add_argument_group("what to tune")
     g.add_argument("--dataset", default="synthetic",
                    help="data set (synthetic, cremad, ks, ave, avmnist, mosi, mosei)")
@@ -57,10 +67,10 @@ def study_parser() -> argparse.ArgumentParser:
     g.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/factor of trials per rung")
     g.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
     g.add_argument("--max-failures", type=int, default=0,
-                   help="retries of a failed trial (from its last checkpoint) before it counts as failed")
+                   help="retries of a failed trial (from its last finished epoch) before it counts as failed")
     g = p.add_argument_group("resources")
     g.add_argument("--concurrent", type=int, help="trials at once (default: as many as the resources allow)")
-    g.add_argument("--cpus-per-trial", type=float, default=1.0)
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
     g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional values share a GPU, e.g. 0.25")
     g.add_argument("--address", help="an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: start a "
                    "local one")

@@ -12,7 +12,7 @@ decides exactly what is logged and where:
   the sampled keys and the whole trial configuration as params, `config.yaml`
   (the configuration the trial trained) as an artifact, one metric point per
   epoch (step = epoch), its final status (FINISHED / FAILED / KILLED) and tags
-  `trial_status` (completed, stopped_early, failed, interrupted),
+  `trial_status` (completed, stopped_early, failed, interrupted, lost),
   `early_stopped` (true when ASHA stopped it before `--max-epochs`),
   `epochs_trained`, `error` for failed trials and `best_trial` (true on the best).
   Tags `export.epochs` / `export.seeds` hold the production settings, so
