@@ -28,6 +28,7 @@ from bmlr.tuning import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+os.environ.pop("MLFLOW_TRACKING_URI", None)  # these tests exercise the default store in --storage
 # a trial: tiny ResNet, 2 frames of 32x32, batches of 16 (tests run on 2 CPU cores)
 TINY_FIXED = {"model_width": 4, "model_depth": 1, "image_size": 32, "frames": 2, "batch_size": 16,
               "val_fraction": 0.3, "epochs": 2, "seeds": [0, 1]}
