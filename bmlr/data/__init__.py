@@ -1,0 +1,32 @@
+"""Data sets: registry, audio-visual clip loading, spectrogram cache and the synthetic default.
+
+Importing this package registers every data set in ``DATASETS``.
+"""
+from __future__ import annotations
+
+from . import audio, base, cache, frames, registry, synthetic  # noqa: F401  (registration on import)
+from .audio import SpectrogramParams, compute_spectrogram, expected_shape
+from .base import AudioVisualDataset, ClipRecord, DataError, read_split_csv, stratified_split
+from .cache import SpectrogramStore, cache_root, params_key
+from .frames import load_frames, sample_frame_indices
+from .registry import DATASETS, DataSplits, ModalitySpec, build_datasets
+
+__all__ = [
+    "DATASETS",
+    "DataSplits",
+    "ModalitySpec",
+    "build_datasets",
+    "DataError",
+    "ClipRecord",
+    "AudioVisualDataset",
+    "read_split_csv",
+    "stratified_split",
+    "SpectrogramParams",
+    "compute_spectrogram",
+    "expected_shape",
+    "SpectrogramStore",
+    "cache_root",
+    "params_key",
+    "load_frames",
+    "sample_frame_indices",
+]

@@ -1,0 +1,197 @@
+"""On-disk cache of preprocessed inputs, keyed by a hash of the preprocessing parameters.
+
+Layout under the cache root (``cfg.cache_dir``, else ``$BMLR_CACHE``, else ``~/.cache/bmlr``)::
+
+    spectrograms/<dataset>/<params_key>/params.json      the parameters that made the arrays
+    spectrograms/<dataset>/<params_key>/<clip_id>.npy    float32 [F, T], one per clip
+    synthetic/v1-seed<seed>/                            the generated synthetic data set
+
+Writes are atomic (temporary file in the same folder, then ``os.replace``), so a killed run
+never leaves a truncated array: the next ``ensure`` computes exactly the missing clips and a
+run whose cache is complete computes nothing. Arrays are read with ``np.load(mmap_mode="r")``
+and never recomputed per epoch. Changing any parameter changes ``params_key`` and so the folder.
+The cache does not watch the source wav files: after editing them, delete the folder.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from bmlr.data.audio import SpectrogramParams, compute_spectrogram, expected_shape
+from bmlr.data.base import ClipRecord, DataError
+
+__all__ = ["cache_root", "params_key", "atomic_save_npy", "atomic_write_text", "SpectrogramStore"]
+
+_TMP_MARK = ".tmp-"
+_STALE_TMP_S = 600.0  # temp files older than this are leftovers of a killed run
+
+
+def cache_root(cfg: Any = None) -> Path:
+    """``cfg.cache_dir`` if set, else ``$BMLR_CACHE``, else ``~/.cache/bmlr``."""
+    configured = getattr(cfg, "cache_dir", None) if cfg is not None else None
+    root = configured or os.environ.get("BMLR_CACHE") or os.path.join("~", ".cache", "bmlr")
+    return Path(os.path.expanduser(str(root)))
+
+
+def params_key(obj: Any, length: int = 12) -> str:
+    """Short sha1 hex of the canonical JSON (sorted keys) of a dataclass or mapping."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``np.save`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.asarray(array))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (temporary file, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_clip_id(clip_id: str) -> str:
+    if not clip_id or clip_id in (".", "..") or "/" in clip_id or "\\" in clip_id or clip_id.startswith("."):
+        raise DataError(f"clip id {clip_id!r} cannot be used as a cache file name")
+    return clip_id
+
+
+class SpectrogramStore:
+    """One ``.npy`` spectrogram per clip under ``<cache_dir>/spectrograms/<dataset>/<params_key>/``.
+
+    ``cache_dir`` is the cache root; ``dataset`` names the source of the clips (two sources with
+    the same clip ids must use different names).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, params: SpectrogramParams, dataset: str = "default"):
+        if not dataset or "/" in dataset or "\\" in dataset or dataset in (".", ".."):
+            raise ValueError(f"bad dataset name for the cache: {dataset!r}")
+        self.params = params
+        self.dataset = dataset
+        self.key = params_key(params)
+        self.directory = Path(cache_dir) / "spectrograms" / dataset / self.key
+        self.shape = expected_shape(params)
+        self.failed: dict[str, str] = {}  # clip id -> problem, from ensure(skip_bad=True)
+
+    def path(self, clip_id: str) -> Path:
+        return self.directory / f"{_check_clip_id(clip_id)}.npy"
+
+    def has(self, clip_id: str) -> bool:
+        return self.path(clip_id).is_file()
+
+    def _write_params(self) -> None:
+        meta = self.directory / "params.json"
+        if not meta.is_file():
+            atomic_write_text(meta, json.dumps({"dataset": self.dataset, "key": self.key,
+                                                "params": dataclasses.asdict(self.params),
+                                                "shape": list(self.shape)}, indent=2) + "\n")
+
+    def _remove_stale_tmp(self) -> None:
+        now = time.time()
+        for entry in os.scandir(self.directory):
+            if _TMP_MARK in entry.name:
+                try:
+                    if now - entry.stat().st_mtime > _STALE_TMP_S:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    pass
+
+    def compute(self, record: ClipRecord) -> np.ndarray:
+        """Compute (not cache) one clip's spectrogram."""
+        return compute_spectrogram(record.audio_path, self.params)
+
+    def ensure(self, records: Iterable[ClipRecord], workers: int = 1, skip_bad: bool = False,
+               progress: bool | None = None) -> int:
+        """Compute and save the spectrograms that are missing; return how many were computed.
+
+        Existing arrays are not touched, so an interrupted run resumes where it stopped. With
+        ``skip_bad=True`` an unreadable clip is recorded in ``self.failed`` instead of raising.
+        """
+        records = list(records)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._write_params()
+        self._remove_stale_tmp()
+        missing = [r for r in records if not self.has(r.clip_id)]
+        if not missing:
+            return 0
+
+        def work(record: ClipRecord) -> int:
+            try:
+                spec = self.compute(record)
+            except DataError as e:
+                if not skip_bad:
+                    raise
+                self.failed[record.clip_id] = str(e)
+                return 0
+            atomic_save_npy(self.path(record.clip_id), spec)
+            return 1
+
+        if progress is None:
+            progress = len(missing) >= 500
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(missing), desc=f"spectrograms {self.dataset}", leave=False)
+        done = 0
+        try:
+            if workers and workers > 1:
+                with ThreadPoolExecutor(max_workers=int(workers)) as pool:
+                    for n in pool.map(work, missing):
+                        done += n
+                        if bar is not None:
+                            bar.update(1)
+            else:
+                for record in missing:
+                    done += work(record)
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        return done
+
+    def load(self, clip_id: str) -> np.ndarray:
+        """The cached ``float32 [F, T]`` array, memory-mapped read-only (never computed here)."""
+        path = self.path(clip_id)
+        try:
+            array = np.load(path, mmap_mode="r")
+        except FileNotFoundError:
+            raise DataError(f"spectrogram of clip {clip_id!r} is not in the cache ({path}); "
+                            "build the data set (SpectrogramStore.ensure) first") from None
+        except (ValueError, OSError) as e:
+            raise DataError(f"corrupt cached spectrogram {path}: {e}; delete it and rebuild") from None
+        if tuple(array.shape) != tuple(self.shape):
+            raise DataError(f"cached spectrogram {path} has shape {tuple(array.shape)}, "
+                            f"expected {tuple(self.shape)}; delete it and rebuild")
+        return array
