@@ -44,7 +44,10 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=6)
     p.add_argument("--steps", type=int, default=15, help="timed steps per method")
     p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1 keeps tiny reshaping ops off a contended thread pool)")
     args = p.parse_args()
+    torch.set_num_threads(args.threads)
     if args.paper_sizes:
         args.batch, args.width, args.depth = 64, 64, 2
         args.spec_freq, args.spec_time, args.image_size = 257, 188, 224

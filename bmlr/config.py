@@ -63,6 +63,7 @@ class Config:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     # --- runtime ---
     device: str = "auto"  # auto = cuda when available
+    threads: int = 0  # CPU threads for torch; 0 = torch's default (all cores)
     amp: bool = True  # mixed precision on GPU (bf16 where supported); ignored on CPU
     output_dir: str = "runs"
     name: str | None = None
@@ -209,6 +210,7 @@ def validate(cfg: Config) -> None:
     check(cfg.image_size >= 8, "image_size", "an integer >= 8")
     check(0.0 < cfg.val_fraction < 1.0, "val_fraction", "a number in (0, 1)")
     check(cfg.num_workers >= 0, "num_workers", "an integer >= 0")
+    check(cfg.threads >= 0, "threads", "an integer >= 0 (0 = torch's default)")
     check(cfg.model_width >= 1, "model_width", "an integer >= 1")
     check(cfg.model_depth >= 1, "model_depth", "an integer >= 1")
     check(len(set(cfg.seeds)) == len(cfg.seeds), "seeds", "distinct integers")

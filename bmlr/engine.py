@@ -75,6 +75,8 @@ class Trainer:
                  device: torch.device | None = None, progress: bool = False):
         self.cfg, self.seed, self.progress = cfg, seed, progress
         self.device = device or resolve_device(cfg.device)
+        if cfg.threads:  # on a shared CPU, fewer threads than cores avoids oversubscription stalls
+            torch.set_num_threads(cfg.threads)
         seed_everything(seed)
         self.data = data if data is not None else build_datasets(cfg)
         self.model = build_model_for(cfg, self.data).to(self.device)
