@@ -113,7 +113,7 @@ def test_ensure_synthetic_is_atomic_and_generates_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic, "generate", small)
     root = synthetic.ensure_synthetic(tmp_path, seed=3)
-    assert root == tmp_path / "synthetic" / "v1-seed3" and (root / ".complete").is_file()
+    assert root == tmp_path / "synthetic" / "v2-seed3" and (root / ".complete").is_file()
     assert synthetic.ensure_synthetic(tmp_path, seed=3) == root and calls == [3]
 
 
@@ -309,10 +309,10 @@ def test_build_synthetic_from_data_root(tmp_path, small_root):
 def test_build_synthetic_generates_into_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "generate", functools.partial(synthetic.generate, **SMALL))
     data = build_datasets(make_cfg(tmp_path))
-    root = tmp_path / "cache" / "synthetic" / "v1-seed0"
+    root = tmp_path / "cache" / "synthetic" / "v2-seed0"
     assert (root / ".complete").is_file() and data.info["root"] == str(root)
     assert data.info["spectrograms_computed"] == 36
-    assert (tmp_path / "cache" / "spectrograms" / "synthetic-v1-seed0" / params_key(PARAMS)).is_dir()
+    assert (tmp_path / "cache" / "spectrograms" / "synthetic-v2-seed0" / params_key(PARAMS)).is_dir()
 
 
 def test_bad_clip_files_raise_or_are_skipped(tmp_path, small_root):
