@@ -4,18 +4,20 @@ Importing this package registers every data set in ``DATASETS``.
 """
 from __future__ import annotations
 
-from . import audio, base, cache, frames, registry, synthetic  # noqa: F401  (registration on import)
+from . import audio, base, cache, frames, registry, synthetic, video  # noqa: F401  (registration on import)
+from . import ave, avmnist, cremad, ks, mosi  # noqa: F401  (registration on import)
 from .audio import SpectrogramParams, compute_spectrogram, expected_shape
 from .base import AudioVisualDataset, ClipRecord, DataError, read_split_csv, stratified_split
 from .cache import SpectrogramStore, cache_root, params_key
 from .frames import load_frames, sample_frame_indices
-from .registry import DATASETS, DataSplits, ModalitySpec, build_datasets
+from .registry import DATASETS, DataSplits, ModalitySpec, build_datasets, check_splits
 
 __all__ = [
     "DATASETS",
     "DataSplits",
     "ModalitySpec",
     "build_datasets",
+    "check_splits",
     "DataError",
     "ClipRecord",
     "AudioVisualDataset",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,15 @@ __all__ = [
     "read_split_csv",
     "list_frames",
     "records_from_layout",
+    "records_from_rows",
+    "build_clip_splits",
     "build_audio_visual_splits",
+    "check_class_coverage",
+    "skipped_summary",
+    "warn_skipped",
+    "prepare_workers",
+    "require_root",
+    "source_name",
     "FRAME_EXTENSIONS",
 ]
 
@@ -159,46 +167,128 @@ def list_frames(folder: str | os.PathLike) -> list[str]:
     return [str(folder / n) for n in names]
 
 
-def records_from_layout(root: str | os.PathLike, rows: Sequence[tuple[str, int]], audio_dir: str = "AudioWAV",
-                        frames_dir: str = "Frames", audio_ext: str = ".wav",
-                        skip_bad: bool = False) -> tuple[list[ClipRecord], list[str]]:
-    """ClipRecords for ``rows`` of a CREMA-D-style root; checks that the files exist.
+def _check_audio_file(wav: Path) -> None:
+    if not wav.is_file():
+        raise DataError(f"audio file not found: {wav} (expected a .wav file for this clip)")
+    if wav.stat().st_size == 0:
+        raise DataError(f"audio file {wav} is empty (0 bytes); expected a readable .wav file")
 
-    Returns ``(records, problems)``. A clip whose wav is missing or whose frame folder is
-    missing or empty raises :class:`DataError`, or with ``skip_bad=True`` is left out and
-    described in ``problems``.
+
+def _check_frame_folder(folder: Path) -> list[str]:
+    frames = list_frames(folder)
+    if not frames:
+        raise DataError(f"no frame images ({', '.join(FRAME_EXTENSIONS)}) in {folder}")
+    for frame in frames:
+        if os.path.getsize(frame) == 0:
+            raise DataError(f"frame image {frame} is empty (0 bytes); expected a readable JPEG/PNG image")
+    return frames
+
+
+def records_from_rows(rows: Sequence[tuple[str, int]], locate: Callable[[str], tuple[Path, Path]],
+                      skip_bad: bool = False) -> tuple[list[ClipRecord], list[tuple[str, str]]]:
+    """ClipRecords for ``(clip, label)`` rows; ``locate(clip) -> (wav path, frame folder)``.
+
+    Checks that the wav exists and is not empty, and that the frame folder holds at least one
+    non-empty image (files are decoded later, when the spectrograms are computed). Returns
+    ``(records, problems)`` with problems as ``(clip, message)``; without ``skip_bad`` the first
+    problem raises :class:`DataError`.
     """
-    root = Path(root)
     records: list[ClipRecord] = []
-    problems: list[str] = []
+    problems: list[tuple[str, str]] = []
     for clip, label in rows:
-        wav = root / audio_dir / f"{clip}{audio_ext}"
+        wav, folder = locate(clip)
         try:
-            if not wav.is_file():
-                raise DataError(f"audio file not found: {wav}")
-            frames = list_frames(root / frames_dir / clip)
-            if not frames:
-                raise DataError(f"no frame images ({', '.join(FRAME_EXTENSIONS)}) in {root / frames_dir / clip}")
+            _check_audio_file(Path(wav))
+            frames = _check_frame_folder(Path(folder))
         except DataError as e:
             if not skip_bad:
                 raise
-            problems.append(str(e))
+            problems.append((clip, str(e)))
             continue
         records.append(ClipRecord(clip, label, str(wav), frames))
     return records, problems
 
 
-def build_audio_visual_splits(cfg, root: str | os.PathLike, class_names: Sequence[str], params,
-                              source: str, train_csv: str = "train.csv", test_csv: str = "test.csv",
-                              audio_dir: str = "AudioWAV", frames_dir: str = "Frames"):
-    """DataSplits of a CREMA-D-style root: read the split files, check the files, carve a seeded
-    stratified validation split out of train (``cfg.val_fraction``, ``cfg.split_seed``), make sure
-    every spectrogram is cached (``params``, under ``cache_root(cfg)`` in folder ``source``) and
-    wrap the three splits in :class:`AudioVisualDataset`.
+def records_from_layout(root: str | os.PathLike, rows: Sequence[tuple[str, int]], audio_dir: str = "AudioWAV",
+                        frames_dir: str = "Frames", audio_ext: str = ".wav",
+                        skip_bad: bool = False) -> tuple[list[ClipRecord], list[str]]:
+    """ClipRecords for ``rows`` of a CREMA-D-style root (``<root>/<audio_dir>/<clip><audio_ext>``
+    and ``<root>/<frames_dir>/<clip>/``); see :func:`records_from_rows`. Problems are messages."""
+    root = Path(root)
+    records, problems = records_from_rows(
+        rows, lambda clip: (root / audio_dir / f"{clip}{audio_ext}", root / frames_dir / clip), skip_bad)
+    return records, [message for _, message in problems]
 
-    With ``cfg.skip_bad`` clips with missing or unreadable audio / frame folders are left out
-    (counted in ``info["skipped"]``); otherwise the first problem raises :class:`DataError`.
-    Frame images themselves are decoded lazily, so a corrupt jpg raises when it is read.
+
+def skipped_summary(problems: Sequence[tuple[str, str]], first: int = 5) -> dict[str, Any]:
+    """``{"skipped": count, "skipped_clips": first few clip ids}`` for ``DataSplits.info``."""
+    return {"skipped": len(problems), "skipped_clips": [clip for clip, _ in problems[:first]]}
+
+
+def warn_skipped(where: str, problems: Sequence[tuple[str, str]], first: int = 5) -> None:
+    """One warning with the count, the first few clip ids and the first problem."""
+    if not problems:
+        return
+    import warnings
+
+    names = ", ".join(clip for clip, _ in problems[:first]) + (", ..." if len(problems) > first else "")
+    warnings.warn(f"{where}: skipped {len(problems)} bad clips ({names}); first problem: {problems[0][1]}",
+                  stacklevel=3)
+
+
+def check_class_coverage(labels: Sequence[int], class_names: Sequence[str], where: str) -> None:
+    """Every class needs at least one training example (else the class list or split is wrong)."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
+    if len(counts) > len(class_names):
+        raise DataError(f"{where}: labels up to {len(counts) - 1} for {len(class_names)} classes")
+    empty = [class_names[i] for i in np.flatnonzero(counts == 0)]
+    if empty:
+        raise DataError(f"{where}: {len(empty)} of {len(class_names)} classes have no training clips: "
+                        f"{empty[:10]}; expected every class of the class list in the training split")
+
+
+def require_root(cfg, name: str) -> Path:
+    """``cfg.data_root`` as an existing folder (:class:`DataError` naming it otherwise)."""
+    value = getattr(cfg, "data_root", None)
+    if not value:
+        raise DataError(f"{name}: data_root is not set; expected the folder described in docs/data.md "
+                        f"(--set data_root=DIR for training, --root DIR for bmlr.data.prepare)")
+    root = Path(os.path.expanduser(str(value)))
+    if not root.is_dir():
+        raise DataError(f"{name} data root not found: {root} (expected a folder laid out as in docs/data.md)")
+    return root
+
+
+def source_name(dataset: str, root: str | os.PathLike) -> str:
+    """Cache folder name of the data set at ``root`` (two copies never share cached arrays)."""
+    import hashlib
+
+    return f"{dataset}-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:10]
+
+
+def prepare_workers(cfg) -> int:
+    """Processes for preprocessing: ``cfg.prepare_workers`` (set by ``bmlr.data.prepare``), else
+    ``cfg.num_workers``, at least 1."""
+    workers = getattr(cfg, "prepare_workers", None) or getattr(cfg, "num_workers", 0) or 1
+    return max(1, int(workers))
+
+
+def build_clip_splits(cfg, *, root: str | os.PathLike, class_names: Sequence[str], params, source: str,
+                      train_rows: Sequence[tuple[str, int]], test_rows: Sequence[tuple[str, int]],
+                      locate: Callable[[str], tuple[Path, Path]], val_rows: Sequence[tuple[str, int]] | None = None,
+                      split_names: Sequence[str] = ("train", "val", "test")):
+    """DataSplits of an audio-visual data set from its split rows.
+
+    Checks every listed clip's files (:func:`records_from_rows`), computes the missing
+    spectrograms once into the cache (``params``, under ``cache_root(cfg)`` in folder ``source``)
+    while fully decoding each new clip's frames, carves a seeded stratified validation split out of
+    train when ``val_rows`` is None (``cfg.val_fraction``, ``cfg.split_seed``) and wraps the splits
+    in :class:`AudioVisualDataset`. ``split_names`` name the split files in error messages.
+
+    With ``cfg.skip_bad`` bad clips are left out, counted in ``info["skipped"]`` and the first few
+    named in ``info["skipped_clips"]`` and a warning; otherwise the first problem raises
+    :class:`DataError`. Frames of clips already in the cache are not decoded again, so an image
+    corrupted after preprocessing raises (naming the file) when that item is read.
     """
     from bmlr.data.audio import expected_shape
     from bmlr.data.cache import SpectrogramStore, cache_root
@@ -206,47 +296,71 @@ def build_audio_visual_splits(cfg, root: str | os.PathLike, class_names: Sequenc
 
     root = Path(root)
     skip_bad = bool(getattr(cfg, "skip_bad", False))
-    train_rows = read_split_csv(root / train_csv, class_names)
-    test_rows = read_split_csv(root / test_csv, class_names)
-    overlap = {c for c, _ in train_rows} & {c for c, _ in test_rows}
-    if overlap:
-        raise DataError(f"{root / test_csv}: {len(overlap)} clips are also in {root / train_csv}, "
-                        f"e.g. {sorted(overlap)[:3]}")
-    train_records, problems = records_from_layout(root, train_rows, audio_dir, frames_dir, skip_bad=skip_bad)
-    test_records, test_problems = records_from_layout(root, test_rows, audio_dir, frames_dir, skip_bad=skip_bad)
-    problems += test_problems
+    named = {"train": train_rows, "test": test_rows}
+    if val_rows is not None:
+        named["val"] = val_rows
+    seen: dict[str, str] = {}
+    for split, rows in named.items():
+        for clip, _ in rows:
+            if clip in seen:
+                raise DataError(f"{root}: clip {clip!r} is listed in both the {seen[clip]} and the {split} "
+                                f"split; expected disjoint splits")
+            seen[clip] = split
+    records: dict[str, list[ClipRecord]] = {}
+    problems: list[tuple[str, str]] = []
+    for split, rows in named.items():
+        records[split], bad = records_from_rows(rows, locate, skip_bad=skip_bad)
+        problems += bad
 
     store = SpectrogramStore(cache_root(cfg), params, dataset=source)
-    workers = max(1, int(getattr(cfg, "num_workers", 0) or 0))
-    computed = store.ensure(train_records + test_records, workers=workers, skip_bad=skip_bad)
+    everything = [r for split in named for r in records[split]]
+    computed = store.ensure(everything, workers=prepare_workers(cfg), skip_bad=skip_bad,
+                            progress=getattr(cfg, "progress", None), verify_frames=True)
     if store.failed:
-        problems += list(store.failed.values())
-        train_records = [r for r in train_records if r.clip_id not in store.failed]
-        test_records = [r for r in test_records if r.clip_id not in store.failed]
-    if not train_records or not test_records:
-        raise DataError(f"{root}: no usable clips in {'train' if not train_records else 'test'} split")
+        problems += list(store.failed.items())
+        for split in records:
+            records[split] = [r for r in records[split] if r.clip_id not in store.failed]
+    for split, name in zip(("train", "val", "test"), split_names):
+        if split in records and not records[split]:
+            raise DataError(f"{root}: no usable clips in the {split} split ({name})")
 
-    train_idx, val_idx = stratified_split([r.label for r in train_records], cfg.val_fraction, cfg.split_seed)
-    val_records = [train_records[i] for i in val_idx]
-    train_records = [train_records[i] for i in train_idx]
-    if not val_records:
-        raise DataError(f"{root}: the validation split is empty (val_fraction={cfg.val_fraction}, "
-                        f"{len(train_records)} training clips)")
+    if val_rows is None:
+        train_idx, val_idx = stratified_split([r.label for r in records["train"]], cfg.val_fraction,
+                                              cfg.split_seed)
+        records["val"] = [records["train"][i] for i in val_idx]
+        records["train"] = [records["train"][i] for i in train_idx]
+        if not records["val"]:
+            raise DataError(f"{root}: the validation split is empty (val_fraction={cfg.val_fraction}, "
+                            f"{len(records['train'])} training clips)")
+    check_class_coverage([r.label for r in records["train"]], class_names, f"{root / split_names[0]}")
 
     frames, size = int(cfg.frames), int(cfg.image_size)
-    splits = {
-        "train": AudioVisualDataset(train_records, store, frames, size, train=True),
-        "val": AudioVisualDataset(val_records, store, frames, size, train=False),
-        "test": AudioVisualDataset(test_records, store, frames, size, train=False),
-    }
-    info = {"root": str(root), "train": len(train_records), "val": len(val_records),
-            "test": len(test_records), "spectrograms_computed": computed, "skipped": len(problems)}
-    if problems:
-        import warnings
-        warnings.warn(f"{root}: skipped {len(problems)} bad clips, e.g. {problems[0]}", stacklevel=2)
+    splits = {split: AudioVisualDataset(records[split], store, frames, size, train=split == "train")
+              for split in ("train", "val", "test")}
+    info = {"root": str(root), "train": len(records["train"]), "val": len(records["val"]),
+            "test": len(records["test"]), "val_from": "train" if val_rows is None else "split file",
+            "spectrograms_computed": computed, "cache": str(store.directory), **skipped_summary(problems)}
+    warn_skipped(str(root), problems)
     return DataSplits(
         train=splits["train"], val=splits["val"], test=splits["test"],
         modalities={"audio": ModalitySpec("spectrogram", (1, *expected_shape(params))),
                     "visual": ModalitySpec("frames", (frames, 3, size, size))},
         num_classes=len(class_names), class_names=list(class_names), info=info,
     )
+
+
+def build_audio_visual_splits(cfg, root: str | os.PathLike, class_names: Sequence[str], params,
+                              source: str, train_csv: str = "train.csv", test_csv: str = "test.csv",
+                              audio_dir: str = "AudioWAV", frames_dir: str = "Frames"):
+    """DataSplits of a CREMA-D-style root (``train_csv`` / ``test_csv`` with rows ``clip,LABEL``,
+    ``<audio_dir>/<clip>.wav``, ``<frames_dir>/<clip>/``); validation carved out of train.
+    See :func:`build_clip_splits`."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data root not found: {root}")
+    train_rows = read_split_csv(root / train_csv, class_names)
+    test_rows = read_split_csv(root / test_csv, class_names)
+    return build_clip_splits(cfg, root=root, class_names=class_names, params=params, source=source,
+                             train_rows=train_rows, test_rows=test_rows,
+                             locate=lambda clip: (root / audio_dir / f"{clip}.wav", root / frames_dir / clip),
+                             split_names=(train_csv, "carved from " + train_csv, test_csv))

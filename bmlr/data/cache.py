@@ -20,7 +20,6 @@ import json
 import os
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -29,7 +28,8 @@ import numpy as np
 from bmlr.data.audio import SpectrogramParams, compute_spectrogram, expected_shape
 from bmlr.data.base import ClipRecord, DataError
 
-__all__ = ["cache_root", "params_key", "atomic_save_npy", "atomic_write_text", "SpectrogramStore"]
+__all__ = ["cache_root", "params_key", "atomic_save_npy", "atomic_write_text", "SpectrogramStore",
+           "LiveSpectrograms"]
 
 _TMP_MARK = ".tmp-"
 _STALE_TMP_S = 600.0  # temp files older than this are leftovers of a killed run
@@ -131,12 +131,33 @@ class SpectrogramStore:
         """Compute (not cache) one clip's spectrogram."""
         return compute_spectrogram(record.audio_path, self.params)
 
+    def _work(self, record: ClipRecord, verify_frames: bool) -> str | None:
+        """Compute, check and atomically save one clip; return None, or the problem (DataError text).
+
+        Frames are fully decoded first (``verify_frames``), so a clip whose array is in the cache
+        has been checked whole."""
+        if verify_frames:
+            from bmlr.data.frames import decode_image
+
+            for frame in record.frame_paths:
+                decode_image(frame)
+        spec = self.compute(record)
+        if tuple(spec.shape) != tuple(self.shape):
+            raise DataError(f"spectrogram of {record.audio_path} has shape {tuple(spec.shape)}, "
+                            f"expected {tuple(self.shape)}")
+        atomic_save_npy(self.path(record.clip_id), spec)
+        return None
+
     def ensure(self, records: Iterable[ClipRecord], workers: int = 1, skip_bad: bool = False,
-               progress: bool | None = None) -> int:
+               progress: bool | None = None, verify_frames: bool = False) -> int:
         """Compute and save the spectrograms that are missing; return how many were computed.
 
-        Existing arrays are not touched, so an interrupted run resumes where it stopped. With
-        ``skip_bad=True`` an unreadable clip is recorded in ``self.failed`` instead of raising.
+        Existing arrays are not touched, so an interrupted run resumes where it stopped and a
+        complete cache costs nothing. ``workers > 1`` computes in that many processes (forked:
+        librosa holds the GIL for much of the work). ``verify_frames`` also decodes every frame
+        image of each clip it computes. With ``skip_bad=True`` a bad clip is recorded in
+        ``self.failed`` (clip id -> problem) instead of raising :class:`DataError`. ``progress``
+        shows a bar (default: when 500 or more clips are missing).
         """
         records = list(records)
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -145,37 +166,45 @@ class SpectrogramStore:
         missing = [r for r in records if not self.has(r.clip_id)]
         if not missing:
             return 0
-
-        def work(record: ClipRecord) -> int:
-            try:
-                spec = self.compute(record)
-            except DataError as e:
-                if not skip_bad:
-                    raise
-                self.failed[record.clip_id] = str(e)
-                return 0
-            atomic_save_npy(self.path(record.clip_id), spec)
-            return 1
-
         if progress is None:
             progress = len(missing) >= 500
         bar = None
         if progress:
             from tqdm import tqdm
-            bar = tqdm(total=len(missing), desc=f"spectrograms {self.dataset}", leave=False)
+            bar = tqdm(total=len(missing), desc=f"spectrograms {self.dataset}", unit="clip")
         done = 0
+
+        def settle(record: ClipRecord, problem: str | None) -> None:
+            nonlocal done
+            if problem is None:
+                done += 1
+            elif not skip_bad:
+                raise DataError(problem)
+            else:
+                self.failed[record.clip_id] = problem
+            if bar is not None:
+                bar.update(1)
+
         try:
-            if workers and workers > 1:
-                with ThreadPoolExecutor(max_workers=int(workers)) as pool:
-                    for n in pool.map(work, missing):
-                        done += n
-                        if bar is not None:
-                            bar.update(1)
+            workers = min(int(workers or 1), len(missing))
+            if workers > 1:
+                import multiprocessing as mp
+
+                _warm_up_librosa(self.params)  # once here, not once per forked worker
+                from concurrent.futures import ProcessPoolExecutor, as_completed
+
+                context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
+                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+                    futures = {pool.submit(_work_in_process, self, r, verify_frames): r for r in missing}
+                    try:
+                        for future in as_completed(futures):
+                            settle(futures[future], future.result())
+                    except BaseException:
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise
             else:
                 for record in missing:
-                    done += work(record)
-                    if bar is not None:
-                        bar.update(1)
+                    settle(record, _work_in_process(self, record, verify_frames))
         finally:
             if bar is not None:
                 bar.close()
@@ -195,3 +224,33 @@ class SpectrogramStore:
             raise DataError(f"cached spectrogram {path} has shape {tuple(array.shape)}, "
                             f"expected {tuple(self.shape)}; delete it and rebuild")
         return array
+
+
+def _warm_up_librosa(params: SpectrogramParams) -> None:
+    """Import librosa's lazily loaded modules and run one tiny STFT (about 2 s the first time)."""
+    import librosa
+
+    librosa.load  # noqa: B018  (lazy attribute import)
+    librosa.stft(np.zeros(2 * params.n_fft, dtype=np.float32), n_fft=params.n_fft, hop_length=params.hop_length)
+
+
+def _work_in_process(store: SpectrogramStore, record: ClipRecord, verify_frames: bool) -> str | None:
+    """One clip of :meth:`SpectrogramStore.ensure`; a :class:`DataError` comes back as its text."""
+    try:
+        return store._work(record, verify_frames)
+    except DataError as e:
+        return str(e)
+
+
+class LiveSpectrograms:
+    """Computes every spectrogram when it is read (no cache): the slow path, for benchmarks and
+    for checking that the cache holds exactly what the computation gives. Same ``load`` as
+    :class:`SpectrogramStore`; needs the records to find each clip's wav."""
+
+    def __init__(self, records: Iterable[ClipRecord], params: SpectrogramParams):
+        self.params = params
+        self.shape = expected_shape(params)
+        self.paths = {r.clip_id: r.audio_path for r in records}
+
+    def load(self, clip_id: str) -> np.ndarray:
+        return compute_spectrogram(self.paths[clip_id], self.params)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from bmlr.registry import Registry
 
-__all__ = ["DATASETS", "DataSplits", "ModalitySpec", "INPUT_KINDS", "build_datasets"]
+__all__ = ["DATASETS", "DataSplits", "ModalitySpec", "INPUT_KINDS", "build_datasets", "check_splits"]
 
 #: input kinds and the per-sample shape each one has (the batch adds a leading B)
 INPUT_KINDS = {
@@ -60,5 +60,33 @@ DATASETS: Registry[Callable[[Any], DataSplits]] = Registry("dataset")
 
 
 def build_datasets(cfg: Any) -> DataSplits:
-    """Build the data set named by ``cfg.dataset`` (``KeyError`` lists the registered names)."""
-    return DATASETS.get(cfg.dataset)(cfg)
+    """Build the data set named by ``cfg.dataset`` (``KeyError`` lists the registered names) and
+    check it (:func:`check_splits`)."""
+    data = DATASETS.get(cfg.dataset)(cfg)
+    check_splits(data, cfg.dataset)
+    return data
+
+
+def check_splits(data: DataSplits, name: str = "data set") -> None:
+    """Shapes and class counts: every split non-empty, the first item of each split has the
+    modalities and per-sample shapes ``data.modalities`` promises and a label in range
+    (:class:`~bmlr.data.base.DataError` otherwise)."""
+    from bmlr.data.base import DataError
+
+    if data.num_classes < 2 or len(data.class_names) != data.num_classes:
+        raise DataError(f"{name}: {data.num_classes} classes with {len(data.class_names)} class names; "
+                        "expected at least two classes, one name each")
+    for split in ("train", "val", "test"):
+        dataset = getattr(data, split)
+        if len(dataset) == 0:
+            raise DataError(f"{name}: the {split} split is empty")
+        inputs, label = dataset[0]
+        if set(inputs) != set(data.modalities):
+            raise DataError(f"{name}: {split} items have modalities {sorted(inputs)}, "
+                            f"expected {sorted(data.modalities)}")
+        for modality, spec in data.modalities.items():
+            if tuple(inputs[modality].shape) != tuple(spec.shape):
+                raise DataError(f"{name}: {split} {modality} input has shape {tuple(inputs[modality].shape)}, "
+                                f"expected {tuple(spec.shape)} ({spec.kind})")
+        if not 0 <= int(label) < data.num_classes:
+            raise DataError(f"{name}: {split} label {label} outside 0..{data.num_classes - 1}")
