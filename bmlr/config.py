@@ -150,10 +150,35 @@ def _coerce_scalar(source: str, key: str, value: Any, default: Any) -> Any:
     return value
 
 
+METHOD_ARGS_PREFIX = "method_args."
+
+
+def fold_method_args(data: dict[str, Any], source: str = "") -> dict[str, Any]:
+    """`method_args.<name>: value` keys (a search space's method-specific knobs, `--set
+    method_args.alpha_ogm=0.3`) merged into the `method_args` mapping; a dotted key wins over
+    the same name inside `method_args`."""
+    dotted = [k for k in data if isinstance(k, str) and k.startswith(METHOD_ARGS_PREFIX)]
+    if not dotted:
+        return data
+    out = {k: v for k, v in data.items() if k not in dotted}
+    args = out.get("method_args") or {}
+    if not isinstance(args, dict):
+        raise _fail(source, "method_args", args, "a mapping")
+    args = dict(args)
+    for key in dotted:
+        name = key[len(METHOD_ARGS_PREFIX):]
+        if not name or "." in name:
+            raise ConfigError(f"{source + ': ' if source else ''}key {key!r}: expected method_args.<name>")
+        args[name] = data[key]
+    out["method_args"] = args
+    return out
+
+
 def from_dict(data: dict[str, Any], source: str = "") -> Config:
     """Build a validated Config from a mapping; unknown keys are errors."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source or 'config'}: expected a mapping of keys to values, got {type(data).__name__}")
+    data = fold_method_args(data, source)
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
         raise ConfigError(
