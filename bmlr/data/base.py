@@ -296,9 +296,9 @@ def build_clip_splits(cfg, *, root: str | os.PathLike, class_names: Sequence[str
 
     root = Path(root)
     skip_bad = bool(getattr(cfg, "skip_bad", False))
-    named = {"train": train_rows, "test": test_rows}
-    if val_rows is not None:
-        named["val"] = val_rows
+    named = {"train": train_rows, "val": val_rows, "test": test_rows}
+    if val_rows is None:
+        del named["val"]
     seen: dict[str, str] = {}
     for split, rows in named.items():
         for clip, _ in rows:
