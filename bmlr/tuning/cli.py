@@ -125,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "export":
         return export_main(argv[1:])
+    if argv and argv[0] in ("compare", "recipe"):  # equal-budget comparisons and the paper's tables
+        from bmlr.tuning.compare import main as compare_main; return compare_main(argv)  # noqa: E702
     args = study_parser().parse_args(argv)
 
     from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
