@@ -39,6 +39,7 @@ STUDY_FILE = "study.json"
 SPACE_FILE = "search_space.yaml"
 RAY_DIR = "ray"
 STATE_DIR = "state"  # per-trial Trainer state of running trials (bmlr.tuning.trainable)
+TRIALS_DIR = "trials"  # per-trial extras kept after the study: trial_<id>/val_top3.json (Figure 4)
 
 
 class StudyError(RuntimeError):
@@ -67,6 +68,16 @@ class StudySettings:
     seed: int = 0
     max_failures: int = 0
     overrides: dict[str, Any] = field(default_factory=dict)  # --set key=value
+    # how the trials are chosen: "search" (Optuna TPE + ASHA) or "surface" (every combination of
+    # the search space's choice entries, times `grid_seeds`, each trained to the end: no ASHA)
+    kind: str = "search"
+    grid_seeds: list[int] | None = None  # surface: the training seeds of every cell
+    folder: str | None = None  # the study folder (default <storage>/<dataset>/<name>); staged stages
+    outer_run_id: str | None = None  # MLflow run the study's parent run nests under (staged stages)
+    role: str | None = None  # MLflow tag bmlr.role (default: "study" or "surface")
+    # Optuna is told these results before it samples ({"params": {...}, "value": v}), e.g. the
+    # stage-1 winner for stage 2 of a staged search; they are not trained again
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
 
     def check(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -81,6 +92,7 @@ class StudySettings:
         need(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
         need(self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
         need(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
+        need(self.kind in ("search", "surface"), f"unknown study kind {self.kind!r}")
 
 
 @dataclass
@@ -140,7 +152,12 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
     settings.storage = str(storage)
     stored: dict[str, Any] | None = None
     if resume:
-        study_dir = find_study(storage, settings.dataset, settings.name)
+        if settings.folder:
+            study_dir = Path(settings.folder)
+            if not (study_dir / STUDY_FILE).is_file():
+                raise StudyError(f"--resume: {study_dir / STUDY_FILE} not found")
+        else:
+            study_dir = find_study(storage, settings.dataset, settings.name)
         stored = json.loads((study_dir / STUDY_FILE).read_text())
         given = settings
         settings = StudySettings(**stored["settings"])
@@ -187,7 +204,7 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
     trial_base = {**production.to_dict(), "epochs": max_epochs, "seeds": [settings.seed], "name": None}
     settings.name = settings.name or f"{settings.method}-{_timestamp()}"
     if not resume:
-        study_dir = storage / settings.dataset / settings.name
+        study_dir = _abs(settings.folder) if settings.folder else storage / settings.dataset / settings.name
         if (study_dir / STUDY_FILE).exists():
             raise StudyError(f"study {study_dir} exists; continue it with --resume --name {settings.name} "
                              f"or choose another --name")
@@ -245,18 +262,23 @@ def start_tracking(plan: Plan, data_info: dict[str, Any]) -> None:
         client.update_run(plan.parent_run_id, status="RUNNING")
         client.set_tag(plan.parent_run_id, "resumed", str(int(client.get_run(plan.parent_run_id).data.tags.get("resumed", "0")) + 1))
         return
-    shutil.copyfile(plan.settings.search_space, plan.study_dir / SPACE_FILE)
+    if Path(plan.settings.search_space).resolve() != (plan.study_dir / SPACE_FILE).resolve():
+        shutil.copyfile(plan.settings.search_space, plan.study_dir / SPACE_FILE)
     s = plan.settings
     commit = tracking.git_commit(project_root())
     tags = {"dataset": s.dataset, "method": s.method, "search_space": s.search_space, "study": s.name,
             "study_dir": str(plan.study_dir), "selection_metric": f"{METRIC} (validation, {MODE})",
-            "bmlr.role": "study"}
+            "bmlr.role": s.role or ("surface" if s.kind == "surface" else "study")}
+    if s.outer_run_id:
+        tags["mlflow.parentRunId"] = s.outer_run_id
     if commit:
         tags["git_commit"] = commit
     params = {"samples": s.samples, "max_epochs": plan.max_epochs, "grace_period": s.grace_period,
               "reduction_factor": s.reduction_factor, "seed": s.seed, "max_failures": s.max_failures,
               "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial,
-              "concurrent": s.concurrent, "searcher": "optuna-tpe", "scheduler": "asha",
+              "concurrent": s.concurrent,
+              "searcher": "grid" if s.kind == "surface" else "optuna-tpe",
+              "scheduler": "fifo" if s.kind == "surface" else "asha",
               "data_sizes": data_info.get("sizes"), "searched": list(plan.space.params)}
     params.update({f"search.{k}": p.describe() for k, p in plan.space.params.items()})
     params.update({f"fixed.{k}": v for k, v in plan.production.to_dict().items() if k not in plan.space.params})
@@ -306,7 +328,7 @@ def _trainable(plan: Plan):
 
     s = plan.settings
     fn = tune.with_parameters(train_trial, base=plan.trial_base, state_dir=str(plan.study_dir / STATE_DIR),
-                              threads=max(1, int(s.cpus_per_trial)))
+                              threads=max(1, int(s.cpus_per_trial)), extras_dir=str(plan.study_dir / TRIALS_DIR))
     return tune.with_resources(fn, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
 
 
@@ -329,9 +351,14 @@ def build_tuner(plan: Plan, verbose: int):
     if plan.resumed and tune.Tuner.can_restore(str(ray_dir)):
         return tune.Tuner.restore(str(ray_dir), trainable=_trainable(plan), resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
+    if s.kind == "surface":
+        return _grid_tuner(plan, verbose)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warm = [w for w in s.warm_start if set(w["params"]) == set(plan.space.params)]
     searcher = OptunaSearch(space=plan.space.optuna_space(), metric=METRIC, mode=MODE,
-                            sampler=optuna.samplers.TPESampler(seed=s.seed))
+                            sampler=optuna.samplers.TPESampler(seed=s.seed),
+                            points_to_evaluate=[dict(w["params"]) for w in warm] or None,
+                            evaluated_rewards=[float(w["value"]) for w in warm] or None)
     scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=plan.max_epochs, grace_period=s.grace_period,
                               reduction_factor=s.reduction_factor)
     return tune.Tuner(
@@ -344,6 +371,34 @@ def build_tuner(plan: Plan, verbose: int):
             name=RAY_DIR, storage_path=str(plan.study_dir), callbacks=[_callback(plan)], verbose=verbose,
             failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False)),
     )
+
+
+def _grid_tuner(plan: Plan, verbose: int):
+    """Every combination of the space's choice entries (times the seeds), each trained for all
+    `max_epochs`: a surface must not mix budgets, so there is no early stopping."""
+    from ray import tune
+
+    s = plan.settings
+    not_grid = [k for k, p in plan.space.params.items() if p.kind != "choice"]
+    if not_grid:
+        raise StudyError(f"{plan.space.source}: a grid needs choice entries only; {not_grid} are not")
+    param_space: dict[str, Any] = {k: tune.grid_search(list(p.choices)) for k, p in plan.space.params.items()}
+    param_space["seeds"] = tune.grid_search([[int(seed)] for seed in (s.grid_seeds or [s.seed])])
+    return tune.Tuner(
+        _trainable(plan), param_space=param_space,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=1, max_concurrent_trials=s.concurrent,
+                                    reuse_actors=True, trial_dirname_creator=trial_dirname,
+                                    trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=RAY_DIR, storage_path=str(plan.study_dir), callbacks=[_callback(plan)], verbose=verbose,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures, fail_fast=False)),
+    )
+
+
+def sampled_values(row: dict[str, Any], space: SearchSpace) -> dict[str, Any]:
+    """A trials-table row's values of the searched keys (not a surface trial's seed)."""
+    return {k.removeprefix("param."): v for k, v in row.items()
+            if k.startswith("param.") and k.removeprefix("param.") in space.params}
 
 
 # --- results --------------------------------------------------------------------------------
@@ -438,7 +493,8 @@ def format_table(rows: list[dict[str, Any]], top: int = 5) -> str:
     return "\n".join(lines)
 
 
-def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = print, top: int = 5) -> StudyOutcome:
+def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = print, top: int = 5,
+           chooser: Callable[[list[dict[str, Any]]], dict[str, Any] | None] | None = None) -> StudyOutcome:
     client = tracking.client_for(plan.tracking_uri)
     runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
     rows = trial_rows(grid, plan, runs)
@@ -456,12 +512,12 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
         if row["status"] == "interrupted" and row["run_id"]:
             client.set_tag(row["run_id"], "trial_status", "interrupted")
             client.set_terminated(row["run_id"], "KILLED")
-    best = choose_best(rows)
+    best = (chooser or choose_best)(rows)
     csv_path = plan.study_dir / "trials.csv"
     write_csv(rows, csv_path)
     best_yaml = None
     if best is not None:
-        sampled = {k.removeprefix("param."): v for k, v in best.items() if k.startswith("param.")}
+        sampled = sampled_values(best, plan.space)
         cfg = production_config({**plan.production.to_dict(), **sampled})
         header = [f"Best trial of study {plan.settings.name} ({plan.settings.dataset}, method {plan.settings.method}):",
                   f"trial {best['trial_id']}, MLflow run {best['run_id']}, validation accuracy "
@@ -505,14 +561,30 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
 
 def run_study(settings: StudySettings, resume: bool = False, address: str | None = None,
               num_cpus: int | None = None, verbose: int = 1, top: int = 5,
-              log: Callable[[str], None] = print) -> StudyOutcome:
-    """Check everything, prepare the data once, run (or resume) the study, export the best."""
+              log: Callable[[str], None] = print, report: str = "fast",
+              baseline_study: str | None = None) -> StudyOutcome:
+    """Check everything, prepare the data once, run (or resume) the study, export the best,
+    then (unless `report` is "none") write the study report (`bmlr.tuning.report`; "full"
+    also trains the baseline counterpart of the best trial for its learning curves, which
+    the command line does by default)."""
+    outcome = _run_study(settings, resume, address, num_cpus, verbose, top, log)
+    if report != "none" and not outcome.interrupted and outcome.best is not None:
+        from bmlr.tuning.report import write_report_safely
+
+        write_report_safely(outcome.study_dir, baseline_study=baseline_study, train_baseline=report == "full",
+                            log=log)
+    return outcome
+
+
+def _run_study(settings: StudySettings, resume: bool, address: str | None, num_cpus: int | None, verbose: int,
+               top: int, log: Callable[[str], None]) -> StudyOutcome:
     plan = plan_study(settings, resume=resume, log=log)
     data_info = prepare_data(plan, log)
     start_tracking(plan, data_info)
+    schedule = ("every combination trained to the end" if plan.settings.kind == "surface" else
+                f"ASHA grace {plan.settings.grace_period}, reduction {plan.settings.reduction_factor}")
     log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {plan.settings.samples} trials of at most "
-        f"{plan.max_epochs} epochs (ASHA grace {plan.settings.grace_period}, reduction "
-        f"{plan.settings.reduction_factor}), seed {plan.settings.seed}\n  MLflow: {plan.tracking_uri} "
+        f"{plan.max_epochs} epochs ({schedule}), seed {plan.settings.seed}\n  MLflow: {plan.tracking_uri} "
         f"parent run {plan.parent_run_id}")
     quiet_ray(verbose)
     started = init_ray(address, num_cpus, verbose)
@@ -528,6 +600,13 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
             raise
         done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
         interrupted = len(done) < plan.settings.samples
+        if plan.settings.kind == "surface":
+            from bmlr.tuning import surface
+
+            outcome = finish(plan, grid, interrupted, log, top, chooser=surface.best_cell_row)
+            if not interrupted:
+                surface.write_grid_outputs(plan, outcome, log)
+            return outcome
         return finish(plan, grid, interrupted, log, top)
     finally:
         if started:

@@ -64,9 +64,43 @@ def save_state(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, threads: int = 1) -> None:
+def val_top3_path(extras_dir: str | Path, trial_id: str) -> Path:
+    return Path(extras_dir) / f"trial_{trial_id}" / "val_top3.json"
+
+
+def save_val_top3(trainer, path: Path, k: int = 3) -> None:
+    """Per true class, how often each class is among a sample's top-k predictions on the
+    **validation** split (the paper's Figure 4), for the fused head and each modality's
+    own head, with the current model (called when the epoch is the best so far, so the file
+    always holds the best epoch's predictions). The random states are left untouched: an
+    extra pass over the data must not change the training that follows."""
+    import json
+
+    import torch
+
+    from bmlr.metrics import top_k_by_class
+
+    devices = [trainer.device.index or 0] if trainer.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        fused, unimodal, labels = trainer.predict("val")
+    num_classes = trainer.data.num_classes
+    heads = {"multimodal": fused, **unimodal}
+    data = {"epoch": trainer.epoch, "k": k, "split": "val", "class_names": list(trainer.data.class_names),
+            "support": torch.bincount(labels, minlength=num_classes).tolist(),
+            "top_k": {name: top_k_by_class(logits, labels, num_classes, k).tolist() for name, logits in heads.items()},
+            "accuracy": {name: float((logits.argmax(1) == labels).float().mean()) for name, logits in heads.items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, threads: int = 1,
+                extras_dir: str | None = None) -> None:
     """Function trainable. `config` holds the sampled keys, `base` everything else
-    (from `tune.with_parameters`, a small dict: no data, no model)."""
+    (from `tune.with_parameters`, a small dict: no data, no model). With `extras_dir`,
+    the validation top-3 counts of the best epoch so far are kept in
+    `<extras_dir>/trial_<id>/val_top3.json` (for the study report's Figure 4)."""
     import torch
     from ray import tune
 
@@ -76,12 +110,15 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     torch.set_num_threads(max(1, int(threads)))
     cfg = from_dict({**base, **config}, source="trial configuration")
     trainer = Trainer(cfg, seed=cfg.seeds[0])  # build_datasets(cfg) reads the driver's cache
-    path = state_path(state_dir, tune.get_context().get_trial_id())
+    trial_id = tune.get_context().get_trial_id()
+    path = state_path(state_dir, trial_id)
     if path.is_file():  # a retried or resumed trial: continue after its last finished epoch
         trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
 
     while trainer.epoch < cfg.epochs:
         metrics = report_metrics(trainer.step_epoch())
+        if extras_dir and trainer.best_epoch == trainer.epoch:  # before the report: ASHA may stop us there
+            save_val_top3(trainer, val_top3_path(extras_dir, trial_id))
         # report first: if the trial dies before the save, the epoch is redone and re-reported
         # (MLflow skips epochs it has), rather than saved but never reported
         tune.report(metrics)
