@@ -76,11 +76,14 @@ def check_splits(data: DataSplits, name: str = "data set") -> None:
     if data.num_classes < 2 or len(data.class_names) != data.num_classes:
         raise DataError(f"{name}: {data.num_classes} classes with {len(data.class_names)} class names; "
                         "expected at least two classes, one name each")
+    import torch
+
     for split in ("train", "val", "test"):
         dataset = getattr(data, split)
         if len(dataset) == 0:
             raise DataError(f"{name}: the {split} split is empty")
-        inputs, label = dataset[0]
+        with torch.random.fork_rng(devices=[]):  # training augmentation must not move the global RNG
+            inputs, label = dataset[0]
         if set(inputs) != set(data.modalities):
             raise DataError(f"{name}: {split} items have modalities {sorted(inputs)}, "
                             f"expected {sorted(data.modalities)}")
