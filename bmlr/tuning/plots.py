@@ -137,7 +137,8 @@ def surface_3d(alphas: Sequence[float], betas: Sequence[float], values: np.ndarr
 def surface_heatmap(alphas: Sequence[float], betas: Sequence[float], values: np.ndarray, path: str | Path,
                     title: str, subtitle: str = "", cells: Sequence[Sequence[str]] | None = None,
                     colour_label: str = "validation accuracy (%)", empty: str = "no value",
-                    best: tuple[int, int] | None = None) -> Path:
+                    best: tuple[int, int] | None = None, alpha_ticks: Sequence[str] | None = None,
+                    beta_ticks: Sequence[str] | None = None) -> Path:
     """The grid as a heat map: rows alpha (smallest at the bottom), columns beta, each cell
     annotated with its value (and `cells[i][j]` below it, e.g. '± 1.2' or 'n = 3'); the best
     cell is outlined in red; cells without a value are grey and say `empty`."""
@@ -174,9 +175,9 @@ def surface_heatmap(alphas: Sequence[float], betas: Sequence[float], values: np.
                                          f"\u03b2={fmt_value(betas[j])}"))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=9, frameon=False)
     ax.set_xticks(range(n_b))
-    ax.set_xticklabels([fmt_value(b) for b in betas])
+    ax.set_xticklabels(beta_ticks or [fmt_value(b) for b in betas], fontsize=9 if beta_ticks else None)
     ax.set_yticks(range(n_a))
-    ax.set_yticklabels([fmt_value(a) for a in alphas])
+    ax.set_yticklabels(alpha_ticks or [fmt_value(a) for a in alphas], fontsize=9 if alpha_ticks else None)
     ax.set_xlabel("\u03b2 (reshaping threshold: reshape while 1 < \u03bb < 1/\u03b2)")
     ax.set_ylabel("\u03b1 (temperature scale)")
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)

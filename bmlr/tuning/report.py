@@ -196,8 +196,8 @@ def param_importances(rows: list[dict[str, Any]], space) -> tuple[dict[str, floa
             choices = list(param.choices) if param is not None and param.kind == "choice" else sorted(set(map(str, values)))
             dists[key] = CategoricalDistribution(choices)
     usable = [r for r in rows if all(r.get(f"param.{k}") is not None for k in dists)]
-    if not dists or len(usable) < 3:
-        return {}, len(usable)
+    if not dists or len(usable) < 3 or len({float(r["best_val_acc"]) for r in usable}) < 2:
+        return {}, len(usable)  # nothing varied, too few trials, or every trial scored the same
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")
     for r in usable:
@@ -473,8 +473,8 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
         page.p("Importance: the share of the variance of validation accuracy across trials that each "
                "hyperparameter explains (Optuna's fANOVA evaluator, seed 0). Few trials make it noisy.")
     else:
-        page.p(f"Not computed: it needs at least 3 finished trials and a hyperparameter that varied "
-               f"({n_used} usable trials).")
+        page.p(f"Not computed: it needs at least 3 finished trials, a hyperparameter that varied and "
+               f"scores that differ ({n_used} usable trials).")
 
     # 3. surface
     page.h(2, "\u03b1 \u00d7 \u03b2 surface (the paper's Figure 5)")

@@ -368,12 +368,20 @@ def draw_binned(bins: list[dict[str, Any]], points, out_dir: Path, title: str, s
         i, j = alphas.index(b["alpha"]), betas.index(b["beta"])
         if b["val_acc_max"] is not None:
             values[i, j] = 100.0 * b["val_acc_max"]
-        notes[i][j] = f"n={b['trials']}"
+        notes[i][j] = f"n={b['trials']}" if b["trials"] else ""
+    ranges = {}
+    for key, centres in (("alpha", alphas), ("beta", betas)):
+        ranges[key] = []
+        for c in centres:
+            b = next(x for x in bins if x[key] == c)
+            ranges[key].append(f"{plots.fmt_value(round_sig(b[f'{key}_low']))}\u2013"
+                               f"{plots.fmt_value(round_sig(b[f'{key}_high']))}")
+    best = best_index(alphas, betas, values)
     return [plots.surface_3d(alphas, betas, values, out_dir / f"{prefix}3d.png", title, subtitle, points=points,
-                             layer_label="\u03b1 bin \u2248 {} (best trial per \u03b2 bin)"),
+                             layer_label="\u03b1 bin \u2248 {} (best trial per \u03b2 bin)", best=best),
             plots.surface_heatmap(alphas, betas, values, out_dir / f"{prefix}heatmap.png", title, subtitle,
                                   cells=notes, colour_label="best validation accuracy in the bin (%)",
-                                  empty="no trial")]
+                                  empty="no trial", best=best, alpha_ticks=ranges["alpha"], beta_ticks=ranges["beta"])]
 
 
 def surface_from_study(study_dir: Path, out_dir: Path | None = None, n_alpha: int | None = None,
@@ -389,11 +397,14 @@ def surface_from_study(study_dir: Path, out_dir: Path | None = None, n_alpha: in
         raise SurfaceError(f"{study_dir}: no trials.csv (is it a finished bmlr-tune study?)")
     rows = read_csv(study_dir / "trials.csv")
     space = None
-    if (study_dir / "search_space.yaml").is_file():
-        try:
-            space = load_search_space(study_dir / "search_space.yaml")
-        except Exception:
-            space = None
+    # the ranges to bin over: the study's copy of its search space (a staged study: the file it started from)
+    for candidate in (study_dir / "search_space.yaml", _study_info(study_dir).get("search_space")):
+        if candidate and Path(candidate).is_file():
+            try:
+                space = load_search_space(candidate)
+                break
+            except Exception:
+                continue
     n = len([r for r in rows if r.get("status") != "failed"])
     n_alpha = n_alpha or (2 if n < 12 else 3)
     n_beta = n_beta or (3 if n < 12 else 5)
