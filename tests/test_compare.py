@@ -154,8 +154,10 @@ def test_untuned_row_configurations():
     base = untuned_config(space, Arm("baseline", "baseline"), "synthetic", None, overrides)
     assert base.method_args == {} and base.epochs == 6  # method_args.* reach only the methods that take them
     assert overrides_for("baseline", overrides) == {"epochs": 6}
-    with pytest.raises(ComparisonError, match="none of the methods"):
-        check_overrides([Arm("baseline", "baseline"), Arm("bmlr", "bmlr")], {"method_args.anchor_epochs": 4})
+    rows = [Arm("baseline", "baseline"), Arm("bmlr", "bmlr")]
+    assert check_overrides(rows, {"method_args.anchor_epochs": 4, "lr": 1.0}) == ["method_args.anchor_epochs"]
+    with pytest.raises(ComparisonError, match="no method accepts 'anchor_epoch'"):
+        check_overrides(rows, {"method_args.anchor_epoch": 4})  # a typo
     with pytest.raises(ComparisonError, match="udi"):
         untuned_config(space, Arm("udi", "udi"), "synthetic", None, {"method_args.consistency": "nope"})
     assert run_key(cfg) == run_key(cfg.replace(threads=2, name="x", output_dir="/elsewhere"))
@@ -217,9 +219,9 @@ def test_recipe_list_and_start_up_errors(tmp_path, capsys):
     storage = ["--storage", str(tmp_path / "runs")]
     assert cli.main(["compare", "--methods", "baseline", "nosuch", "--no-tune", *storage]) == 2
     assert "unknown method 'nosuch'" in capsys.readouterr().err
-    assert cli.main(["compare", "--methods", "baseline", "bmlr", "--no-tune", "--set", "method_args.alpha_ogm=1",
+    assert cli.main(["compare", "--methods", "baseline", "bmlr", "--no-tune", "--set", "method_args.alpha_og=1",
                      *storage]) == 2
-    assert "none of the methods" in capsys.readouterr().err
+    assert "no method accepts 'alpha_og'" in capsys.readouterr().err
     assert cli.main(["compare", "--methods", "baseline", "--no-tune", "--data-root", str(tmp_path / "nope"),
                      *storage]) == 2
     assert "data root not found" in capsys.readouterr().err

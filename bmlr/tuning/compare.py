@@ -56,7 +56,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-
 from bmlr.config import METHOD_ARGS_PREFIX, Config, ConfigError, from_dict
 from bmlr.tuning.recipes import Arm, Recipe, describe_recipes, get_recipe, method_arms
 from bmlr.tuning.search_space import (SearchSpace, SearchSpaceError, load_search_space, method_defaults,
@@ -153,11 +152,23 @@ def overrides_for(method: str, overrides: dict[str, Any]) -> dict[str, Any]:
             if not k.startswith(METHOD_ARGS_PREFIX) or k[len(METHOD_ARGS_PREFIX):] in accepted}
 
 
-def check_overrides(arms: list[Arm], overrides: dict[str, Any]) -> None:
+def check_overrides(arms: list[Arm], overrides: dict[str, Any]) -> list[str]:
+    """`method_args.<name>` overrides must name an argument of some method (a typo is an
+    error); returns those that no row of this comparison takes (the same `--set` list can
+    then serve every recipe)."""
+    from bmlr.methods import METHODS
+
+    unused = []
     for key in overrides:
-        if key.startswith(METHOD_ARGS_PREFIX) and not any(key in overrides_for(a.method, {key: 0}) for a in arms):
-            raise ComparisonError(f"--set {key}: none of the methods {sorted({a.method for a in arms})} accepts "
-                                  f"{key[len(METHOD_ARGS_PREFIX):]!r}")
+        if not key.startswith(METHOD_ARGS_PREFIX):
+            continue
+        name = key[len(METHOD_ARGS_PREFIX):]
+        takers = [m for m in METHODS.names() if name in method_defaults(m)]
+        if not takers:
+            raise ComparisonError(f"--set {key}: no method accepts {name!r}")
+        if not any(key in overrides_for(a.method, {key: 0}) for a in arms):
+            unused.append(key)
+    return unused
 
 
 def arm_space(space: SearchSpace, arm: Arm, overrides: dict[str, Any]) -> SearchSpace:
@@ -433,7 +444,8 @@ class Comparison:
         if "dataset" in self.space.fixed and self.space.fixed["dataset"] != s.dataset:
             raise SearchSpaceError(f"{self.space.source}: fixed.dataset: {self.space.fixed['dataset']!r} does not "
                                    f"match --dataset {s.dataset!r}")
-        check_overrides(self.arms, s.overrides)
+        for key in check_overrides(self.arms, s.overrides):
+            self.log(f"note: --set {key}: no row of this comparison takes it (ignored)")
         self.spaces: dict[str, SearchSpace] = {}
         self.base_configs: dict[str, Config] = {}
         for arm in self.arms:
