@@ -39,7 +39,7 @@ class Config:
     val_fraction: float = 0.1  # carved out of train where a data set ships no validation split
     split_seed: int = 0
     skip_bad: bool = False
-    num_workers: int = 0
+    num_workers: int = 0  # data-loader worker processes; -1 = from the CPUs (bmlr.engine.loader_workers)
     # --- model ---
     fusion: str = "concat"
     model_width: int = 64  # ResNet base width (64 = ResNet-18) or Transformer d_model
@@ -65,6 +65,8 @@ class Config:
     device: str = "auto"  # auto = cuda when available
     threads: int = 0  # CPU threads for torch; 0 = torch's default (all cores)
     amp: bool = True  # mixed precision on GPU (bf16 where supported); ignored on CPU
+    channels_last: bool = False  # NHWC memory format for the CNN encoders (faster convolutions on GPU with amp)
+    compile: bool = False  # torch.compile the encoders in place (the first steps compile; CPU needs a C++ compiler)
     output_dir: str = "runs"
     name: str | None = None
 
@@ -234,7 +236,7 @@ def validate(cfg: Config) -> None:
     check(cfg.frames >= 1, "frames", "an integer >= 1")
     check(cfg.image_size >= 8, "image_size", "an integer >= 8")
     check(0.0 < cfg.val_fraction < 1.0, "val_fraction", "a number in (0, 1)")
-    check(cfg.num_workers >= 0, "num_workers", "an integer >= 0")
+    check(cfg.num_workers >= -1, "num_workers", "an integer >= 0, or -1 (from the CPUs)")
     check(cfg.threads >= 0, "threads", "an integer >= 0 (0 = torch's default)")
     check(cfg.model_width >= 1, "model_width", "an integer >= 1")
     check(cfg.model_depth >= 1, "model_depth", "an integer >= 1")

@@ -53,6 +53,16 @@ def build_model_for(cfg: Config, data: DataSplits) -> MultimodalModel:
     return build_model(encoders, cfg.fusion, data.num_classes)
 
 
+def loader_workers(cfg: Config) -> int:
+    """Data-loader workers: `cfg.num_workers`, or for -1 one per CPU of this process beyond the
+    first (at most 8). The CPUs are `cfg.threads`, else torch's thread count, which a Ray trial
+    sets to its --cpus-per-trial: a trial's loader is sized from the trial's CPUs."""
+    if cfg.num_workers >= 0:
+        return cfg.num_workers
+    cpus = cfg.threads or torch.get_num_threads()
+    return max(0, min(8, cpus - 1))
+
+
 def build_optimizer(cfg: Config, model: torch.nn.Module) -> torch.optim.Optimizer:
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
@@ -80,6 +90,12 @@ class Trainer:
         seed_everything(seed)
         self.data = data if data is not None else build_datasets(cfg)
         self.model = build_model_for(cfg, self.data).to(self.device)
+        if cfg.channels_last:  # 4-D parameters in NHWC; convolutions then run (and return) NHWC
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile:  # in place: parameter names, state dicts and checkpoints stay the same
+            for encoder in self.model.encoders.values():
+                encoder.compile()
+        self.num_workers = loader_workers(cfg)
         self.method = METHODS.get(cfg.method)(cfg)
         self.optimizer = build_optimizer(cfg, self.model)
         self.scheduler = build_scheduler(cfg, self.optimizer)
@@ -102,7 +118,7 @@ class Trainer:
         # the shuffle order depends only on (seed, epoch), so a resumed run sees the same batches
         generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch) if train else None
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=train, generator=generator,
-                          num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda",
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
                           persistent_workers=False)
 
     def _to_device(self, inputs: dict, labels: torch.Tensor):

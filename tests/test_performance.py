@@ -1,0 +1,154 @@
+"""Performance options of the engine (loader workers from the CPUs, channels-last, torch.compile)
+on the CPU, and the benchmarks' own logic. No timing is asserted: the machine is shared."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bmlr.config import ConfigError, from_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"model_width": 4, "model_depth": 1, "image_size": 32, "frames": 2, "batch_size": 16,
+        "val_fraction": 0.3, "epochs": 1, "seeds": [0], "lr": 3e-3, "device": "cpu", "threads": 1}
+
+
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    from bmlr.data.synthetic import generate
+
+    base = tmp_path_factory.mktemp("perf")
+    root = generate(base / "data", seed=0, n_train_per_class=6, n_test_per_class=1, image_size=32, n_frames=2)
+    return {"data_root": str(root), "cache_dir": str(base / "cache")}
+
+
+@pytest.fixture
+def threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def test_loader_workers_from_the_cpus(threads):
+    from bmlr.engine import loader_workers
+
+    assert loader_workers(from_dict({"num_workers": 3})) == 3  # explicit values are kept
+    assert loader_workers(from_dict({"num_workers": 0, "threads": 8})) == 0
+    assert loader_workers(from_dict({"num_workers": -1, "threads": 4})) == 3  # one CPU for the step
+    assert loader_workers(from_dict({"num_workers": -1, "threads": 1})) == 0
+    assert loader_workers(from_dict({"num_workers": -1, "threads": 64})) == 8  # capped
+    torch.set_num_threads(3)  # what a Ray trial with --cpus-per-trial 3 sets before building the Trainer
+    assert loader_workers(from_dict({"num_workers": -1})) == 2
+    with pytest.raises(ConfigError, match="num_workers"):
+        from_dict({"num_workers": -2})
+
+
+def test_trainer_sizes_its_loader_from_the_cpus(tiny_data, threads):
+    from bmlr.engine import Trainer
+
+    trainer = Trainer(from_dict({**TINY, **tiny_data, "num_workers": -1, "threads": 2}), seed=0)
+    assert trainer.num_workers == 1
+    loader = trainer.loader("train")
+    assert loader.num_workers == 1 and loader.pin_memory is False  # pinned memory only for CUDA
+    inputs, labels = next(iter(loader))
+    assert inputs["visual"].shape[0] == labels.shape[0] == TINY["batch_size"]
+
+
+def test_channels_last_trains_like_the_default_layout(tiny_data, threads):
+    from bmlr.engine import Trainer
+
+    plain = Trainer(from_dict({**TINY, **tiny_data}), seed=0)
+    a = plain.step_epoch()  # (the global random state drives augmentation: one Trainer at a time)
+    nhwc = Trainer(from_dict({**TINY, **tiny_data, "channels_last": True}), seed=0)
+    convs = [m.weight for m in nhwc.model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert not any(w.is_contiguous(memory_format=torch.channels_last)
+                   for m in plain.model.modules() if isinstance(m, torch.nn.Conv2d) for w in [m.weight]
+                   if w.shape[1] > 1 and w.shape[-1] > 1)
+    b = nhwc.step_epoch()
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)  # same math, another memory layout
+    assert set(nhwc.state_dict()["model"]) == set(plain.state_dict()["model"])
+
+
+@pytest.mark.slow
+def test_compile_keeps_parameter_names_and_trains(tiny_data, threads, monkeypatch):
+    """`compile: true` on the CPU: the engine's code path, with dynamo tracing and AOT autograd
+    but without inductor's C++ code generation (which takes over ten minutes on two shared cores;
+    `bench/bench_throughput.py --variants cl+compile` runs the real thing)."""
+    from bmlr.engine import Trainer
+
+    compile_module = torch.nn.Module.compile
+    calls = []
+
+    def aot_eager(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return compile_module(self, *args, **{**kwargs, "backend": "aot_eager"})
+
+    monkeypatch.setattr(torch.nn.Module, "compile", aot_eager)
+
+    plain = Trainer(from_dict({**TINY, **tiny_data}), seed=0)
+    a = plain.step_epoch()
+    compiled = Trainer(from_dict({**TINY, **tiny_data, "compile": True, "channels_last": True}), seed=0)
+    b = compiled.step_epoch()
+    assert b["train_loss"] == pytest.approx(a["train_loss"], rel=1e-3)
+    assert sorted(calls) == ["ResNetAudioEncoder", "ResNetVisualEncoder"], calls
+    assert all(getattr(e, "_compiled_call_impl", None) is not None for e in compiled.model.encoders.values())
+    assert list(compiled.state_dict()["model"]) == list(plain.state_dict()["model"])  # checkpoints interchange
+    plain.model.load_state_dict(compiled.state_dict()["model"])
+
+
+def test_bench_throughput_tiny_runs_every_cpu_variant(tiny_data, capsys, threads):
+    bench = _bench("bench_throughput")
+    rc = bench.main(["--sizes", "tiny", "--steps", "1", "--warmup", "1", "--cpus", "2", "--no-epoch",
+                     "--variants", "fp32,workers,cl", "--data-root", tiny_data["data_root"],
+                     "--cache-dir", tiny_data["cache_dir"]])
+    assert rc == 0
+    out = capsys.readouterr().out
+    for text in ("fp32", "workers", "cl", "share of the step", "GFLOP per training step", "measured matmul"):
+        assert text in out
+
+
+def test_search_benchmark_curves():
+    bench = _bench("bench_search")
+    assert len(bench.grid_points()) == 48 and len({bench.point_key(p) for p in bench.grid_points()}) == 48
+    assert bench.best_so_far([0.2, 0.5, 0.4, 0.7]) == [0.2, 0.5, 0.5, 0.7]
+    assert bench.epochs_to_target([0.2, 0.5, 0.5, 0.7], 0.5) == 2
+    assert bench.epochs_to_target([0.2, 0.5], 0.9) is None
+    s = bench.summarise([[0.1, 0.9], [0.9, 0.9]], target=0.9, grid_total=8)
+    assert s["epochs_to_target"] == [2, 1] and s["max_ratio"] == 0.25 and s["reached"] == 2
+    assert bench.summarise([[0.1], [0.9]], target=0.9, grid_total=8)["median_ratio"] is None
+
+
+@pytest.mark.slow
+def test_search_benchmark_replays_through_ray_tune(tmp_path):
+    """TPE + ASHA and random search over a made-up table, through Ray Tune: ASHA stops the poor
+    configurations early (fewer epochs than trials x max epochs), random search never does."""
+    import argparse
+
+    import ray
+
+    bench = _bench("bench_search")
+    epochs = 3
+    table = {bench.point_key(p): {"val_acc": [0.3 + 0.1 * (p["lr"] > 2e-3) + 0.2 * (p["beta"] == 0.5) + 0.05 * e
+                                              for e in range(epochs)]} for p in bench.grid_points()}
+    args = argparse.Namespace(epochs=epochs, concurrent=2, replay_sleep=0.01)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        tpe = bench.run_replay(table, "tpe_asha", 0, args, tmp_path, samples=12, grace=1, reduction=3, startup=4)
+        rnd = bench.run_replay(table, "random", 0, args, tmp_path, samples=6)
+    finally:
+        ray.shutdown()
+    assert len(rnd) == 6 * epochs  # no early stopping
+    assert 12 <= len(tpe) < 12 * epochs  # every trial ran at least its grace epoch; ASHA stopped some
+    assert tpe == sorted(tpe) and rnd == sorted(rnd)  # best so far never decreases
