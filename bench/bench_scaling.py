@@ -1,0 +1,301 @@
+"""How a study's cost grows, and how many trials an hour a machine gets through.
+
+Every measurement runs a real study (`tune.py` in a subprocess, the tiny synthetic default
+unless --set says otherwise) and watches it: wall time, peak memory of the whole process tree
+(driver, Ray's processes, every trial; proportional set size, so shared pages count once),
+the study folder's size on disk, and trial intervals from Ray's results (how many ran at once).
+
+    python bench/bench_scaling.py samples       # 8, 16, 32 trials (TPE + ASHA defaults)
+    python bench/bench_scaling.py data          # 50, 100 (the default), 200, 400 clips per class
+    python bench/bench_scaling.py concurrency   # --concurrent 1, 2, 4 on this machine's CPUs
+    python bench/bench_scaling.py packing       # 1, 2, 4 trials per GPU (--gpus-per-trial 1, 0.5, 0.25)
+
+`packing` needs GPUs; `--fake-gpus N` runs it on a CPU machine against a `ray start` head that
+advertises N GPUs (the trials then train on the CPU: this checks Ray's placement of fractional
+trials, not GPU speed). Ratios are to the first setting of the same run. Results: --json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+BIN = Path(sys.executable).parent
+
+
+def env() -> dict[str, str]:
+    e = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    e.pop("MLFLOW_TRACKING_URI", None)
+    return e
+
+
+# --- memory of a process tree (/proc, no psutil) -----------------------------------------------
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(entry.name))
+    return kids
+
+
+def tree(pid: int) -> list[int]:
+    kids, out, todo = _children(), [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(kids.get(p, []))
+    return out
+
+
+def pss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class MemoryWatch(threading.Thread):
+    """Peak summed PSS of a process and all its descendants, sampled every `every` seconds."""
+
+    def __init__(self, pid: int, every: float = 0.5):
+        super().__init__(daemon=True)
+        self.pid, self.every, self.peak_kb, self.peak_procs = pid, every, 0, 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            pids = tree(self.pid)
+            total = sum(pss_kb(p) for p in pids)
+            if total > self.peak_kb:
+                self.peak_kb, self.peak_procs = total, len(pids)
+            self._stop.wait(self.every)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.join(5)
+
+
+def du(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
+
+
+# --- one study ----------------------------------------------------------------------------------
+def run_study(args, work: Path, name: str, extra: list[str], data_root: Path | None = None) -> dict[str, Any]:
+    storage = work / "runs"
+    cmd = [sys.executable, str(ROOT / "tune.py"), "--storage", str(storage), "--name", name, "-v", "0",
+           "--set", f"cache_dir={work / 'cache'}", *extra]
+    for item in args.set:
+        cmd += ["--set", item]
+    if data_root is not None:
+        cmd += ["--data-root", str(data_root)]
+    log = (work / f"{name}.log").open("w")
+    start = time.time()
+    proc = subprocess.Popen(cmd, env=env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    watch = MemoryWatch(proc.pid)
+    watch.start()
+    try:
+        rc = proc.wait(args.timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    finally:
+        watch.stop()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    wall = time.time() - start
+    study = storage / "synthetic" / name
+    text = (work / f"{name}.log").read_text()
+    if rc != 0:
+        raise SystemExit(f"study {name} failed (exit {rc}):\n{text[-3000:]}")
+    prepared = next((float(line.rsplit("prepared in ", 1)[1].split("s")[0]) for line in text.splitlines()
+                     if "prepared in" in line), None)
+    intervals, epochs = [], 0
+    for result in (study / "ray").glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if rows:
+            epochs += len(rows)
+            intervals.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]))
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    running = most = 0
+    for _, d in events:
+        running += d
+        most = max(most, running)
+    span = (max(e for _, e in intervals) - min(s for s, _ in intervals)) if intervals else None
+    return {"name": name, "wall_s": wall, "trials": len(intervals), "epochs": epochs,
+            "trials_per_hour": len(intervals) / wall * 3600,
+            "trials_per_hour_training": len(intervals) / span * 3600 if span else None,
+            "epochs_per_hour": epochs / wall * 3600, "max_parallel": most,
+            "peak_pss_gb": watch.peak_kb / 1024 ** 2, "processes_at_peak": watch.peak_procs,
+            "study_disk_mb": du(study) / 1e6, "mlflow_db_mb": du(storage / "mlflow.db") / 1e6,
+            "data_prepare_s": prepared}
+
+
+def show(title: str, rows: list[dict[str, Any]], key: str) -> None:
+    print(f"\n{title}")
+    print(f"  {key:>12s} {'wall':>8s} {'vs first':>8s} {'trials':>6s} {'epochs':>6s} {'trials/h':>9s} "
+          f"{'vs first':>8s} {'parallel':>8s} {'peak mem':>9s} {'vs first':>8s} {'study dir':>9s}")
+    f = rows[0]
+    for r in rows:
+        print(f"  {str(r[key]):>12s} {r['wall_s']:7.0f}s {r['wall_s'] / f['wall_s']:7.2f}x {r['trials']:6d} "
+              f"{r['epochs']:6d} {r['trials_per_hour']:9.0f} {r['trials_per_hour'] / f['trials_per_hour']:7.2f}x "
+              f"{r['max_parallel']:8d} {r['peak_pss_gb']:8.2f}G {r['peak_pss_gb'] / f['peak_pss_gb']:7.2f}x "
+              f"{r['study_disk_mb']:8.1f}M" + (f"  data prepared in {r['data_prepare_s']:.1f}s"
+                                               if r.get("data_prepare_s") is not None and key == "clips/class" else ""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_head(cpus: int, gpus: int, temp_dir: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--port", str(port), "--num-cpus",
+                             str(cpus), "--num-gpus", str(gpus), "--include-dashboard", "false",
+                             "--disable-usage-stats", "--temp-dir", temp_dir,
+                             "--object-store-memory", str(200 * 1024 ** 2)],
+                            env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit("ray start --head did not come up")
+            time.sleep(0.5)
+    return proc, f"127.0.0.1:{port}"
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+            proc.wait(10)
+            return
+        except (ProcessLookupError, PermissionError):
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=("samples", "data", "concurrency", "packing"))
+    p.add_argument("--values", help="comma-separated settings (default: see the description)")
+    p.add_argument("--samples", type=int, default=8, help="trials of each study (data, concurrency, packing)")
+    p.add_argument("--max-epochs", type=int, default=4)
+    p.add_argument("--concurrent", type=int, help="trials at once (samples, data; default: as many as fit)")
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs the studies may use")
+    p.add_argument("--gpus", type=int, default=1, help="GPUs (packing)")
+    p.add_argument("--fake-gpus", action="store_true", help="packing on a CPU machine: a Ray head advertising --gpus")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to tune.py")
+    p.add_argument("--work", help="folder for the studies (default: a temporary one, removed afterwards)")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--json", help="write the numbers here")
+    args = p.parse_args(argv)
+
+    work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix=f"bench-{args.what}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    import platform
+
+    print(f"machine: {platform.node()}, {os.cpu_count()} CPU cores visible, load average "
+          f"{os.getloadavg()[0]:.1f} at start; studies may use {args.cpus} CPUs", flush=True)
+    rows: list[dict[str, Any]] = []
+    head = None
+    try:
+        base = ["--max-epochs", str(args.max_epochs), "--num-cpus", str(args.cpus)]
+        if args.what == "samples":
+            values = [int(v) for v in (args.values or "8,16,32").split(",")]
+            for n in values:
+                extra = base + ["--samples", str(n)] + (["--concurrent", str(args.concurrent)] if args.concurrent else [])
+                rows.append({"samples": n, **run_study(args, work, f"samples-{n}", extra)})
+                print(f"  {n} samples: {rows[-1]['wall_s']:.0f}s", flush=True)
+            show(f"wall time and memory against the number of trials (TPE + ASHA defaults, at most "
+                 f"{args.max_epochs} epochs, tiny synthetic default)", rows, "samples")
+        elif args.what == "data":
+            from bmlr.data.synthetic import generate
+
+            values = [int(v) for v in (args.values or "50,100,200,400").split(",")]
+            for n in values:
+                root = work / f"data-{n}"
+                if not (root / ".complete").exists():
+                    generate(root, seed=0, n_train_per_class=n)
+                # grace = max epochs: no trial is stopped early, so every size does the same work
+                extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs)] + (
+                    ["--concurrent", str(args.concurrent)] if args.concurrent else [])
+                row = {"clips/class": n, "train_clips": 6 * n, **run_study(args, work, f"data-{n}", extra, root)}
+                row["cache_mb"] = du(work / "cache") / 1e6
+                rows.append(row)
+                print(f"  {n} clips per class: {row['wall_s']:.0f}s", flush=True)
+            show(f"wall time and memory against the data set size ({args.samples} trials of {args.max_epochs} "
+                 f"epochs, no early stopping)", rows, "clips/class")
+        elif args.what == "concurrency":
+            values = [int(v) for v in (args.values or "1,2,4").split(",")]
+            for c in values:
+                extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs),
+                                "--concurrent", str(c), "--cpus-per-trial", f"{args.cpus / c:g}"]
+                rows.append({"concurrent": c, **run_study(args, work, f"concurrent-{c}", extra)})
+                print(f"  --concurrent {c}: {rows[-1]['wall_s']:.0f}s", flush=True)
+            show(f"trials per hour against --concurrent ({args.samples} trials of {args.max_epochs} epochs, "
+                 f"no early stopping, --cpus-per-trial = {args.cpus} / concurrent)", rows, "concurrent")
+        else:
+            import torch
+
+            if not args.fake_gpus and not torch.cuda.is_available():
+                raise SystemExit("packing needs a GPU; --fake-gpus checks Ray's placement on a CPU machine")
+            values = [int(v) for v in (args.values or "1,2,4").split(",")]
+            if args.fake_gpus:
+                temp_dir = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp")
+                head, address = start_head(args.cpus, args.gpus, temp_dir)
+                base = ["--max-epochs", str(args.max_epochs), "--address", address]
+            for k in values:
+                trials = k * args.gpus
+                extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs),
+                                "--gpus-per-trial", f"{1 / k:g}", "--cpus-per-trial", f"{args.cpus / trials:g}",
+                                "--concurrent", str(trials)]
+                rows.append({"per_gpu": k, **run_study(args, work, f"packing-{k}", extra)})
+                print(f"  {k} trials per GPU: {rows[-1]['wall_s']:.0f}s", flush=True)
+            show(f"trials per hour against trials per GPU ({args.gpus} GPU{'s' if args.gpus > 1 else ''}"
+                 f"{', advertised by Ray only: trials train on the CPU' if args.fake_gpus else ''}; "
+                 f"{args.samples} trials of {args.max_epochs} epochs)", rows, "per_gpu")
+    finally:
+        if head is not None:
+            stop_group(head)
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"what": args.what, "rows": rows}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,449 @@
+"""Search efficiency on the synthetic default: Optuna TPE + ASHA vs random search (no early
+stopping) vs the exhaustive grid, as best validation accuracy against cumulative training epochs.
+
+Three phases, each reusing what the one before wrote to `--out`:
+
+1. **grid** (real training): every point of the grid
+   alpha {0.5, 1, 2} x beta {0.1, 0.3, 0.5, 0.7} x lr {1e-3, 3e-3} x fusion {concat, sum}
+   (48 configurations) trained for `--epochs` epochs with the study seed on the synthetic
+   default (the tiny model of `search_spaces/synthetic.yaml`), in `--workers` processes of one
+   torch thread each. Every epoch's validation accuracy goes to `grid.jsonl` (resumable).
+2. **replay** (no training): TPE + ASHA and random search run through the real Ray Tune
+   machinery (OptunaSearch with TPESampler / RandomSampler, ASHAScheduler, `--concurrent`
+   trials at once, `tune.report` once per epoch) over the *same 48 configurations*, each trial
+   replaying the epochs the grid phase measured for its configuration (a tabular benchmark).
+   That makes many searcher seeds cheap, so the numbers are medians over `--seeds` runs, and the
+   ASHA / TPE defaults can be swept (`--sweep`).
+3. **live** (real training, optional `--live`): the study exactly as a user runs it
+   (`bmlr.tuning.study.run_study` with the CLI's defaults) on the shipped *continuous* search
+   space `search_spaces/synthetic.yaml`, `--live-samples` trials of at most `--epochs` epochs;
+   cumulative epochs are read back from the trials' `result.json`.
+
+Printed for each strategy: the cumulative epochs needed until the best validation accuracy so
+far is within `--tolerance` (1 point) of the grid's best, as a ratio to the grid's total epochs
+(48 x epochs). The curve goes to `search_efficiency.png`, all numbers to `summary.json`.
+
+    python bench/bench_search.py --out bench/results/search              # grid + replay
+    python bench/bench_search.py --out bench/results/search --live       # + one real TPE+ASHA study
+    python bench/bench_search.py --out bench/results/search --sweep      # + ASHA/TPE default sweep
+
+Epochs, not seconds, are the unit: they are what a GPU cluster bills, and they do not depend on
+the noise of a shared machine.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+GRID = {"alpha": [0.5, 1.0, 2.0], "beta": [0.1, 0.3, 0.5, 0.7], "lr": [1.0e-3, 3.0e-3],
+        "fusion": ["concat", "sum"]}
+GRID_KEYS = tuple(GRID)
+
+
+def grid_points() -> list[dict[str, Any]]:
+    return [dict(zip(GRID_KEYS, values)) for values in itertools.product(*GRID.values())]
+
+
+def point_key(point: dict[str, Any]) -> str:
+    return "|".join(f"{k}={point[k]!r}" for k in GRID_KEYS)
+
+
+def base_config(args) -> dict[str, Any]:
+    """The synthetic default's fixed part (search_spaces/synthetic.yaml), one seed, one thread."""
+    from bmlr.config import from_dict
+    from bmlr.tuning.search_space import load_search_space
+
+    space = load_search_space(ROOT / "search_spaces" / "synthetic.yaml")
+    fixed = {**space.fixed, "epochs": args.epochs, "seeds": [args.seed], "threads": 1,
+             "val_fraction": args.val_fraction, "device": "cpu"}
+    if args.cache_dir:
+        fixed["cache_dir"] = str(Path(args.cache_dir).resolve())
+    return from_dict(fixed).to_dict()
+
+
+# --- phase 1: the grid, really trained ----------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(base: dict[str, Any]) -> None:
+    import torch
+
+    from bmlr.config import from_dict
+    from bmlr.data import build_datasets
+
+    torch.set_num_threads(1)
+    _WORKER["base"] = base
+    _WORKER["data"] = build_datasets(from_dict(base))
+
+
+def _train_point(point: dict[str, Any]) -> dict[str, Any]:
+    from bmlr.config import from_dict
+    from bmlr.engine import Trainer
+
+    cfg = from_dict({**_WORKER["base"], **point})
+    start = time.perf_counter()
+    trainer = Trainer(cfg, seed=cfg.seeds[0], data=_WORKER["data"], device=None)
+    curve, seconds = [], []
+    for _ in range(cfg.epochs):
+        t = time.perf_counter()
+        metrics = trainer.step_epoch()
+        seconds.append(time.perf_counter() - t)
+        curve.append(float(metrics["val_acc"]))
+    return {"key": point_key(point), "point": point, "val_acc": curve, "epoch_seconds": seconds,
+            "seconds": time.perf_counter() - start}
+
+
+def run_grid(args, out: Path) -> dict[str, dict[str, Any]]:
+    import multiprocessing as mp
+
+    from bmlr.config import from_dict
+    from bmlr.data import build_datasets
+
+    path = out / "grid.jsonl"
+    base = base_config(args)
+    from bmlr.data.synthetic import VERSION
+
+    meta = {"epochs": args.epochs, "seed": args.seed, "val_fraction": args.val_fraction, "grid": GRID,
+            "synthetic_version": VERSION}
+    meta_path = out / "grid_meta.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
+        raise SystemExit(f"{out} holds a grid of other settings ({meta_path}); choose another --out")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    done = load_table(path)
+    todo = [p for p in grid_points() if point_key(p) not in done]
+    if not todo:
+        return done
+    build_datasets(from_dict(base))  # prepare the cache once, before the workers read it
+    print(f"grid: training {len(todo)} of {len(grid_points())} configurations x {args.epochs} epochs "
+          f"in {args.workers} processes", flush=True)
+    start = time.time()
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(args.workers, initializer=_init_worker, initargs=(base,)) as pool, path.open("a") as f:
+        for i, row in enumerate(pool.imap_unordered(_train_point, todo), 1):
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            done[row["key"]] = row
+            print(f"  [{i}/{len(todo)}] {row['key']}  best val {max(row['val_acc']):.3f}  "
+                  f"{row['seconds']:.0f}s  (elapsed {time.time() - start:.0f}s)", flush=True)
+    return done
+
+
+def load_table(path: Path) -> dict[str, dict[str, Any]]:
+    table = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                table[row["key"]] = row
+    return table
+
+
+# --- curves -------------------------------------------------------------------------------------
+def best_so_far(values: list[float]) -> list[float]:
+    out, best = [], -math.inf
+    for v in values:
+        best = max(best, v)
+        out.append(best)
+    return out
+
+
+def epochs_to_target(curve: list[float], target: float) -> int | None:
+    """1-based cumulative epoch at which the best-so-far curve reaches `target` (None: never)."""
+    for i, v in enumerate(curve, 1):
+        if v >= target - 1e-9:
+            return i
+    return None
+
+
+def grid_curve(table: dict[str, dict[str, Any]]) -> list[float]:
+    """The grid in enumeration order, one configuration after the other (as run one at a time)."""
+    return best_so_far([v for p in grid_points() for v in table[point_key(p)]["val_acc"]])
+
+
+# --- phase 2: replays through Ray Tune ---------------------------------------------------------
+def replay_trial(config: dict[str, Any], table: dict[str, list[float]], sleep_s: float) -> None:
+    """A trial that reports the measured validation accuracy of its configuration, one epoch at a time."""
+    from ray import tune
+
+    for epoch, acc in enumerate(table[point_key(config)], 1):
+        time.sleep(sleep_s)
+        tune.report({"val_acc": acc, "epoch": epoch, "t": time.time()})
+
+
+def run_replay(table: dict[str, dict[str, Any]], strategy: str, seed: int, args, storage: Path,
+               samples: int, grace: int = 1, reduction: int = 3, startup: int = 10) -> list[float]:
+    """One search over the 48 configurations; returns the best-so-far curve over cumulative epochs."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from bmlr.tuning.trainable import METRIC, MODE, TIME_ATTR
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    module = sys.modules[replay_trial.__module__]
+    if module.__name__ != "__main__":  # imported from a file (tests): ship the function by value
+        from ray import cloudpickle
+
+        cloudpickle.register_pickle_by_value(module)
+    curves = {k: row["val_acc"] for k, row in table.items()}
+    space = {k: CategoricalDistribution(v) for k, v in GRID.items()}
+    if strategy == "tpe_asha":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup)
+        scheduler = ASHAScheduler(time_attr=TIME_ATTR, max_t=args.epochs, grace_period=grace,
+                                  reduction_factor=reduction)
+    elif strategy == "random":
+        sampler, scheduler = optuna.samplers.RandomSampler(seed=seed), FIFOScheduler()
+    else:
+        raise ValueError(strategy)
+    trainable = tune.with_resources(tune.with_parameters(replay_trial, table=curves, sleep_s=args.replay_sleep),
+                                    {"cpu": 1})
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, num_samples=samples, reuse_actors=True,
+                                    search_alg=OptunaSearch(space=space, metric=METRIC, mode=MODE, sampler=sampler),
+                                    scheduler=scheduler, max_concurrent_trials=args.concurrent),
+        run_config=tune.RunConfig(name=f"{strategy}-s{seed}-g{grace}-r{reduction}-n{startup}",
+                                  storage_path=str(storage), verbose=0))
+    grid = tuner.fit()
+    reports = []
+    for result in grid:
+        df = result.metrics_dataframe
+        if df is not None and len(df):
+            reports += list(zip(df["t"].astype(float), df[METRIC].astype(float)))
+    reports.sort()
+    return best_so_far([acc for _, acc in reports])
+
+
+def summarise(curves: list[list[float]], target: float, grid_total: int) -> dict[str, Any]:
+    hits = [epochs_to_target(c, target) for c in curves]
+    reached = [h for h in hits if h is not None]
+    return {"runs": len(curves), "reached": len(reached),
+            "epochs_to_target": hits,
+            "median_ratio": statistics.median(reached) / grid_total if len(reached) == len(curves) else None,
+            "max_ratio": max(reached) / grid_total if reached and len(reached) == len(curves) else None,
+            "ratios": [None if h is None else h / grid_total for h in hits],
+            "total_epochs": [len(c) for c in curves],
+            "final_best": [c[-1] if c else None for c in curves]}
+
+
+# --- phase 3: a real study ---------------------------------------------------------------------
+def run_live(args, out: Path, seed: int) -> tuple[list[float], dict[str, Any]]:
+    """The real study (run_study, the CLI's defaults) on the continuous shipped search space."""
+    from bmlr.tuning.search_space import resolve_search_space
+    from bmlr.tuning.study import StudySettings, run_study
+
+    storage = out / "live"
+    name = f"live-s{seed}"
+    defaults = StudySettings()
+    overrides = {"val_fraction": args.val_fraction, "threads": 1, "device": "cpu"}
+    if args.cache_dir:
+        overrides["cache_dir"] = str(Path(args.cache_dir).resolve())
+    settings = StudySettings(search_space=str(resolve_search_space(None, "synthetic")), samples=args.live_samples,
+                             max_epochs=args.epochs, seed=seed, storage=str(storage), name=name,
+                             concurrent=args.concurrent, overrides=overrides)
+    study_dir = storage / "synthetic" / name
+    if not (study_dir / "trials.csv").is_file():
+        start = time.time()
+        run_study(settings, num_cpus=args.concurrent, verbose=0, log=lambda s: None)
+        print(f"live study seed {seed}: {time.time() - start:.0f}s", flush=True)
+    reports = []
+    for result_file in (study_dir / "ray").glob("trial_*/result.json"):
+        for line in result_file.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                reports.append((float(r["timestamp"]), int(r["epoch"]), float(r["val_acc"])))
+    reports.sort()
+    return best_so_far([acc for _, _, acc in reports]), {
+        "grace_period": defaults.grace_period, "reduction_factor": defaults.reduction_factor,
+        "samples": args.live_samples, "trials": len(list((study_dir / "ray").glob("trial_*/result.json")))}
+
+
+# --- plot ------------------------------------------------------------------------------------------
+def plot(path: Path, grid_total: int, grid_best: float, tolerance: float, series: dict[str, list[list[float]]],
+         title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"grid": "black", "random": "tab:blue", "tpe_asha": "tab:red", "tpe_asha_live": "tab:orange"}
+    labels = {"grid": "exhaustive grid (48 configs)", "random": "random search, no early stopping",
+              "tpe_asha": "TPE + ASHA (defaults)", "tpe_asha_live": "TPE + ASHA, real study, continuous space"}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, curves in series.items():
+        for i, curve in enumerate(curves):
+            xs = [x / grid_total for x in range(1, len(curve) + 1)]
+            ax.step(xs, curve, where="post", color=colours.get(name, None), alpha=0.9 if len(curves) == 1 else 0.35,
+                    lw=1.8 if len(curves) == 1 else 1.0, label=labels.get(name, name) if i == 0 else None)
+    ax.axhline(grid_best - tolerance, color="grey", ls="--", lw=1, label=f"grid best - {tolerance * 100:.0f} point")
+    ax.axvline(0.25, color="grey", ls=":", lw=1, label="a quarter of the grid's epochs")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"cumulative training epochs / grid total ({grid_total})")
+    ax.set_ylabel("best validation accuracy so far")
+    ax.set_title(title, fontsize=9)
+    low = min(min(c[:1] or [1]) for cs in series.values() for c in cs)
+    ax.set_ylim(max(0.0, low - 0.02), 1.005)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def fmt_ratio(s: dict[str, Any]) -> str:
+    if s["median_ratio"] is None:
+        return f"target not reached in {s['runs'] - s['reached']} of {s['runs']} runs"
+    return f"median {s['median_ratio']:.3f}, worst {s['max_ratio']:.3f} of the grid's epochs ({s['runs']} runs)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench/results/search", help="folder for the grid table, curves and plot")
+    p.add_argument("--epochs", type=int, default=12, help="epochs per grid configuration (= ASHA's max_t)")
+    p.add_argument("--val-fraction", type=float, default=0.2,
+                   help="validation share of the synthetic train split (0.2 = 120 clips: one clip < 1 point)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every configuration (the study seed)")
+    p.add_argument("--workers", type=int, default=2, help="processes training the grid (one thread each)")
+    p.add_argument("--cache-dir", help="data cache (default: $BMLR_CACHE or ~/.cache/bmlr)")
+    p.add_argument("--tolerance", type=float, default=0.01, help="'within 1 point' of the grid's best")
+    p.add_argument("--seeds", type=int, default=10, help="searcher seeds of each replayed strategy")
+    p.add_argument("--samples", type=int, help="TPE + ASHA trials (default: the CLI's --samples default)")
+    p.add_argument("--random-samples", type=int, default=48, help="random-search trials")
+    p.add_argument("--concurrent", type=int, default=2, help="trials at once (replay and live)")
+    p.add_argument("--replay-sleep", type=float, default=0.05, help="seconds a replayed epoch takes")
+    p.add_argument("--grace-period", type=int, help="ASHA grace (default: the study's default)")
+    p.add_argument("--reduction-factor", type=int, help="ASHA reduction (default: the study's default)")
+    p.add_argument("--startup", type=int, default=10, help="TPE's random startup trials")
+    p.add_argument("--sweep", action="store_true", help="also sweep grace period, reduction factor, startup trials")
+    p.add_argument("--live", action="store_true", help="also run the real study (continuous space) once per --live-seeds")
+    p.add_argument("--live-seeds", type=int, default=1)
+    p.add_argument("--live-samples", type=int, help="trials of the real study (default: the CLI's --samples default)")
+    p.add_argument("--grid-only", action="store_true", help="stop after the grid phase")
+    args = p.parse_args(argv)
+
+    from bmlr.tuning.study import StudySettings
+
+    defaults = StudySettings()
+    args.samples = args.samples or defaults.samples
+    args.live_samples = args.live_samples or defaults.samples
+    grace = args.grace_period or defaults.grace_period
+    reduction = args.reduction_factor or defaults.reduction_factor
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+
+    import platform
+
+    import torch
+
+    machine = (f"{platform.node()}: {os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), "
+               f"torch {torch.__version__}, no GPU" if not torch.cuda.is_available()
+               else f"{torch.cuda.get_device_name(0)}")
+    table = run_grid(args, out)
+    if args.grid_only:
+        return 0
+    n_points = len(grid_points())
+    grid_total = n_points * args.epochs
+    grid_best = max(max(row["val_acc"]) for row in table.values())
+    final_best = max(row["val_acc"][-1] for row in table.values())
+    target = grid_best - args.tolerance
+    winners = sorted((max(r["val_acc"]), k) for k, r in table.items())[::-1]
+    within = sum(1 for b, _ in winners if b >= target - 1e-9)
+    print(f"\nmachine: {machine}")
+    print(f"grid: {n_points} configurations x {args.epochs} epochs = {grid_total} epochs; best validation "
+          f"accuracy {grid_best:.4f} ({winners[0][1]}); {within} of {n_points} configurations come within "
+          f"{args.tolerance * 100:.0f} point of it; best final-epoch accuracy {final_best:.4f}; "
+          f"grid training took {sum(r['seconds'] for r in table.values()) / 60:.1f} process-minutes")
+    gc = grid_curve(table)
+    summary: dict[str, Any] = {"machine": machine, "grid": GRID, "epochs": args.epochs, "val_fraction": args.val_fraction,
+                               "grid_total": grid_total, "grid_best": grid_best, "target": target,
+                               "configs_within_target": within,
+                               "grid_in_order": summarise([gc], target, grid_total)}
+    series: dict[str, list[list[float]]] = {"grid": [gc]}
+
+    import ray
+
+    ray.init(address="local", num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR", configure_logging=True)
+    storage = Path(tempfile.mkdtemp(prefix="bench-search-", dir=str(out)))
+    try:
+        t0 = time.time()
+        tpe = [run_replay(table, "tpe_asha", s, args, storage, args.samples, grace, reduction, args.startup)
+               for s in range(args.seeds)]
+        rnd = [run_replay(table, "random", s, args, storage, args.random_samples) for s in range(args.seeds)]
+        series["random"], series["tpe_asha"] = rnd, tpe
+        summary["tpe_asha"] = {**summarise(tpe, target, grid_total), "samples": args.samples,
+                               "grace_period": grace, "reduction_factor": reduction, "startup": args.startup}
+        summary["random"] = {**summarise(rnd, target, grid_total), "samples": args.random_samples}
+        print(f"replays: {time.time() - t0:.0f}s")
+        if args.sweep:
+            sweep = []
+            combos = sorted({(g, r, n) for g, r, n in
+                             [(g, reduction, args.startup) for g in (1, 2, 3)]
+                             + [(grace, r, args.startup) for r in (2, 3, 4)]
+                             + [(grace, reduction, n) for n in (4, 6, 10)]})
+            for g, r, n in combos:
+                curves = tpe if (g, r, n) == (grace, reduction, args.startup) else [
+                    run_replay(table, "tpe_asha", s, args, storage, args.samples, g, r, n) for s in range(args.seeds)]
+                s = summarise(curves, target, grid_total)
+                mean_epochs = statistics.mean(s["total_epochs"])
+                row = {"grace_period": g, "reduction_factor": r, "startup": n, "reached": s["reached"],
+                       "runs": s["runs"], "median_ratio": s["median_ratio"], "max_ratio": s["max_ratio"],
+                       "ratios": s["ratios"], "mean_total_epochs": mean_epochs,
+                       "median_final_best": statistics.median(s["final_best"])}
+                sweep.append(row)
+                print(f"  sweep grace {g} reduction {r} startup {n:2d}: reached {s['reached']}/{s['runs']}, "
+                      f"median ratio {row['median_ratio'] if row['median_ratio'] is None else round(row['median_ratio'], 3)}, "
+                      f"worst {row['max_ratio'] if row['max_ratio'] is None else round(row['max_ratio'], 3)}, "
+                      f"study total {mean_epochs / grid_total:.3f} of the grid, median final best "
+                      f"{row['median_final_best']:.4f}", flush=True)
+            summary["sweep"] = sweep
+    finally:
+        ray.shutdown()
+        import shutil
+
+        shutil.rmtree(storage, ignore_errors=True)
+    if args.live:
+        live = []
+        for s in range(args.live_seeds):
+            curve, info = run_live(args, out, s)
+            live.append(curve)
+        series["tpe_asha_live"] = live
+        summary["tpe_asha_live"] = {**summarise(live, target, grid_total), **info}
+
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot(out / "search_efficiency.png", grid_total, grid_best, args.tolerance, series,
+         f"synthetic default, tiny model, {args.epochs} epochs max, val {args.val_fraction:.0%} of train; "
+         f"grid of {n_points}; {machine}")
+    print(f"\nepochs to come within {args.tolerance * 100:.0f} point of the grid's best ({grid_best:.4f}), "
+          f"as a ratio to the grid's {grid_total} epochs:")
+    print(f"  exhaustive grid (in order)      {summary['grid_in_order']['ratios'][0]:.3f} (total 1.000)")
+    print(f"  random search, no early stop    {fmt_ratio(summary['random'])}")
+    print(f"  TPE + ASHA (grace {grace}, reduction {reduction}, {args.startup} startup, {args.samples} trials)  "
+          f"{fmt_ratio(summary['tpe_asha'])}")
+    if "tpe_asha_live" in summary:
+        print(f"  TPE + ASHA real study (continuous shipped space, {args.live_samples} trials)  "
+              f"{fmt_ratio(summary['tpe_asha_live'])}")
+    verdict = summary["tpe_asha"]["max_ratio"] is not None and summary["tpe_asha"]["max_ratio"] <= 0.25
+    print(f"TPE + ASHA within a quarter of the grid's epochs in every run: {'yes' if verdict else 'NO'}")
+    print(f"plot: {out / 'search_efficiency.png'}; numbers: {out / 'summary.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
