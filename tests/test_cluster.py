@@ -170,3 +170,24 @@ def test_study_runs_trials_on_both_nodes_of_a_two_node_cluster(two_node_cluster,
     used = set().union(*ips_per_trial.values())
     assert used == set(nodes), f"trials ran on {ips_per_trial}; cluster nodes {sorted(nodes)}"
     assert (study_dir / "best.yaml").is_file()
+
+
+def test_cluster_launcher_config_is_valid_for_ray_up():
+    """cluster/aws-gpu.yaml passes the Ray cluster launcher's own schema (what `ray up` checks
+    first) and keeps the shared storage and the MLflow server on the head consistent."""
+    import copy
+
+    from ray.autoscaler._private.commands import prepare_config
+    from ray.autoscaler._private.util import validate_config
+
+    raw = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(raw)))
+    head = raw["available_node_types"][raw["head_node_type"]]
+    assert head["resources"] == {"CPU": 0}  # no trial on the head
+    assert any(t["max_workers"] > 0 for n, t in raw["available_node_types"].items() if n != raw["head_node_type"])
+    setup = " ".join(raw["setup_commands"])
+    assert "/shared" in setup and "BMLR_CACHE=/shared/cache" in setup
+    start = " ".join(raw["head_start_ray_commands"])
+    assert "ray start --head --port=6379" in start
+    assert "mlflow server --host 0.0.0.0 --port 5000" in start and "sqlite:////shared/mlflow/mlflow.db" in start
+    assert "$RAY_HEAD_IP:6379" in " ".join(raw["worker_start_ray_commands"])
