@@ -175,6 +175,9 @@ def arm_space(space: SearchSpace, arm: Arm, overrides: dict[str, Any]) -> Search
     """What a tuned arm's study searches: the method's own space with the row's keys and the
     `--set` values fixed (a fixed key is no longer searched)."""
     flat = space.for_method(arm.method)
+    if not flat.params:
+        raise ComparisonError(f"row {arm.label!r}: method {arm.method!r} has nothing to search in {space.source} "
+                              f"(add entries under methods.{arm.method}.search)")
     fixed = {**arm.fixed_dict, **overrides_for(arm.method, overrides)}
     if not fixed:
         return flat

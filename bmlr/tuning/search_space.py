@@ -200,9 +200,8 @@ class SearchSpace:
         fixed["method"] = method
         dropped = tuple(k for k in self.params if k in ignored)
         flat = SearchSpace(params=params, fixed=fixed, source=f"{self.source} [method {method}]", dropped=dropped)
-        if not flat.params:
-            raise SearchSpaceError(f"{self.source}: method {method!r} has nothing to search (add entries under "
-                                   f"methods.{method}.search)")
+        # (a flat space with nothing to search still gives the untuned configuration; a study of it
+        # is refused where it is built: bmlr.tuning.compare.arm_space)
         flat.text = flat.to_yaml(header=[f"The search space of method {method!r}, from {self.source}."]
                                  + ([f"Not searched (method {method!r} ignores them): {', '.join(dropped)}."]
                                     if dropped else []))
