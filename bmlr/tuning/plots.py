@@ -116,10 +116,9 @@ def surface_3d(alphas: Sequence[float], betas: Sequence[float], values: np.ndarr
     if finite.size:
         i, j = best if best is not None else np.unravel_index(np.nanargmax(values), values.shape)
         ax.scatter([betas[j]], [ys[i]], [values[i, j]], s=140, facecolors="none", edgecolors="red",
-                   linewidths=2, depthshade=False, label="best cell")
-        ax.text(betas[j], ys[i], values[i, j] + 0.35 * pad,
-                f"{values[i, j]:.1f}% (\u03b1={fmt_value(alphas[i])}, \u03b2={fmt_value(betas[j])})",
-                color="red", fontsize=9, ha="center")
+                   linewidths=2, depthshade=False,
+                   label=f"best cell: {values[i, j]:.1f}% at \u03b1={fmt_value(alphas[i])}, "
+                         f"\u03b2={fmt_value(betas[j])}")
     ax.set_xlabel("\u03b2 (reshaping threshold, unitless)", labelpad=10)
     ax.set_ylabel("\u03b1 (temperature scale, log axis)", labelpad=10)
     ax.set_zlabel(z_label, labelpad=8)
