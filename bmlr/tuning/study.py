@@ -189,6 +189,7 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
     settings.method = settings.method or space.fixed.get("method") or "bmlr"
     if "method" in space.params:
         raise SearchSpaceError(f"{space.source}: search.method: the method is chosen with --method")
+    space = space.for_method(settings.method)  # its methods.<name> section; no budget on keys it ignores
     fixed = {**settings.overrides, "dataset": settings.dataset, "method": settings.method}
     if settings.data_root:
         fixed["data_root"] = settings.data_root
