@@ -25,7 +25,7 @@ from typing import Any, Sequence
 from bmlr.data.audio import SpectrogramParams
 from bmlr.data.base import DataError, build_clip_splits, require_root, source_name
 from bmlr.data.registry import DATASETS, DataSplits
-from bmlr.data.video import VideoJob, find_videos
+from bmlr.data.video import VideoJob, extracted_layout, jobs_for_videos
 
 __all__ = ["CLASS_NAMES", "SPECTROGRAM_PARAMS", "SPLIT_FILES", "OFFICIAL_SIZES", "AUDIO_RATE", "read_annotations",
            "build_ave", "video_jobs"]
@@ -81,23 +81,17 @@ def read_annotations(path: Path, class_names: Sequence[str]) -> list[tuple[str, 
     return rows
 
 
-def _layout(root: Path) -> tuple[Path, Path]:
-    return root / "audio", root / "frames"
-
-
 def video_jobs(cfg: Any) -> list[VideoJob]:
     """Audio (16 kHz mono wav) and 1-fps frames for every video in ``AVE/`` lacking either."""
     root = require_root(cfg, "AVE")
-    audio, frames = _layout(root)
-    return [VideoJob(vid, str(video), frames_dir=str(frames / vid), wav=str(audio / f"{vid}.wav"),
-                     sample_rate=AUDIO_RATE) for vid, video in find_videos(root / "AVE").items()]
+    return jobs_for_videos(root, root / "AVE", AUDIO_RATE)
 
 
 @DATASETS.register("ave")
 def build_ave(cfg: Any) -> DataSplits:
     root = require_root(cfg, "AVE")
     rows = {split: read_annotations(root / name, CLASS_NAMES) for split, name in SPLIT_FILES.items()}
-    audio, frames = _layout(root)
+    audio, frames = extracted_layout(root)
     for folder in (audio, frames):
         if not folder.is_dir():
             raise DataError(f"AVE: folder not found: {folder} (expected audio/<VideoID>.wav and "

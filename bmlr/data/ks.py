@@ -29,7 +29,7 @@ from typing import Any
 from bmlr.data.audio import SpectrogramParams
 from bmlr.data.base import DataError, build_clip_splits, read_split_csv, require_root, source_name
 from bmlr.data.registry import DATASETS, DataSplits
-from bmlr.data.video import VideoJob, find_videos
+from bmlr.data.video import VideoJob, extracted_layout, jobs_for_videos
 
 __all__ = ["CLASS_NAMES", "SPECTROGRAM_PARAMS", "AUDIO_RATE", "build_ks", "read_class_file", "video_jobs"]
 
@@ -65,23 +65,17 @@ def read_class_file(path: Path, expected: list[str]) -> list[str]:
     return list(expected)
 
 
-def _layout(root: Path) -> tuple[Path, Path]:
-    return root / "audio", root / "frames"
-
-
 def video_jobs(cfg: Any) -> list[VideoJob]:
     """Audio (16 kHz mono wav) and 1-fps frames for every video in ``videos/`` lacking either."""
     root = require_root(cfg, "Kinetics-Sounds")
-    audio, frames = _layout(root)
-    return [VideoJob(clip, str(video), frames_dir=str(frames / clip), wav=str(audio / f"{clip}.wav"),
-                     sample_rate=AUDIO_RATE) for clip, video in find_videos(root / "videos").items()]
+    return jobs_for_videos(root, root / "videos", AUDIO_RATE)
 
 
 @DATASETS.register("ks")
 def build_ks(cfg: Any) -> DataSplits:
     root = require_root(cfg, "Kinetics-Sounds")
     classes = read_class_file(root / CLASS_FILE, CLASS_NAMES)
-    audio, frames = _layout(root)
+    audio, frames = extracted_layout(root)
     for folder in (audio, frames):
         if not folder.is_dir():
             raise DataError(f"Kinetics-Sounds: folder not found: {folder} (expected audio/<clip>.wav and "

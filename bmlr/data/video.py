@@ -64,6 +64,19 @@ def find_videos(folder: str | os.PathLike) -> dict[str, Path]:
     return videos
 
 
+def extracted_layout(root: Path) -> tuple[Path, Path]:
+    """Where `prepare` writes a video data set's audio (``audio/<id>.wav``) and frames
+    (``frames/<id>/``) under its root (AVE and Kinetics-Sounds)."""
+    return root / "audio", root / "frames"
+
+
+def jobs_for_videos(root: Path, videos: Path, sample_rate: int) -> list[VideoJob]:
+    """One job per video in ``videos``: 1-fps frames and mono audio into ``extracted_layout(root)``."""
+    audio, frames = extracted_layout(root)
+    return [VideoJob(vid, str(video), frames_dir=str(frames / vid), wav=str(audio / f"{vid}.wav"),
+                     sample_rate=sample_rate) for vid, video in find_videos(videos).items()]
+
+
 def _open(video: str | os.PathLike):
     import av
 
