@@ -146,8 +146,7 @@ def surface_heatmap(alphas: Sequence[float], betas: Sequence[float], values: np.
     n_a, n_b = values.shape
     fig, ax = plt.subplots(figsize=(max(6.5, 1.05 * n_b + 3.0), max(4.0, 0.75 * n_a + 2.4)))
     masked = np.ma.masked_invalid(values)
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
     finite = values[np.isfinite(values)]
     vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     if vmax - vmin < 1e-9:
