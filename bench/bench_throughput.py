@@ -21,7 +21,7 @@ between phases, so the parts add up to the step), the step time without those sy
 (steps back to back, as in training), samples per second, the model's FLOPs per step (counted with
 torch's FlopCounterMode on one step) and the FLOP rate they imply, as a share of the device's
 peak: the spec sheet's dense bf16 peak on known GPUs (--peak-tflops otherwise) and a measured
-large-matmul rate (fp32 on CPU, bf16 on GPU). Ratios are to the first variant of the same run.
+large-matmul rate (fp32 on CPU, bf16 on GPU). Steps (and epochs) of the variants are interleaved; ratios are to the first variant of the same run.
 
     python bench/bench_throughput.py --sizes tiny             # seconds
     python bench/bench_throughput.py --sizes paper --steps 3  # minutes on a CPU
@@ -175,52 +175,62 @@ def count_flops(trainer, batch) -> float:
     return float(counter.get_total_flops())
 
 
-def run_variant(name: str, overrides: dict[str, Any], base: dict[str, Any], data, args, device) -> dict[str, Any]:
+def run_variants(variants: list[tuple[str, dict[str, Any]]], base: dict[str, Any], data, args,
+                 device) -> list[dict[str, Any]]:
+    """All variants side by side, steps interleaved (A B C A B C ...) so that the noise of a shared
+    machine hits every variant alike; medians per phase."""
     from bmlr.config import from_dict
     from bmlr.engine import Trainer
 
-    cfg = from_dict({**base, **overrides, "device": str(device), "threads": args.cpus})
-    trainer = Trainer(cfg, seed=0, data=data, device=device)
-    batches = endless(trainer)
-    start = time.perf_counter()
-    for _ in range(args.warmup):  # compile, cuDNN autotuning, allocator, first worker fork
-        one_step(trainer, batches, device, None, synced=True)
-    warmup_s = time.perf_counter() - start
-    phases: dict[str, list[float]] = {p: [] for p in PHASES}
+    trainers, iters, rows = {}, {}, {}
+    for name, overrides in variants:
+        cfg = from_dict({**base, **overrides, "device": str(device), "threads": args.cpus})
+        trainers[name] = Trainer(cfg, seed=0, data=data, device=device)
+        iters[name] = endless(trainers[name])
+        start = time.perf_counter()
+        for _ in range(args.warmup):  # compile, cuDNN autotuning, allocator, first worker fork
+            one_step(trainers[name], iters[name], device, None, synced=True)
+        rows[name] = {"variant": name, "overrides": overrides, "workers": trainers[name].num_workers,
+                      "warmup_s": time.perf_counter() - start, "batch_size": cfg.batch_size}
+        print(f"    {name}: built and warmed up in {rows[name]['warmup_s']:.1f}s", flush=True)
+    phases = {name: {p: [] for p in PHASES} for name in trainers}
     for _ in range(args.steps):
-        one_step(trainer, batches, device, phases, synced=True)
-    med = {p: statistics.median(v) for p, v in phases.items()}
-    step_synced = sum(med.values())
-    if device.type == "cuda":  # back to back, one synchronisation at the end
-        sync(device)
-        t = time.perf_counter()
-        n = 0
-        for _ in range(args.steps):
-            n += one_step(trainer, batches, device, None, synced=False)
-        sync(device)
-        step = (time.perf_counter() - t) / args.steps
-    else:
-        step = step_synced
-    row = {"variant": name, "overrides": overrides, "workers": trainer.num_workers, "phases_s": med,
-           "step_synced_s": step_synced, "step_s": step, "samples_per_s": cfg.batch_size / step,
-           "warmup_s": warmup_s, "peak_mem_gb": (torch.cuda.max_memory_allocated(device) / 1e9
-                                                  if device.type == "cuda" else None)}
-    if args.epoch and args.size == "tiny":  # a real epoch (train + validation) of the synthetic default
-        trainer.epoch = 0
-        t = time.perf_counter()
-        trainer.train_epoch()
-        row["train_epoch_s"] = time.perf_counter() - t
-        t = time.perf_counter()
-        trainer.evaluate("val")
-        row["val_epoch_s"] = time.perf_counter() - t
-        row["train_steps_per_epoch"] = math.ceil(len(data.train) / cfg.batch_size)
-    if name == args.flops_variant:
-        row["flops_per_step"] = count_flops(trainer, next(batches))
-    del trainer
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    return row
+        for name, trainer in trainers.items():
+            one_step(trainer, iters[name], device, phases[name], synced=True)
+    for name in trainers:
+        med = {p: statistics.median(v) for p, v in phases[name].items()}
+        rows[name].update(phases_s=med, step_synced_s=sum(med.values()), step_s=sum(med.values()))
+    if device.type == "cuda":  # back to back, one synchronisation at the end of each run of steps
+        for name, trainer in trainers.items():
+            sync(device)
+            t = time.perf_counter()
+            for _ in range(args.steps):
+                one_step(trainer, iters[name], device, None, synced=False)
+            sync(device)
+            rows[name]["step_s"] = (time.perf_counter() - t) / args.steps
+            rows[name]["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
+    for name in trainers:
+        rows[name]["samples_per_s"] = rows[name]["batch_size"] / rows[name]["step_s"]
+    if args.epoch and args.size == "tiny":  # real epochs (train + validation), variants interleaved
+        times: dict[str, dict[str, list[float]]] = {n: {"train": [], "val": []} for n in trainers}
+        for _ in range(args.epoch_rounds):
+            for name, trainer in trainers.items():
+                t = time.perf_counter()
+                trainer.train_epoch()
+                times[name]["train"].append(time.perf_counter() - t)
+                t = time.perf_counter()
+                trainer.evaluate("val")
+                times[name]["val"].append(time.perf_counter() - t)
+        for name, trainer in trainers.items():
+            rows[name]["train_epoch_s"] = statistics.median(times[name]["train"])
+            rows[name]["val_epoch_s"] = statistics.median(times[name]["val"])
+            rows[name]["train_steps_per_epoch"] = math.ceil(len(data.train) / trainer.cfg.batch_size)
+    first = variants[0][0]
+    batch = next(iters[first])
+    while len(batch[1]) != rows[first]["batch_size"]:  # a full batch, not an epoch's last
+        batch = next(iters[first])
+    rows[first]["flops_per_step"] = count_flops(trainers[first], batch)
+    return [rows[name] for name, _ in variants]
 
 
 def variants_for(device: torch.device, wanted: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
@@ -286,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, help="batch size (default 64, the paper's)")
     p.add_argument("--paper-clips-per-class", type=int, default=24, help="synthetic 224 px clips per class")
-    p.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the timed epoch (tiny)")
+    p.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the timed epochs (tiny)")
+    p.add_argument("--epoch-rounds", type=int, default=3, help="timed epochs per variant (tiny; median)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak, where not in the built-in table")
     p.add_argument("--cache-dir", help="data cache (default: $BMLR_CACHE or ~/.cache/bmlr)")
     p.add_argument("--data-root", help="tiny: another synthetic data folder (default: the generated default)")
@@ -322,11 +333,8 @@ def main(argv: list[str] | None = None) -> int:
         desc = (f"inputs {shapes}, batch {base['batch_size']}, ResNet width {base['model_width']} "
                 f"depth {base['model_depth']}, {args.steps} timed steps (median)")
         variants = variants_for(device, wanted)
-        args.flops_variant = variants[0][0]
-        rows = []
-        for name, overrides in variants:
-            print(f"  {size} / {name} ...", flush=True)
-            rows.append(run_variant(name, overrides, base, data, args, device))
+        print(f"  {size}: {desc}", flush=True)
+        rows = run_variants(variants, base, data, args, device)
         for line in report(size, rows, device, peak_spec, peak_measured, base["batch_size"], desc):
             print(line)
         out["sizes"][size] = {"description": desc, "rows": rows}
