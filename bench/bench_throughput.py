@@ -226,9 +226,8 @@ def run_variants(variants: list[tuple[str, dict[str, Any]]], base: dict[str, Any
             rows[name]["val_epoch_s"] = statistics.median(times[name]["val"])
             rows[name]["train_steps_per_epoch"] = math.ceil(len(data.train) / trainer.cfg.batch_size)
     first = variants[0][0]
-    batch = next(iters[first])
-    while len(batch[1]) != rows[first]["batch_size"]:  # a full batch, not an epoch's last
-        batch = next(iters[first])
+    # the largest batch of one pass (a full one unless the data set is smaller than a batch)
+    batch = max(trainers[first].loader("train"), key=lambda b: len(b[1]))
     rows[first]["flops_per_step"] = count_flops(trainers[first], batch)
     return [rows[name] for name, _ in variants]
 
