@@ -236,7 +236,7 @@ def learning_curves(panels: Sequence[dict[str, Any]], modalities: Sequence[str],
         ax.set_xlabel("epoch")
         _integer_ticks(ax)
         ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize=8)
+        ax.legend(loc="best", fontsize=8, framealpha=0.9)  # curves differ per study: let matplotlib avoid them
         if xs:
             ax.set_xlim(0.5, max(xs) + 0.5)
     axes[0][0].set_ylabel("validation accuracy (%)")
