@@ -152,3 +152,20 @@ def test_search_benchmark_replays_through_ray_tune(tmp_path):
     assert len(rnd) == 6 * epochs  # no early stopping
     assert 12 <= len(tpe) < 12 * epochs  # every trial ran at least its grace epoch; ASHA stopped some
     assert tpe == sorted(tpe) and rnd == sorted(rnd)  # best so far never decreases
+
+
+@pytest.mark.parametrize("advertised_gpus, expected", [(0, 0.0), (2, 1.0)])
+def test_gpus_per_trial_defaults_to_one_gpu_where_the_cluster_has_gpus(advertised_gpus, expected):
+    """Without --gpus-per-trial a trial gets a whole GPU when Ray sees GPUs (Ray hides GPUs from a
+    trial that asks for none); an explicit value, 0 included, is kept as given."""
+    import ray
+
+    from bmlr.tuning.study import gpus_per_trial
+
+    ray.init(address="local", num_cpus=1, num_gpus=advertised_gpus, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
+    try:
+        assert gpus_per_trial(None) == expected
+        assert gpus_per_trial(0.25) == 0.25 and gpus_per_trial(0.0) == 0.0
+    finally:
+        ray.shutdown()

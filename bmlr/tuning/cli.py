@@ -74,7 +74,9 @@ def study_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("resources")
     g.add_argument("--concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional values share a GPU, e.g. 0.25")
+    g.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial; fractional values share a GPU, e.g. 0.25 (default: 1 where the "
+                   "cluster has GPUs, else 0)")
     g.add_argument("--address", help="an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: start a "
                    "local one")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
@@ -143,7 +145,8 @@ def surface_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("resources and results")
     g.add_argument("--concurrent", type=int, help="trials at once (default: as many as the resources allow)")
     g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional values share a GPU")
+    g.add_argument("--gpus-per-trial", type=float,
+                   help="fractional values share a GPU (default: 1 where the cluster has GPUs, else 0)")
     g.add_argument("--address", help="an existing Ray cluster (default: start a local one)")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     g.add_argument("--max-failures", type=int, default=0, help="retries of a failed trial")

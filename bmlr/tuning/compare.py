@@ -93,7 +93,7 @@ class ComparisonSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     concurrent: int | None = None
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: one GPU per trial where the cluster has GPUs
     jobs: int = 1
     storage: str = "tune_runs"
     tracking_uri: str | None = None

@@ -60,7 +60,7 @@ class StudySettings:
     reduction_factor: int = 3
     concurrent: int | None = None  # None: as many as the resources allow
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | None = None  # None: one GPU per trial where the cluster has GPUs, else 0
     storage: str = "tune_runs"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite in <storage>
     experiment: str | None = None  # None: bmlr-tune-<dataset>
@@ -90,7 +90,7 @@ class StudySettings:
         need(self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}")
         need(self.concurrent is None or self.concurrent >= 1, f"--concurrent must be >= 1, got {self.concurrent}")
         need(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
-        need(self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        need(self.gpus_per_trial is None or self.gpus_per_trial >= 0, f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
         need(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         need(self.kind in ("search", "surface"), f"unknown study kind {self.kind!r}")
 
@@ -330,7 +330,19 @@ def _trainable(plan: Plan):
     s = plan.settings
     fn = tune.with_parameters(train_trial, base=plan.trial_base, state_dir=str(plan.study_dir / STATE_DIR),
                               threads=max(1, int(s.cpus_per_trial)), extras_dir=str(plan.study_dir / TRIALS_DIR))
-    return tune.with_resources(fn, {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
+    return tune.with_resources(fn, {"cpu": s.cpus_per_trial, "gpu": gpus_per_trial(s.gpus_per_trial)})
+
+
+def gpus_per_trial(requested: float | None) -> float:
+    """`--gpus-per-trial`, or without it one whole GPU per trial where the Ray cluster has GPUs
+    (Ray hides the GPUs from a trial that asks for none, so 0 would silently train on CPU).
+    Packing several trials on a GPU (0.5, 0.25) is the user's choice: it pays only for models
+    too small to fill a GPU, and it was not measured here (docs/performance.md)."""
+    if requested is not None:
+        return requested
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
 def _callback(plan: Plan):
