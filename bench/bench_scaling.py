@@ -85,18 +85,18 @@ class MemoryWatch(threading.Thread):
     def __init__(self, pid: int, every: float = 0.5):
         super().__init__(daemon=True)
         self.pid, self.every, self.peak_kb, self.peak_procs = pid, every, 0, 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             pids = tree(self.pid)
             total = sum(pss_kb(p) for p in pids)
             if total > self.peak_kb:
                 self.peak_kb, self.peak_procs = total, len(pids)
-            self._stop.wait(self.every)
+            self._done.wait(self.every)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join(5)
 
 

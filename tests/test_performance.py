@@ -3,6 +3,8 @@ on the CPU, and the benchmarks' own logic. No timing is asserted: the machine is
 from __future__ import annotations
 
 import importlib.util
+import os
+import time
 import sys
 from pathlib import Path
 
@@ -169,3 +171,23 @@ def test_gpus_per_trial_defaults_to_one_gpu_where_the_cluster_has_gpus(advertise
         assert gpus_per_trial(0.25) == 0.25 and gpus_per_trial(0.0) == 0.0
     finally:
         ray.shutdown()
+
+
+def test_scaling_memory_watch_measures_a_process_tree_and_stops():
+    """bench_scaling's memory watcher: a child process's memory is counted with its parent's,
+    and stop() ends the thread (it once shadowed Thread._stop and crashed there)."""
+    import subprocess
+
+    bench = _bench("bench_scaling")
+    child = subprocess.Popen([sys.executable, "-c", "import time; x = bytearray(50_000_000); time.sleep(30)"])
+    try:
+        time.sleep(1.5)
+        watch = bench.MemoryWatch(os.getpid(), every=0.1)
+        watch.start()
+        time.sleep(0.5)
+        watch.stop()
+        assert not watch.is_alive()
+        assert watch.peak_procs >= 2 and watch.peak_kb >= 50_000  # the child's 50 MB counted
+    finally:
+        child.kill()
+        child.wait()
