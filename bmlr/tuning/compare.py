@@ -891,7 +891,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    "more: `python -m bmlr.train` processes)")
     g.add_argument("--concurrent", type=int, help="trials at once within a study (default: as many as fit)")
     g.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
-    g.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional values share a GPU")
+    g.add_argument("--gpus-per-trial", type=float,
+                   help="fractional values share a GPU (default: 1 where the cluster has GPUs, else 0)")
     g.add_argument("--address", help="an existing Ray cluster; default: start a local one")
     g.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     g = p.add_argument_group("where results go")
