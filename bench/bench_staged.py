@@ -17,15 +17,18 @@ Studies already in `--storage` are reused (delete the folder to measure again).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bmlr.engine import mean_std  # noqa: E402  (sample std, as in results.json)
+from bmlr.tuning.surface import read_csv  # noqa: E402
 STRATEGIES = ("joint", "staged")
 
 
@@ -53,8 +56,7 @@ def study(args, strategy: str, seed: int) -> Path:
 
 def epochs_and_best(folder: Path) -> tuple[int, float]:
     """Epochs trained by all trials of the study (both stages for staged) and the winner's val acc."""
-    with open(folder / "trials.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv(folder / "trials.csv")
     epochs = sum(int(float(r["epochs"])) for r in rows if r.get("epochs") not in (None, ""))
     best = max(float(r["best_val_acc"]) for r in rows if r.get("best_val_acc") not in (None, ""))
     return epochs, best
@@ -73,12 +75,12 @@ def production(args, folder: Path) -> float:
     return float(json.loads(results.read_text())["summary"]["test_acc"]["mean"])
 
 
-def mean_std(xs: list[float], scale: float = 1.0) -> str:
+def fmt(xs: list[float], scale: float, digits: int) -> str:
+    """mean ± std of `xs` times `scale`, or - when there are none."""
     if not xs:
         return "-"
-    m = statistics.mean(xs) * scale
-    s = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
-    return f"{m:.1f} ± {s:.1f}" if scale != 1.0 else f"{m:.0f} ± {s:.0f}"
+    m, sd = mean_std(xs)
+    return f"{m * scale:.{digits}f} ± {sd * scale:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,8 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| strategy | epochs trained | winner val acc (%) | winner test acc (%) |")
     print("|---|---|---|---|")
     for strategy, r in rows.items():
-        print(f"| {strategy} | {mean_std([float(e) for e in r['epochs']])} | {mean_std(r['val'], 100)} | "
-              f"{mean_std(r['test'], 100)} |")
+        print(f"| {strategy} | {fmt(r['epochs'], 1, 0)} | {fmt(r['val'], 100, 1)} | {fmt(r['test'], 100, 1)} |")
     return 0
 
 

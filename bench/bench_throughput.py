@@ -203,6 +203,7 @@ def run_variants(variants: list[tuple[str, dict[str, Any]]], base: dict[str, Any
     if device.type == "cuda":  # back to back, one synchronisation at the end of each run of steps
         for name, trainer in trainers.items():
             sync(device)
+            torch.cuda.reset_peak_memory_stats(device)  # this variant's peak (all variants' models are resident)
             t = time.perf_counter()
             for _ in range(args.steps):
                 one_step(trainer, iters[name], device, None, synced=False)
