@@ -40,8 +40,10 @@ Rules (the ablations of Tables IV and V):
     "bmlr"     xi d + (1 - xi) y                        (equation 8)
     "vanilla"  d where xi > 0, else y                   (Vanilla-Reshape)
     "uniform"  xi / C + (1 - xi) y                      (Uni-Reshaping, LFM)
-    "distill"  softmax(partner logits), T = 1, for every sample whose modality
-               has a partner; intensity reported as 1 there  (Uni-Distill)
+    "distill"  w y + (1 - w) softmax(partner logits), T = 1, for every sample
+               whose modality has a partner; intensity reported as 1 - w there
+               (Uni-Distill; w = `label_weight`, default 0: the partner's
+               prediction alone, the literal reading of Table V's description)
 """
 from __future__ import annotations
 
@@ -111,9 +113,13 @@ def _validate(targets, unimodal_logits, alpha, beta, rule) -> tuple[float, float
 
 @torch.no_grad()
 def compute_reshaping(targets: Tensor, unimodal_logits: dict[str, Tensor], alpha: float, beta: float,
-                      rule: str = "bmlr") -> Reshaping:
-    """Reshaped targets and their statistics for every modality (equations 3-8, see the module doc)."""
+                      rule: str = "bmlr", label_weight: float = 0.0) -> Reshaping:
+    """Reshaped targets and their statistics for every modality (equations 3-8, see the module doc).
+    `label_weight` is the one-hot share of the "distill" rule's target; other rules ignore it."""
     alpha, beta = _validate(targets, unimodal_logits, alpha, beta, rule)
+    label_weight = _finite("label_weight", label_weight, "a finite number in [0, 1]")
+    if not 0.0 <= label_weight <= 1.0:
+        raise ValueError(f"label_weight must be a finite number in [0, 1], got {label_weight!r}")
     names = list(unimodal_logits)
     dtype = torch.float64 if any(z.dtype == torch.float64 for z in unimodal_logits.values()) else torch.float32
     logits = torch.stack([z.detach().to(dtype) for z in unimodal_logits.values()])  # [M, N, C]
@@ -144,8 +150,9 @@ def compute_reshaping(targets: Tensor, unimodal_logits: dict[str, Tensor], alpha
         labels = xi[..., None] / num_classes + (1 - xi[..., None]) * onehot
     else:  # distill
         has_partner = partner != torch.arange(num_mod, device=logits.device)[:, None]
-        labels = torch.where(has_partner[..., None], partner_logits.softmax(-1), onehot)
-        xi = has_partner.to(dtype)
+        distilled = label_weight * onehot + (1 - label_weight) * partner_logits.softmax(-1)
+        labels = torch.where(has_partner[..., None], distilled, onehot)
+        xi = has_partner.to(dtype) * (1 - label_weight)
 
     reshaped = xi > 0
     wrong_top = reshaped & (labels.gather(-1, y.expand(num_mod, n)[..., None])[..., 0] < labels.amax(-1))

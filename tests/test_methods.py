@@ -113,6 +113,28 @@ def test_baseline_probes_do_not_touch_encoders_with_separate_heads():
     assert result.losses["probe"].item() > 0
 
 
+def test_uni_distill_readings_are_options():
+    """The literal Uni-Distill (partner softmax only, TPO) is the default; `joint` lets the
+    multimodal loss reach the encoders and `label_weight` mixes the one-hot into the target."""
+    inputs, labels = batch()
+    literal = METHODS.get("uni_distill")(from_dict({"method": "uni_distill"}))
+    assert literal.targeted and literal.rule_kwargs() == {"label_weight": 0.0}
+    model = tiny_model("concat")
+    cfg = from_dict({"method": "uni_distill", "method_args": {"joint": True, "label_weight": 0.5}})
+    result = METHODS.get("uni_distill")(cfg).training_step(model, inputs, labels)
+    enc = model.parameter_groups()["audio"]
+    assert sum(g.abs().sum() for g in grads(model, result.losses["fused"], enc)) > 0  # joint: L^0 reaches encoders
+    # the audio loss is the soft CE against (one-hot + softmax(visual logits)) / 2
+    _, unimodal = model(inputs)
+    target = 0.5 * torch.nn.functional.one_hot(labels, C) + 0.5 * unimodal["visual"].detach().softmax(-1)
+    expected = -(target * unimodal["audio"].log_softmax(-1)).sum(-1).mean()
+    torch.testing.assert_close(result.losses["audio"], expected)
+    for bad, field in [({"label_weight": 2}, "label_weight"), ({"label_weight": True}, "label_weight"),
+                       ({"joint": "yes"}, "joint")]:
+        with pytest.raises(ValueError, match=field):
+            METHODS.get("uni_distill")(from_dict({"method": "uni_distill", "method_args": bad}))
+
+
 def test_registry_lists_paper_methods_and_rejects_unknown_args():
     for name in ["baseline", "uniform_baseline", "bmlr", "only_reshape", "only_tpo",
                  "uni_distill", "vanilla_reshape", "uni_reshaping"]:

@@ -135,6 +135,27 @@ def test_rule_distill():
     assert r.wrong_top_count == {"audio": 1, "visual": 1}
 
 
+def test_rule_distill_with_label_weight_mixes_in_the_one_hot():
+    # w = 0.5: audio target = (y + p^v) / 2, visual = (y + p^a) / 2, intensity 1 - w = 0.5.
+    # Audio sample 2: (0, 0, 1)/2 + (.45, .45, .1)/2 = (.225, .225, .55): the label is on top again.
+    r = compute_reshaping(HAND_Y, hand_logits(), 1.0, 0.3, rule="distill", label_weight=0.5)
+    torch.testing.assert_close(r.labels["audio"], t([[.7, .15, .15], [.05, .8, .15], [.225, .225, .55],
+                                                     [.1, .75, .15]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.labels["visual"], t([[.9, .05, .05], [.25, .65, .1], [.025, .025, .95],
+                                                      [.1, .75, .15]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(r.intensity["visual"], t([.5, .5, .5, .5]), atol=0, rtol=0)
+    assert r.reshaped_count == {"audio": 4, "visual": 4} and r.wrong_top_count == {"audio": 0, "visual": 0}
+    one_hot = compute_reshaping(HAND_Y, hand_logits(), 1.0, 0.3, rule="distill", label_weight=1.0)
+    torch.testing.assert_close(one_hot.labels["audio"], torch.nn.functional.one_hot(HAND_Y, 3).double())
+    assert one_hot.reshaped_count == {"audio": 0, "visual": 0}
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan"), "half"])
+def test_rule_distill_rejects_label_weight_outside_unit_interval(weight):
+    with pytest.raises(ValueError, match="label_weight"):
+        compute_reshaping(HAND_Y, hand_logits(), 1.0, 0.3, rule="distill", label_weight=weight)
+
+
 def test_rule_distill_three_modalities_keeps_intermediate():
     logits = {"t": t([[.8, .1, .1]]).log(), "a": t([[.2, .4, .4]]).log(), "v": t([[.4, .3, .3]]).log()}
     r = compute_reshaping(torch.tensor([0]), logits, 1.0, 0.5, rule="distill")
