@@ -42,8 +42,8 @@ Rules (the ablations of Tables IV and V):
     "uniform"  xi / C + (1 - xi) y                      (Uni-Reshaping, LFM)
     "distill"  w y + (1 - w) softmax(partner logits), T = 1, for every sample
                whose modality has a partner; intensity reported as 1 - w there
-               (Uni-Distill; w = `label_weight`, default 0: the partner's
-               prediction alone, the literal reading of Table V's description)
+               (Uni-Distill; w = `label_weight`: 0 here, the partner's prediction
+               alone; the uni_distill method passes its own, default 0.5)
 """
 from __future__ import annotations
 

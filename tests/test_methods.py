@@ -114,11 +114,11 @@ def test_baseline_probes_do_not_touch_encoders_with_separate_heads():
 
 
 def test_uni_distill_readings_are_options():
-    """The literal Uni-Distill (partner softmax only, TPO) is the default; `joint` lets the
-    multimodal loss reach the encoders and `label_weight` mixes the one-hot into the target."""
+    """Default Uni-Distill: TPO, target half one-hot, half partner softmax; `joint` lets the
+    multimodal loss reach the encoders and `label_weight` sets the one-hot share."""
     inputs, labels = batch()
-    literal = METHODS.get("uni_distill")(from_dict({"method": "uni_distill"}))
-    assert literal.targeted and literal.rule_kwargs() == {"label_weight": 0.0}
+    default = METHODS.get("uni_distill")(from_dict({"method": "uni_distill"}))
+    assert default.targeted and default.rule_kwargs() == {"label_weight": 0.5}
     model = tiny_model("concat")
     cfg = from_dict({"method": "uni_distill", "method_args": {"joint": True, "label_weight": 0.5}})
     result = METHODS.get("uni_distill")(cfg).training_step(model, inputs, labels)
