@@ -132,6 +132,25 @@ def test_search_benchmark_curves():
     assert bench.summarise([[0.1], [0.9]], target=0.9, grid_total=8)["median_ratio"] is None
 
 
+def test_search_benchmark_signals_and_rank_agreement():
+    bench = _bench("bench_search")
+    row = {"val_acc": [0.5, 0.7, 0.6], "val_loss": [1.0, 0.8, 0.9], "val_acc_audio": [0.5, 0.6, 0.6],
+           "val_acc_visual": [0.2, 0.4, 0.7]}
+    signals = bench.epoch_signals(row)
+    assert [m["best_val_acc"] for m in signals] == [0.5, 0.7, 0.7]
+    assert [m["val_acc_weakest"] for m in signals] == [0.2, 0.4, 0.6]
+    assert signals[1]["val_loss"] == 0.8
+    # three configurations whose final ranks are c > b > a: the visual accuracy ranks them right
+    # from epoch 1, the epoch-1 accuracy ranks them backwards, a loss counts negated
+    table = {"a": {"val_acc": [0.9, 0.5], "val_acc_visual": [0.1, 0.2], "val_loss": [3.0, 2.0]},
+             "b": {"val_acc": [0.8, 0.95], "val_acc_visual": [0.2, 0.3], "val_loss": [2.0, 1.0]},
+             "c": {"val_acc": [0.7, 0.99], "val_acc_visual": [0.3, 0.4], "val_loss": [1.0, 0.5]}}
+    assert bench.rank_agreement(table, 2)[1] == pytest.approx(-1.0)
+    assert bench.rank_agreement(table, 2, "val_acc_visual") == pytest.approx({1: 1.0, 2: 1.0})
+    assert bench.rank_agreement(table, 2, "val_loss") == pytest.approx({1: 1.0, 2: 1.0})
+    assert bench.rank_agreement(table, 2, "best_val_acc")[2] == pytest.approx(1.0)
+
+
 @pytest.mark.slow
 def test_search_benchmark_replays_through_ray_tune(tmp_path):
     """TPE + ASHA and random search over a made-up table, through Ray Tune: ASHA stops the poor
@@ -149,10 +168,14 @@ def test_search_benchmark_replays_through_ray_tune(tmp_path):
     try:
         tpe = bench.run_replay(table, "tpe_asha", 0, args, tmp_path, samples=12, grace=1, reduction=3, startup=4)
         rnd = bench.run_replay(table, "random", 0, args, tmp_path, samples=6)
+        # ASHA on another metric than Optuna's (then neither goes to TuneConfig)
+        split = bench.run_replay(table, "tpe_asha", 1, args, tmp_path, samples=12, grace=1, reduction=3,
+                                 startup=4, signal="best_val_acc")
     finally:
         ray.shutdown()
     assert len(rnd) == 6 * epochs  # no early stopping
     assert 12 <= len(tpe) < 12 * epochs  # every trial ran at least its grace epoch; ASHA stopped some
+    assert 12 <= len(split) < 12 * epochs
     assert tpe == sorted(tpe) and rnd == sorted(rnd)  # best so far never decreases
 
 
