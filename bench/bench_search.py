@@ -207,6 +207,20 @@ def grid_curve(table: dict[str, dict[str, Any]]) -> list[float]:
     return best_so_far([v for p in grid_points() for v in table[point_key(p)]["val_acc"]])
 
 
+def epoch_noise(table: dict[str, dict[str, Any]], best_key: str) -> dict[str, float]:
+    """How much a configuration's validation accuracy moves from one epoch to the next (second half
+    of training, median over all configurations), and how far the best configuration's best epoch
+    stands above its own last-5-epoch mean: the part of "the grid's best" that is one lucky pass."""
+    steps = []
+    for row in table.values():
+        acc = row["val_acc"]
+        half = acc[len(acc) // 2:]
+        steps += [abs(b - a) for a, b in zip(half, half[1:])]
+    best = table[best_key]["val_acc"]
+    return {"median_step": statistics.median(steps) if steps else 0.0,
+            "best_above_own_tail": max(best) - statistics.mean(best[-5:])}
+
+
 def rank_agreement(table: dict[str, dict[str, Any]], epochs: int, signal: str = "val_acc") -> dict[int, float]:
     """Spearman correlation, over the grid's configurations, between a signal at epoch k and the
     best validation accuracy over all epochs (ties broken by order; enough for a diagnostic).
@@ -467,6 +481,11 @@ def main(argv: list[str] | None = None) -> int:
           f"accuracy {grid_best:.4f} ({winners[0][1]}); {within} of {n_points} configurations come within "
           f"{args.tolerance * 100:.0f} point of it; best final-epoch accuracy {final_best:.4f}; "
           f"grid training took {sum(r['seconds'] for r in table.values()) / 60:.1f} process-minutes")
+    noise = epoch_noise(table, winners[0][1])
+    print(f"epoch-to-epoch noise: median |change| between consecutive epochs over the second half of training "
+          f"{noise['median_step'] * 100:.1f} points; the best configuration's best epoch is "
+          f"{noise['best_above_own_tail'] * 100:.1f} points above its own mean over the last 5 epochs; the "
+          f"runner-up configuration is {(winners[0][0] - winners[1][0]) * 100:.1f} points below the best")
     predictive = rank_agreement(table, args.epochs)
     print("how well a configuration's accuracy at epoch k predicts its best (Spearman over the grid; what an "
           "ASHA rung at epoch k relies on): " + ", ".join(f"{k}: {c:+.2f}" for k, c in predictive.items()))
@@ -475,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     for m, agreement in other_signals.items():
         print(f"  the same for {m} at epoch k: " + ", ".join(f"{c:+.2f}" for c in agreement.values()))
     gc = grid_curve(table)
-    summary: dict[str, Any] = {"machine": machine, "rank_agreement": predictive,
+    summary: dict[str, Any] = {"machine": machine, "epoch_noise": noise, "rank_agreement": predictive,
                                "rank_agreement_other_signals": other_signals, "grid": GRID, "epochs": args.epochs, "val_fraction": args.val_fraction, "val_per_class": args.val_per_class,
                                "grid_total": grid_total, "grid_best": grid_best, "target": target,
                                "configs_within_target": within,

@@ -149,6 +149,12 @@ def test_search_benchmark_signals_and_rank_agreement():
     assert bench.rank_agreement(table, 2, "val_acc_visual") == pytest.approx({1: 1.0, 2: 1.0})
     assert bench.rank_agreement(table, 2, "val_loss") == pytest.approx({1: 1.0, 2: 1.0})
     assert bench.rank_agreement(table, 2, "best_val_acc")[2] == pytest.approx(1.0)
+    # second halves: a (0.5), b (0.95), c (0.5, 0.6): one step, 0.1; c's best 0.99 stands above the
+    # mean of its last (at most 5) epochs
+    table["c"]["val_acc"] = [0.7, 0.99, 0.5, 0.6]
+    noise = bench.epoch_noise(table, "c")
+    assert noise["median_step"] == pytest.approx(0.1)
+    assert noise["best_above_own_tail"] == pytest.approx(0.99 - (0.7 + 0.99 + 0.5 + 0.6) / 4)
 
 
 @pytest.mark.slow
