@@ -334,7 +334,8 @@ def summarise(curves: list[list[float]], target: float, grid_total: int) -> dict
             "max_ratio": max(reached) / grid_total if reached and len(reached) == len(curves) else None,
             "ratios": [None if h is None else h / grid_total for h in hits],
             "total_epochs": [len(c) for c in curves],
-            "final_best": [c[-1] if c else None for c in curves]}
+            "final_best": [c[-1] if c else None for c in curves],
+            "curves": curves}
 
 
 # --- phase 3: a real study ---------------------------------------------------------------------
@@ -553,7 +554,6 @@ def main(argv: list[str] | None = None) -> int:
         series["tpe_asha_live"] = live
         summary["tpe_asha_live"] = {**summarise(live, target, grid_total), **info}
 
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot(out / "search_efficiency.png", grid_total, grid_best, args.tolerance, series,
          f"synthetic default, tiny model, {args.epochs} epochs max, "
          f"{f'validation {args.val_per_class} clips per class' if args.val_per_class else f'validation {args.val_fraction:.0%} of train'}, "
@@ -568,10 +568,18 @@ def main(argv: list[str] | None = None) -> int:
     if "tpe_asha_live" in summary:
         print(f"  TPE + ASHA real study (continuous shipped space, {args.live_samples} trials)  "
               f"{fmt_ratio(summary['tpe_asha_live'])}")
+    for tol in (0.02, 0.03):  # the same runs against looser targets (epoch-to-epoch noise is 2-3 points)
+        looser = {name: summarise(summary[name]["curves"], grid_best - tol, grid_total)
+                  for name in ("random", "tpe_asha")}
+        summary[f"within_{round(tol * 100)}_points"] = {k: {kk: v[kk] for kk in ("reached", "within_quarter", "ratios")}
+                                                        for k, v in looser.items()}
+        print(f"  within {tol * 100:.0f} points instead: random search {fmt_ratio(looser['random'])}; "
+              f"TPE + ASHA {fmt_ratio(looser['tpe_asha'])}")
     t = summary["tpe_asha"]
     print(f"TPE + ASHA came within {args.tolerance * 100:.0f} point of the grid's best within a quarter of the "
           f"grid's epochs in {t['within_quarter']} of {t['runs']} searcher seeds "
           f"({'every run' if t['within_quarter'] == t['runs'] else 'NOT every run'})")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(f"plot: {out / 'search_efficiency.png'}; numbers: {out / 'summary.json'}")
     return 0
 

@@ -66,7 +66,8 @@ def study_parser() -> argparse.ArgumentParser:
     g.add_argument("--samples", type=int, default=16, help="number of trials")
     g.add_argument("--max-epochs", type=int, help="epochs a trial trains at most (ASHA's max_t; default: the "
                    "search space's fixed epochs). The exported YAML keeps the full fixed epochs")
-    g.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    g.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (on small data sets, where "
+                   "an epoch is a few dozen optimizer steps, 2-4 measured better; docs/performance.md)")
     g.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/factor of trials per rung")
     g.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
     g.add_argument("--max-failures", type=int, default=0,
