@@ -164,6 +164,21 @@ def test_untuned_row_configurations():
     assert run_key(cfg) != run_key(cfg.replace(lr=2e-3))
 
 
+def test_run_identity_counts_the_methods_default_arguments():
+    """A uni_distill run trained before its defaults changed (results.json without the
+    effective method_args, method_args {} as given) is not the run of today's defaults; a run
+    that recorded its arguments is, and so is an old run of a method without arguments."""
+    from bmlr.config import from_dict
+
+    cfg = from_dict({"method": "uni_distill"})
+    old = cfg.to_dict()
+    assert run_key(old, None) != run_key(cfg)
+    assert run_key(old, {"label_weight": 0.5, "joint": False}) == run_key(cfg)
+    assert run_key(old, {"label_weight": 0.0, "joint": False}) != run_key(cfg)
+    baseline = from_dict({"method": "baseline"})
+    assert run_key(baseline.to_dict(), None) == run_key(baseline)
+
+
 def test_tuned_row_spaces_fix_the_row_and_set_keys():
     space = _synthetic_space()
     row = next(a for a in get_recipe("table2").arms if a.label == "film")

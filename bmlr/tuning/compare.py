@@ -136,10 +136,18 @@ def _abs(path: str | os.PathLike) -> Path:
     return Path(os.path.expanduser(str(path))).resolve()
 
 
-def run_key(cfg: Config | dict) -> str:
-    """The identity of a production run: its configuration without runtime-only keys."""
+def run_key(cfg: Config | dict, method_args: dict[str, Any] | None = None) -> str:
+    """The identity of a production run: its configuration without runtime-only keys, with
+    `method_args` replaced by the arguments the method trains with (its defaults included):
+    for a configuration about to be trained, computed here; for a finished run, what its
+    results.json recorded (runs from before that record keep the arguments as given, so a run
+    trained under a method's old defaults never matches a configuration of the new ones)."""
     data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     data = {k: v for k, v in data.items() if k not in RUNTIME_KEYS}
+    if isinstance(cfg, Config):
+        method_args = {**method_defaults(cfg.method), **cfg.method_args}
+    if method_args is not None:
+        data["method_args"] = method_args
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
@@ -605,7 +613,7 @@ class Comparison:
             if path.parent.parent.parent == self.dir:
                 continue
             results = load_results(path.parent)
-            if results and is_complete(results, cfg.seeds) and run_key(results["config"]) == key:
+            if results and is_complete(results, cfg.seeds) and run_key(results["config"], results.get("method_args")) == key:
                 return path.parent
         return None
 
@@ -621,7 +629,7 @@ class Comparison:
             row["config"] = str(self.dir / "configs" / f"{slug(arm.label)}.yaml")
             cfg.to_yaml(row["config"])
             results = load_results(run_dir)
-            if is_complete(results, cfg.seeds) and run_key(results["config"]) == run_key(cfg):
+            if is_complete(results, cfg.seeds) and run_key(results["config"], results.get("method_args")) == run_key(cfg):
                 self.log(f"[{arm.label}] production run {run_dir} already finished")
                 row["run_dir"] = str(run_dir)
                 continue
