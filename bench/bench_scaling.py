@@ -219,7 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", help="folder for the studies (default: a temporary one, removed afterwards)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--json", help="write the numbers here")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="skip the unmeasured 2-trial, 1-epoch study that runs first, so that first-run costs "
+                   "(generating and caching the data, Ray's first start, cold imports) land on no row")
     args = p.parse_args(argv)
+
+    def warm_up(base_args: list[str]) -> None:
+        if args.warmup:
+            start = time.time()
+            run_study(args, work, "warmup", [*base_args, "--samples", "2", "--max-epochs", "1"])
+            print(f"  warm-up study (not measured): {time.time() - start:.0f}s", flush=True)
 
     work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix=f"bench-{args.what}-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -231,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     head = None
     try:
         base = ["--max-epochs", str(args.max_epochs), "--num-cpus", str(args.cpus)]
+        if args.what != "packing":
+            warm_up(base)
         if args.what == "samples":
             values = [int(v) for v in (args.values or "8,16,32").split(",")]
             for n in values:
@@ -275,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 temp_dir = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp")
                 head, address = start_head(args.cpus, args.gpus, temp_dir)
                 base = ["--max-epochs", str(args.max_epochs), "--address", address]
+            warm_up(base)
             for k in values:
                 trials = k * args.gpus
                 extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs),
