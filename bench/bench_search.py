@@ -250,9 +250,8 @@ SIGNALS = ("val_acc", "best_val_acc", "val_acc_weakest", "val_acc_visual", "val_
 def epoch_signals(row: dict[str, Any]) -> list[dict[str, float]]:
     """Per epoch, what a replayed trial reports: the recorded metrics, the best accuracy so far and
     the weakest modality's accuracy (min over the unimodal accuracies)."""
-    out, best = [], -math.inf
-    for e, acc in enumerate(row["val_acc"]):
-        best = max(best, acc)
+    out = []
+    for e, best in enumerate(best_so_far(row["val_acc"])):
         metrics = {m: row[m][e] for m in RECORDED if m in row}
         metrics["best_val_acc"] = best
         unimodal = [v for k, v in metrics.items() if k.startswith("val_acc_")]
@@ -283,7 +282,7 @@ def run_replay(table: dict[str, dict[str, Any]], strategy: str, seed: int, args,
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from bmlr.tuning.trainable import METRIC, MODE, TIME_ATTR
+    from bmlr.tuning.trainable import MODE, TIME_ATTR
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     module = sys.modules[replay_trial.__module__]

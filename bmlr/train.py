@@ -82,12 +82,10 @@ def train(cfg: Config, progress: bool = True) -> dict:
     data = build_datasets(cfg)  # once: the data do not depend on the training seed
     print(f"run: {run_dir}\ndevice: {device}\ndata: {cfg.dataset} {data.info} "
           f"modalities {list(data.modalities)} classes {data.num_classes}", flush=True)
-    from bmlr.methods import METHODS
+    from bmlr.methods import resolved_method_args
 
-    # the method's arguments as this run used them, defaults included: a later change of a
-    # method's defaults must not make this run look like a run of the new defaults (--reuse)
-    method_args = {**METHODS.get(cfg.method).default_args, **cfg.method_args}
-    results = {"config": cfg.to_dict(), "method_args": method_args, "run_dir": str(run_dir), "seeds": []}
+    results = {"config": cfg.to_dict(), "method_args": resolved_method_args(cfg.method, cfg.method_args),
+               "run_dir": str(run_dir), "seeds": []}
     for seed in cfg.seeds:
         results["seeds"].append(train_seed(cfg, seed, data, run_dir, progress))
         results["summary"] = summarize(results["seeds"])

@@ -19,6 +19,13 @@ from bmlr.registry import Registry
 METHODS: Registry[type["Method"]] = Registry("method")
 
 
+def resolved_method_args(method: str, given: dict[str, Any]) -> dict[str, Any]:
+    """The `method_args` a run of `method` trains with: the method's defaults, then `given`.
+    A run records these (results.json), so that a later change of a default is not mistaken
+    for the same run (`tune.py compare --reuse`)."""
+    return {**METHODS.get(method).default_args, **given}
+
+
 @dataclass
 class StepResult:
     loss: Tensor  # scalar, the one tensor the trainer backpropagates

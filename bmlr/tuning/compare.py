@@ -145,7 +145,9 @@ def run_key(cfg: Config | dict, method_args: dict[str, Any] | None = None) -> st
     data = cfg.to_dict() if isinstance(cfg, Config) else dict(cfg)
     data = {k: v for k, v in data.items() if k not in RUNTIME_KEYS}
     if isinstance(cfg, Config):
-        method_args = {**method_defaults(cfg.method), **cfg.method_args}
+        from bmlr.methods import resolved_method_args
+
+        method_args = resolved_method_args(cfg.method, cfg.method_args)
     if method_args is not None:
         data["method_args"] = method_args
     return hashlib.sha1(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:12]
