@@ -16,9 +16,10 @@ from PIL import Image
 
 from bmlr.data import DATASETS, DataError, DataSplits, build_datasets, synthetic
 from bmlr.data.audio import SpectrogramParams, compute_spectrogram, expected_shape, load_waveform
-from bmlr.data.base import AudioVisualDataset, ClipRecord, list_frames, read_split_csv, stratified_split
+from bmlr.data.base import AudioVisualDataset, list_frames, read_split_csv, stratified_split
 from bmlr.data.cache import SpectrogramStore, atomic_save_npy, cache_root, params_key
 from bmlr.data.frames import IMAGENET_MEAN, IMAGENET_STD, load_frames, sample_frame_indices
+from bmlr.data.types import ClipRecord
 
 SMALL = dict(n_train_per_class=4, n_test_per_class=2, image_size=16, n_frames=3)
 PARAMS = synthetic.SPECTROGRAM_PARAMS

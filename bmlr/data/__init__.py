@@ -1,16 +1,18 @@
 """Data sets: registry, audio-visual clip loading, spectrogram cache and the synthetic default.
 
-Importing this package registers every data set in ``DATASETS``.
+Importing this package registers every data set in ``DATASETS``. The modules depend on each
+other one way: ``types`` (errors and records) <- ``audio``, ``frames``, ``jobs`` <- ``cache``,
+``video`` <- ``base`` (split builders) <- ``registry`` <- the data sets <- ``prepare``.
 """
 from __future__ import annotations
 
-from . import audio, base, cache, frames, registry, synthetic, video  # noqa: F401  (registration on import)
-from . import ave, avmnist, cremad, ks, mosi  # noqa: F401  (registration on import)
+from . import ave, avmnist, cremad, ks, mosi, synthetic  # noqa: F401  (registration on import)
 from .audio import SpectrogramParams, compute_spectrogram, expected_shape
-from .base import AudioVisualDataset, ClipRecord, DataError, read_split_csv, stratified_split
+from .base import AudioVisualDataset, read_split_csv, stratified_split
 from .cache import SpectrogramStore, cache_root, params_key
 from .frames import load_frames, sample_frame_indices
-from .registry import DATASETS, DataSplits, ModalitySpec, build_datasets, check_splits
+from .registry import DATASETS, build_datasets, check_splits
+from .types import ClipRecord, DataError, DataSplits, ModalitySpec
 
 __all__ = [
     "DATASETS",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bmlr.data.base import DataError
+from bmlr.data.types import DataError
 
 __all__ = ["SpectrogramParams", "compute_spectrogram", "expected_shape", "load_waveform"]
 

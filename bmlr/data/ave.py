@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bmlr.data.audio import SpectrogramParams
-from bmlr.data.base import DataError, build_clip_splits, require_root, source_name
-from bmlr.data.registry import DATASETS, DataSplits
-from bmlr.data.video import VideoJob, extracted_layout, jobs_for_videos
+from bmlr.data.base import build_clip_splits, in_folders, read_data_text, require_root, source_name
+from bmlr.data.registry import DATASETS
+from bmlr.data.types import DataError, DataSplits
+from bmlr.data.video import VideoJob, extracted_folders, jobs_for_videos
 
 __all__ = ["CLASS_NAMES", "SPECTROGRAM_PARAMS", "SPLIT_FILES", "OFFICIAL_SIZES", "AUDIO_RATE", "read_annotations",
            "build_ave", "video_jobs"]
@@ -47,13 +48,7 @@ def read_annotations(path: Path, class_names: Sequence[str]) -> list[tuple[str, 
     """``[(video id, label index)]`` of one AVE annotation file (:class:`DataError` naming the file
     and line for a malformed row, an unknown category or a repeated video)."""
     index = {name: i for i, name in enumerate(class_names)}
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"AVE annotation file not found: {path} (expected rows "
-                        "'Category&VideoID&Quality&Start&End')") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read AVE annotation file {path}: {e}") from None
+    text = read_data_text(path, "AVE annotation file", "expected rows 'Category&VideoID&Quality&Start&End'")
     rows: list[tuple[str, int]] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -91,16 +86,11 @@ def video_jobs(cfg: Any) -> list[VideoJob]:
 def build_ave(cfg: Any) -> DataSplits:
     root = require_root(cfg, "AVE")
     rows = {split: read_annotations(root / name, CLASS_NAMES) for split, name in SPLIT_FILES.items()}
-    audio, frames = extracted_layout(root)
-    for folder in (audio, frames):
-        if not folder.is_dir():
-            raise DataError(f"AVE: folder not found: {folder} (expected audio/<VideoID>.wav and "
-                            f"frames/<VideoID>/*.jpg; extract them from AVE/*.mp4 with "
-                            f"`python -m bmlr.data.prepare --dataset ave --root {root}`)")
+    audio, frames = extracted_folders(root, "ave", "AVE", "VideoID", "AVE/*.mp4")
     splits = build_clip_splits(
         cfg, root=root, class_names=CLASS_NAMES, params=SPECTROGRAM_PARAMS, source=source_name("ave", root),
         train_rows=rows["train"], val_rows=rows["val"], test_rows=rows["test"],
-        locate=lambda vid: (audio / f"{vid}.wav", frames / vid),
+        locate=in_folders(audio, frames),
         split_names=tuple(str(root / SPLIT_FILES[s]) for s in ("train", "val", "test")))
     splits.info = {"dataset": "ave", **splits.info,
                    "official_split": {s: len(r) for s, r in rows.items()} == OFFICIAL_SIZES}

@@ -32,10 +32,12 @@ import torch
 from torch.utils.data import Dataset
 
 from bmlr.data.audio import SpectrogramParams, expected_shape
-from bmlr.data.base import (ClipRecord, DataError, check_class_coverage, prepare_workers, require_root,
-                            skipped_summary, source_name, stratified_split, warn_skipped)
+from bmlr.data.base import (check_class_coverage, prepare_workers, require_root, skipped_summary, source_name,
+                            stratified_split, warn_skipped)
+from bmlr.data.cache import SpectrogramStore, cache_root
 from bmlr.data.frames import IMAGENET_MEAN, IMAGENET_STD
-from bmlr.data.registry import DATASETS, DataSplits, ModalitySpec
+from bmlr.data.registry import DATASETS
+from bmlr.data.types import ClipRecord, DataError, DataSplits, ModalitySpec
 
 __all__ = ["CLASS_NAMES", "SPECTROGRAM_PARAMS", "read_idx", "load_mnist", "list_fsdd", "pair_images",
            "AVMNISTDataset", "build_avmnist"]
@@ -188,8 +190,6 @@ class AVMNISTDataset(Dataset):
 
 @DATASETS.register("avmnist")
 def build_avmnist(cfg: Any) -> DataSplits:
-    from bmlr.data.cache import SpectrogramStore, cache_root
-
     root = require_root(cfg, "AV-MNIST")
     skip_bad = bool(getattr(cfg, "skip_bad", False))
     recordings = root / "fsdd" / "recordings"

@@ -10,27 +10,32 @@ Every data problem raises :class:`DataError` naming the file (and line, for spli
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass, field
+import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-if TYPE_CHECKING:  # imported lazily at run time: cache.py and frames.py import DataError from here
-    from bmlr.data.cache import SpectrogramStore
+from bmlr.data.audio import SpectrogramParams, expected_shape
+from bmlr.data.cache import SpectrogramStore, cache_root
+from bmlr.data.frames import load_frames
+from bmlr.data.types import ClipRecord, DataError, DataSplits, ModalitySpec
 
 __all__ = [
-    "DataError",
-    "ClipRecord",
     "AudioVisualDataset",
     "stratified_split",
+    "read_data_text",
     "read_split_csv",
     "list_frames",
-    "records_from_layout",
     "records_from_rows",
+    "in_folders",
+    "check_disjoint",
+    "cached_records",
+    "carve_validation",
     "build_clip_splits",
     "build_audio_visual_splits",
     "check_class_coverage",
@@ -44,19 +49,8 @@ __all__ = [
 
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
-
-class DataError(ValueError):
-    """A data file is missing, unreadable or malformed (the message names the file)."""
-
-
-@dataclass
-class ClipRecord:
-    """One clip: its id, integer label, wav file and frame files (in temporal order)."""
-
-    clip_id: str
-    label: int
-    audio_path: str
-    frame_paths: list[str] = field(default_factory=list)
+Rows = Sequence[tuple[str, int]]  # (clip id, label index) in file order
+Locate = Callable[[str], tuple[Path, Path]]  # clip id -> (wav file, frame folder)
 
 
 class AudioVisualDataset(Dataset):
@@ -69,7 +63,7 @@ class AudioVisualDataset(Dataset):
     from torch's global generator, which ``DataLoader`` seeds per worker.
     """
 
-    def __init__(self, records: Sequence[ClipRecord], spectrograms: "SpectrogramStore", frames: int,
+    def __init__(self, records: Sequence[ClipRecord], spectrograms: SpectrogramStore, frames: int,
                  image_size: int, train: bool):
         if frames < 1:
             raise ValueError(f"frames must be >= 1, got {frames}")
@@ -89,8 +83,6 @@ class AudioVisualDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, index: int):
-        from bmlr.data.frames import load_frames
-
         record = self.records[index]
         spec = self.spectrograms.load(record.clip_id)
         audio = torch.from_numpy(np.array(spec, dtype=np.float32)).unsqueeze(0)  # copy out of the mmap
@@ -120,6 +112,17 @@ def stratified_split(labels: Sequence[int], fraction: float, seed: int) -> tuple
     return np.sort(np.concatenate(train_idx)), np.sort(np.concatenate(val_idx))
 
 
+def read_data_text(path: Path, what: str, expected: str = "") -> str:
+    """The text of a data set's list file (UTF-8, a BOM tolerated); :class:`DataError`
+    ``"<what> not found: <path> (<expected>)"`` or ``"cannot read <what> <path>: ..."``."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataError(f"{what} not found: {path}" + (f" ({expected})" if expected else "")) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from None
+
+
 def read_split_csv(path: str | os.PathLike, class_names: Sequence[str]) -> list[tuple[str, int]]:
     """Read rows ``clip,LABEL`` (no header; UTF-8 BOM and blank lines tolerated).
 
@@ -129,12 +132,7 @@ def read_split_csv(path: str | os.PathLike, class_names: Sequence[str]) -> list[
     """
     path = Path(path)
     index = {name: i for i, name in enumerate(class_names)}
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"split file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read split file {path}: {e}") from None
+    text = read_data_text(path, "split file")
     rows: list[tuple[str, int]] = []
     seen: dict[str, int] = {}
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -184,7 +182,7 @@ def _check_frame_folder(folder: Path) -> list[str]:
     return frames
 
 
-def records_from_rows(rows: Sequence[tuple[str, int]], locate: Callable[[str], tuple[Path, Path]],
+def records_from_rows(rows: Rows, locate: Locate,
                       skip_bad: bool = False) -> tuple[list[ClipRecord], list[tuple[str, str]]]:
     """ClipRecords for ``(clip, label)`` rows; ``locate(clip) -> (wav path, frame folder)``.
 
@@ -209,17 +207,6 @@ def records_from_rows(rows: Sequence[tuple[str, int]], locate: Callable[[str], t
     return records, problems
 
 
-def records_from_layout(root: str | os.PathLike, rows: Sequence[tuple[str, int]], audio_dir: str = "AudioWAV",
-                        frames_dir: str = "Frames", audio_ext: str = ".wav",
-                        skip_bad: bool = False) -> tuple[list[ClipRecord], list[str]]:
-    """ClipRecords for ``rows`` of a CREMA-D-style root (``<root>/<audio_dir>/<clip><audio_ext>``
-    and ``<root>/<frames_dir>/<clip>/``); see :func:`records_from_rows`. Problems are messages."""
-    root = Path(root)
-    records, problems = records_from_rows(
-        rows, lambda clip: (root / audio_dir / f"{clip}{audio_ext}", root / frames_dir / clip), skip_bad)
-    return records, [message for _, message in problems]
-
-
 def skipped_summary(problems: Sequence[tuple[str, str]], first: int = 5) -> dict[str, Any]:
     """``{"skipped": count, "skipped_clips": first few clip ids}`` for ``DataSplits.info``."""
     return {"skipped": len(problems), "skipped_clips": [clip for clip, _ in problems[:first]]}
@@ -229,8 +216,6 @@ def warn_skipped(where: str, problems: Sequence[tuple[str, str]], first: int = 5
     """One warning with the count, the first few clip ids and the first problem."""
     if not problems:
         return
-    import warnings
-
     names = ", ".join(clip for clip, _ in problems[:first]) + (", ..." if len(problems) > first else "")
     warnings.warn(f"{where}: skipped {len(problems)} bad clips ({names}); first problem: {problems[0][1]}",
                   stacklevel=3)
@@ -261,8 +246,6 @@ def require_root(cfg, name: str) -> Path:
 
 def source_name(dataset: str, root: str | os.PathLike) -> str:
     """Cache folder name of the data set at ``root`` (two copies never share cached arrays)."""
-    import hashlib
-
     return f"{dataset}-" + hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:10]
 
 
@@ -273,10 +256,54 @@ def prepare_workers(cfg) -> int:
     return max(1, int(workers))
 
 
-def build_clip_splits(cfg, *, root: str | os.PathLike, class_names: Sequence[str], params, source: str,
-                      train_rows: Sequence[tuple[str, int]], test_rows: Sequence[tuple[str, int]],
-                      locate: Callable[[str], tuple[Path, Path]], val_rows: Sequence[tuple[str, int]] | None = None,
-                      split_names: Sequence[str] = ("train", "val", "test")):
+def in_folders(audio: Path, frames: Path) -> Locate:
+    """``locate`` of a layout ``<audio>/<clip>.wav``, ``<frames>/<clip>/``."""
+    return lambda clip: (audio / f"{clip}.wav", frames / clip)
+
+
+def check_disjoint(root: Path, named: dict[str, Rows]) -> None:
+    """No clip listed in two splits (:class:`DataError` naming the clip and both splits)."""
+    seen: dict[str, str] = {}
+    for split, rows in named.items():
+        for clip, _ in rows:
+            if clip in seen:
+                raise DataError(f"{root}: clip {clip!r} is listed in both the {seen[clip]} and the {split} "
+                                f"split; expected disjoint splits")
+            seen[clip] = split
+
+
+def cached_records(cfg, store: SpectrogramStore, named: dict[str, Rows], locate: Locate,
+                   ) -> tuple[dict[str, list[ClipRecord]], list[tuple[str, str]], int]:
+    """Each split's checked records, with their spectrograms in ``store`` (the missing ones
+    computed now, each new clip's frames decoded whole); returns ``(records by split, problems
+    as (clip, message), number computed)``. Bad clips are left out under ``cfg.skip_bad``."""
+    skip_bad = bool(getattr(cfg, "skip_bad", False))
+    records: dict[str, list[ClipRecord]] = {}
+    problems: list[tuple[str, str]] = []
+    for split, rows in named.items():
+        records[split], bad = records_from_rows(rows, locate, skip_bad=skip_bad)
+        problems += bad
+    everything = [r for split in named for r in records[split]]
+    computed = store.ensure(everything, workers=prepare_workers(cfg), skip_bad=skip_bad,
+                            progress=getattr(cfg, "progress", None), verify_frames=True)
+    if store.failed:
+        problems += list(store.failed.items())
+        records = {split: [r for r in rs if r.clip_id not in store.failed] for split, rs in records.items()}
+    return records, problems, computed
+
+
+def carve_validation(cfg, root: Path, train: list[ClipRecord]) -> tuple[list[ClipRecord], list[ClipRecord]]:
+    """``(train, val)``: a seeded stratified share ``cfg.val_fraction`` of ``train`` (``cfg.split_seed``)."""
+    train_idx, val_idx = stratified_split([r.label for r in train], cfg.val_fraction, cfg.split_seed)
+    if len(val_idx) == 0:
+        raise DataError(f"{root}: the validation split is empty (val_fraction={cfg.val_fraction}, "
+                        f"{len(train_idx)} training clips)")
+    return [train[i] for i in train_idx], [train[i] for i in val_idx]
+
+
+def build_clip_splits(cfg, *, root: str | os.PathLike, class_names: Sequence[str], params: SpectrogramParams,
+                      source: str, train_rows: Rows, test_rows: Rows, locate: Locate, val_rows: Rows | None = None,
+                      split_names: Sequence[str] = ("train", "val", "test")) -> DataSplits:
     """DataSplits of an audio-visual data set from its split rows.
 
     Checks every listed clip's files (:func:`records_from_rows`), computes the missing
@@ -290,48 +317,18 @@ def build_clip_splits(cfg, *, root: str | os.PathLike, class_names: Sequence[str
     :class:`DataError`. Frames of clips already in the cache are not decoded again, so an image
     corrupted after preprocessing raises (naming the file) when that item is read.
     """
-    from bmlr.data.audio import expected_shape
-    from bmlr.data.cache import SpectrogramStore, cache_root
-    from bmlr.data.registry import DataSplits, ModalitySpec
-
     root = Path(root)
-    skip_bad = bool(getattr(cfg, "skip_bad", False))
     named = {"train": train_rows, "val": val_rows, "test": test_rows}
     if val_rows is None:
         del named["val"]
-    seen: dict[str, str] = {}
-    for split, rows in named.items():
-        for clip, _ in rows:
-            if clip in seen:
-                raise DataError(f"{root}: clip {clip!r} is listed in both the {seen[clip]} and the {split} "
-                                f"split; expected disjoint splits")
-            seen[clip] = split
-    records: dict[str, list[ClipRecord]] = {}
-    problems: list[tuple[str, str]] = []
-    for split, rows in named.items():
-        records[split], bad = records_from_rows(rows, locate, skip_bad=skip_bad)
-        problems += bad
-
+    check_disjoint(root, named)
     store = SpectrogramStore(cache_root(cfg), params, dataset=source)
-    everything = [r for split in named for r in records[split]]
-    computed = store.ensure(everything, workers=prepare_workers(cfg), skip_bad=skip_bad,
-                            progress=getattr(cfg, "progress", None), verify_frames=True)
-    if store.failed:
-        problems += list(store.failed.items())
-        for split in records:
-            records[split] = [r for r in records[split] if r.clip_id not in store.failed]
+    records, problems, computed = cached_records(cfg, store, named, locate)
     for split, name in zip(("train", "val", "test"), split_names):
         if split in records and not records[split]:
             raise DataError(f"{root}: no usable clips in the {split} split ({name})")
-
     if val_rows is None:
-        train_idx, val_idx = stratified_split([r.label for r in records["train"]], cfg.val_fraction,
-                                              cfg.split_seed)
-        records["val"] = [records["train"][i] for i in val_idx]
-        records["train"] = [records["train"][i] for i in train_idx]
-        if not records["val"]:
-            raise DataError(f"{root}: the validation split is empty (val_fraction={cfg.val_fraction}, "
-                            f"{len(records['train'])} training clips)")
+        records["train"], records["val"] = carve_validation(cfg, root, records["train"])
     check_class_coverage([r.label for r in records["train"]], class_names, f"{root / split_names[0]}")
 
     frames, size = int(cfg.frames), int(cfg.image_size)
@@ -349,9 +346,9 @@ def build_clip_splits(cfg, *, root: str | os.PathLike, class_names: Sequence[str
     )
 
 
-def build_audio_visual_splits(cfg, root: str | os.PathLike, class_names: Sequence[str], params,
+def build_audio_visual_splits(cfg, root: str | os.PathLike, class_names: Sequence[str], params: SpectrogramParams,
                               source: str, train_csv: str = "train.csv", test_csv: str = "test.csv",
-                              audio_dir: str = "AudioWAV", frames_dir: str = "Frames"):
+                              audio_dir: str = "AudioWAV", frames_dir: str = "Frames") -> DataSplits:
     """DataSplits of a CREMA-D-style root (``train_csv`` / ``test_csv`` with rows ``clip,LABEL``,
     ``<audio_dir>/<clip>.wav``, ``<frames_dir>/<clip>/``); validation carved out of train.
     See :func:`build_clip_splits`."""
@@ -362,5 +359,5 @@ def build_audio_visual_splits(cfg, root: str | os.PathLike, class_names: Sequenc
     test_rows = read_split_csv(root / test_csv, class_names)
     return build_clip_splits(cfg, root=root, class_names=class_names, params=params, source=source,
                              train_rows=train_rows, test_rows=test_rows,
-                             locate=lambda clip: (root / audio_dir / f"{clip}.wav", root / frames_dir / clip),
+                             locate=in_folders(root / audio_dir, root / frames_dir),
                              split_names=(train_csv, "carved from " + train_csv, test_csv))

@@ -6,7 +6,8 @@ Layout under the cache root (``cfg.cache_dir``, else ``$BMLR_CACHE``, else ``~/.
     spectrograms/<dataset>/<params_key>/<clip_id>.npy    float32 [F, T], one per clip
     synthetic/v1-seed<seed>/                            the generated synthetic data set
 
-Writes are atomic (temporary file in the same folder, then ``os.replace``), so a killed run
+Writes are atomic (:func:`bmlr.fileio.atomic_path`: a temporary file in the same folder, then
+``os.replace``), so a killed run
 never leaves a truncated array: the next ``ensure`` computes exactly the missing clips and a
 run whose cache is complete computes nothing. Arrays are read with ``np.load(mmap_mode="r")``
 and never recomputed per epoch. Changing any parameter changes ``params_key`` and so the folder.
@@ -15,24 +16,25 @@ The cache does not watch the source wav files: after editing them, delete the fo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 
 from bmlr.data.audio import SpectrogramParams, compute_spectrogram, expected_shape
-from bmlr.data.base import ClipRecord, DataError
+from bmlr.data.frames import decode_image
+from bmlr.data.jobs import run_jobs
+from bmlr.data.types import ClipRecord, DataError
+from bmlr.fileio import TMP_MARK, atomic_path, atomic_write_text
 
-__all__ = ["cache_root", "params_key", "atomic_save_npy", "atomic_write_text", "SpectrogramStore",
-           "LiveSpectrograms"]
+__all__ = ["cache_root", "params_key", "atomic_save_npy", "SpectrogramStore", "LiveSpectrograms"]
 
-_TMP_MARK = ".tmp-"
-_STALE_TMP_S = 600.0  # temp files older than this are leftovers of a killed run
+STALE_TMP_S = 600.0  # temp files older than this are leftovers of a killed run
 
 
 def cache_root(cfg: Any = None) -> Path:
@@ -50,35 +52,10 @@ def params_key(obj: Any, length: int = 12) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:length]
 
 
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-
-
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """``np.save`` to a temporary file beside ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(array))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (temporary file, then ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.asarray(array))
 
 
 def _check_clip_id(clip_id: str) -> str:
@@ -120,25 +97,23 @@ class SpectrogramStore:
     def _remove_stale_tmp(self) -> None:
         now = time.time()
         for entry in os.scandir(self.directory):
-            if _TMP_MARK in entry.name:
+            if TMP_MARK in entry.name:
                 try:
-                    if now - entry.stat().st_mtime > _STALE_TMP_S:
+                    if now - entry.stat().st_mtime > STALE_TMP_S:
                         os.unlink(entry.path)
                 except FileNotFoundError:
-                    pass
+                    continue  # another process finished or removed it meanwhile: nothing left to clean
 
     def compute(self, record: ClipRecord) -> np.ndarray:
         """Compute (not cache) one clip's spectrogram."""
         return compute_spectrogram(record.audio_path, self.params)
 
-    def _work(self, record: ClipRecord, verify_frames: bool) -> str | None:
-        """Compute, check and atomically save one clip; return None, or the problem (DataError text).
+    def compute_and_save(self, record: ClipRecord, verify_frames: bool = False) -> None:
+        """Compute, check and atomically save one clip (:class:`DataError` naming the file).
 
         Frames are fully decoded first (``verify_frames``), so a clip whose array is in the cache
         has been checked whole."""
         if verify_frames:
-            from bmlr.data.frames import decode_image
-
             for frame in record.frame_paths:
                 decode_image(frame)
         spec = self.compute(record)
@@ -146,7 +121,6 @@ class SpectrogramStore:
             raise DataError(f"spectrogram of {record.audio_path} has shape {tuple(spec.shape)}, "
                             f"expected {tuple(self.shape)}")
         atomic_save_npy(self.path(record.clip_id), spec)
-        return None
 
     def ensure(self, records: Iterable[ClipRecord], workers: int = 1, skip_bad: bool = False,
                progress: bool | None = None, verify_frames: bool = False) -> int:
@@ -166,48 +140,13 @@ class SpectrogramStore:
         missing = [r for r in records if not self.has(r.clip_id)]
         if not missing:
             return 0
-        if progress is None:
-            progress = len(missing) >= 500
-        bar = None
-        if progress:
-            from tqdm import tqdm
-            bar = tqdm(total=len(missing), desc=f"spectrograms {self.dataset}", unit="clip")
-        done = 0
-
-        def settle(record: ClipRecord, problem: str | None) -> None:
-            nonlocal done
-            if problem is None:
-                done += 1
-            elif not skip_bad:
-                raise DataError(problem)
-            else:
-                self.failed[record.clip_id] = problem
-            if bar is not None:
-                bar.update(1)
-
-        try:
-            workers = min(int(workers or 1), len(missing))
-            if workers > 1:
-                import multiprocessing as mp
-
-                _warm_up_librosa(self.params)  # once here, not once per forked worker
-                from concurrent.futures import ProcessPoolExecutor, as_completed
-
-                context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-                with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                    futures = {pool.submit(_work_in_process, self, r, verify_frames): r for r in missing}
-                    try:
-                        for future in as_completed(futures):
-                            settle(futures[future], future.result())
-                    except BaseException:
-                        pool.shutdown(wait=True, cancel_futures=True)
-                        raise
-            else:
-                for record in missing:
-                    settle(record, _work_in_process(self, record, verify_frames))
-        finally:
-            if bar is not None:
-                bar.close()
+        if min(int(workers or 1), len(missing)) > 1:
+            _warm_up_librosa(self.params)  # once here, not once per forked worker
+        done, failed = run_jobs(missing, functools.partial(_work_in_process, self, verify_frames=verify_frames),
+                                lambda r: r.clip_id, workers=workers, skip_bad=skip_bad,
+                                progress=len(missing) >= 500 if progress is None else progress,
+                                desc=f"spectrograms {self.dataset}")
+        self.failed.update(failed)
         return done
 
     def load(self, clip_id: str) -> np.ndarray:
@@ -237,9 +176,10 @@ def _warm_up_librosa(params: SpectrogramParams) -> None:
 def _work_in_process(store: SpectrogramStore, record: ClipRecord, verify_frames: bool) -> str | None:
     """One clip of :meth:`SpectrogramStore.ensure`; a :class:`DataError` comes back as its text."""
     try:
-        return store._work(record, verify_frames)
+        store.compute_and_save(record, verify_frames)
     except DataError as e:
         return str(e)
+    return None
 
 
 class LiveSpectrograms:

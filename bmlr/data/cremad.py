@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from bmlr.data.audio import SpectrogramParams
-from bmlr.data.base import DataError, build_clip_splits, read_split_csv, require_root, source_name
-from bmlr.data.registry import DATASETS, DataSplits
+from bmlr.data.base import build_clip_splits, in_folders, read_split_csv, require_root, source_name
+from bmlr.data.registry import DATASETS
+from bmlr.data.types import DataError, DataSplits
 from bmlr.data.video import VideoJob, find_videos
 
 __all__ = ["CLASS_NAMES", "SPECTROGRAM_PARAMS", "FRAME_DIRS", "COMMON_SPLIT", "build_cremad", "video_jobs"]
@@ -64,7 +65,7 @@ def build_cremad(cfg: Any) -> DataSplits:
     splits = build_clip_splits(
         cfg, root=root, class_names=CLASS_NAMES, params=SPECTROGRAM_PARAMS, source=source_name("cremad", root),
         train_rows=train_rows, test_rows=test_rows,
-        locate=lambda clip: (root / AUDIO_DIR / f"{clip}.wav", frames / clip),
+        locate=in_folders(root / AUDIO_DIR, frames),
         split_names=(str(root / "train.csv"), "carved from train.csv", str(root / "test.csv")))
     splits.info = {"dataset": "cremad", **splits.info,
                    "common_split": (len(train_rows), len(test_rows)) == (COMMON_SPLIT["train"], COMMON_SPLIT["test"])}

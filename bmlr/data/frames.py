@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from bmlr.data.base import DataError
+from bmlr.data.types import DataError
 
 __all__ = [
     "IMAGENET_MEAN",

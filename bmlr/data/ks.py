@@ -27,9 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from bmlr.data.audio import SpectrogramParams
-from bmlr.data.base import DataError, build_clip_splits, read_split_csv, require_root, source_name
-from bmlr.data.registry import DATASETS, DataSplits
-from bmlr.data.video import VideoJob, extracted_layout, jobs_for_videos
+from bmlr.data.base import (build_clip_splits, in_folders, read_data_text, read_split_csv, require_root,
+                            source_name)
+from bmlr.data.registry import DATASETS
+from bmlr.data.types import DataError, DataSplits
+from bmlr.data.video import VideoJob, extracted_folders, jobs_for_videos
 
 __all__ = ["CLASS_NAMES", "SPECTROGRAM_PARAMS", "AUDIO_RATE", "build_ks", "read_class_file", "video_jobs"]
 
@@ -49,13 +51,7 @@ CLASS_FILE = "classes.txt"
 
 def read_class_file(path: Path, expected: list[str]) -> list[str]:
     """The class names of ``path`` (one per line); they must be exactly ``expected``."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataError(f"class list file not found: {path} (expected the {len(expected)} class names, "
-                        "one per line)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read class list file {path}: {e}") from None
+    text = read_data_text(path, "class list file", f"expected the {len(expected)} class names, one per line")
     names = [line.strip() for line in text.splitlines() if line.strip()]
     unknown = sorted(set(names) - set(expected))
     missing = sorted(set(expected) - set(names))
@@ -75,18 +71,13 @@ def video_jobs(cfg: Any) -> list[VideoJob]:
 def build_ks(cfg: Any) -> DataSplits:
     root = require_root(cfg, "Kinetics-Sounds")
     classes = read_class_file(root / CLASS_FILE, CLASS_NAMES)
-    audio, frames = extracted_layout(root)
-    for folder in (audio, frames):
-        if not folder.is_dir():
-            raise DataError(f"Kinetics-Sounds: folder not found: {folder} (expected audio/<clip>.wav and "
-                            f"frames/<clip>/*.jpg; extract them from videos/ with "
-                            f"`python -m bmlr.data.prepare --dataset ks --root {root}`)")
+    audio, frames = extracted_folders(root, "ks", "Kinetics-Sounds", "clip", "videos/")
     train_rows = read_split_csv(root / "train.csv", classes)
     test_rows = read_split_csv(root / "test.csv", classes)
     splits = build_clip_splits(
         cfg, root=root, class_names=classes, params=SPECTROGRAM_PARAMS, source=source_name("ks", root),
         train_rows=train_rows, test_rows=test_rows,
-        locate=lambda clip: (audio / f"{clip}.wav", frames / clip),
+        locate=in_folders(audio, frames),
         split_names=(str(root / "train.csv"), "carved from train.csv", str(root / "test.csv")))
     splits.info = {"dataset": "ks", **splits.info}
     return splits

@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from bmlr.data.base import DataError, check_class_coverage
-from bmlr.data.registry import DATASETS, DataSplits, ModalitySpec
+from bmlr.data.base import check_class_coverage
+from bmlr.data.registry import DATASETS
+from bmlr.data.types import DataError, DataSplits, ModalitySpec
 
 __all__ = ["CLASS_NAMES", "MODALITIES", "SPLITS", "OFFICIAL_SIZES", "find_pickle", "load_pickle",
            "seven_class", "SequenceDataset", "build_mosi", "build_mosei"]

@@ -20,12 +20,19 @@ import os
 import sys
 import time
 import types
-from typing import Any
+from typing import Any, Callable
+
+from bmlr.config import ConfigError, from_dict
+from bmlr.data import ave, cremad, ks
+from bmlr.data.registry import build_datasets
+from bmlr.data.types import DataError
+from bmlr.data.video import VideoJob, extract_videos
 
 __all__ = ["prepare", "main", "VIDEO_JOBS"]
 
-#: data sets whose preprocessing starts from videos: name -> module with ``video_jobs(cfg)``
-VIDEO_JOBS = {"cremad": "bmlr.data.cremad", "ks": "bmlr.data.ks", "ave": "bmlr.data.ave"}
+#: data sets whose preprocessing starts from videos: name -> its ``video_jobs(cfg)``
+VIDEO_JOBS: dict[str, Callable[[Any], list[VideoJob]]] = {
+    "cremad": cremad.video_jobs, "ks": ks.video_jobs, "ave": ave.video_jobs}
 
 
 def available_cores() -> int:
@@ -38,12 +45,6 @@ def available_cores() -> int:
 def prepare(dataset: str, root: str | None, cache_dir: str | None = None, workers: int | None = None,
             skip_bad: bool = False, progress: bool = True, out=None) -> dict[str, Any]:
     """Run the three steps above; return a summary (also printed to ``out``, default stdout)."""
-    import importlib
-
-    from bmlr.config import from_dict
-    from bmlr.data.registry import build_datasets
-    from bmlr.data.video import extract_videos
-
     out = out or sys.stdout
     cfg = from_dict({"dataset": dataset, "data_root": root, "cache_dir": cache_dir, "skip_bad": skip_bad},
                     source="bmlr.data.prepare")
@@ -53,7 +54,7 @@ def prepare(dataset: str, root: str | None, cache_dir: str | None = None, worker
     start = time.time()
     print(f"prepare {dataset}: root {root}, {workers} worker process(es)", file=out, flush=True)
     if dataset in VIDEO_JOBS:
-        jobs = importlib.import_module(VIDEO_JOBS[dataset]).video_jobs(ns)
+        jobs = VIDEO_JOBS[dataset](ns)
         extracted, failed = extract_videos(jobs, workers=workers, skip_bad=skip_bad, progress=progress)
         summary.update(videos=len(jobs), videos_extracted=extracted, videos_failed=len(failed))
         line = f"  videos: {len(jobs)} found, {extracted} extracted now, {len(jobs) - extracted - len(failed)} already done"
@@ -77,9 +78,6 @@ def prepare(dataset: str, root: str | None, cache_dir: str | None = None, worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bmlr.config import ConfigError
-    from bmlr.data.base import DataError
-
     parser = argparse.ArgumentParser(prog="python -m bmlr.data.prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="cremad, ks, ave, avmnist, mosi, mosei or synthetic")
     parser.add_argument("--root", help="the data set's folder (docs/data.md shows each layout)")

@@ -60,16 +60,17 @@ import hashlib
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bmlr.data.audio import SpectrogramParams
-from bmlr.data.base import DataError, build_audio_visual_splits
+from bmlr.data.base import build_audio_visual_splits
 from bmlr.data.cache import cache_root
-from bmlr.data.registry import DATASETS, DataSplits
+from bmlr.data.registry import DATASETS
+from bmlr.data.types import DataError, DataSplits
+from bmlr.fileio import TMP_MARK, tmp_path_for
 
 __all__ = [
     "CLASS_NAMES",
@@ -254,9 +255,9 @@ def ensure_synthetic(root: str | os.PathLike, seed: int = 0, **kwargs: Any) -> P
         return final
     base.mkdir(parents=True, exist_ok=True)
     for entry in base.iterdir():  # leftovers of killed generations (older than an hour)
-        if entry.name.startswith(".tmp-") and time.time() - entry.stat().st_mtime > 3600:
-            shutil.rmtree(entry, ignore_errors=True)
-    tmp = base / f".tmp-{final.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        if TMP_MARK in entry.name and time.time() - entry.stat().st_mtime > 3600:
+            shutil.rmtree(entry, ignore_errors=True)  # best effort: another run may be removing it too
+    tmp = tmp_path_for(final)
     try:
         generate(tmp, seed=seed, **kwargs)
         if final.exists() and not (final / ".complete").is_file():
@@ -267,7 +268,7 @@ def ensure_synthetic(root: str | os.PathLike, seed: int = 0, **kwargs: Any) -> P
             if not (final / ".complete").is_file():  # lost a race only if the winner finished
                 raise
     finally:
-        if tmp.exists():
+        if tmp.exists():  # best effort, so that a cleanup problem never hides the real error
             shutil.rmtree(tmp, ignore_errors=True)
     return final
 

@@ -12,27 +12,28 @@ Both are atomic: frames go to a temporary folder renamed into place when complet
 temporary file moved into place; an interrupted extraction leaves only ``.tmp-`` names, which no
 loader reads. ``extract_videos`` runs many jobs in parallel processes, skips the jobs whose outputs
 exist (so a killed run resumes), and reports or skips (``skip_bad``) unreadable videos. Every
-problem is a :class:`~bmlr.data.base.DataError` naming the video file.
+problem is a :class:`~bmlr.data.types.DataError` naming the video file.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from bmlr.data.base import DataError
+from bmlr.data.jobs import run_jobs
+from bmlr.data.types import DataError
+from bmlr.fileio import atomic_path, tmp_path_for
 
 __all__ = ["VIDEO_EXTENSIONS", "VideoJob", "find_videos", "extract_frames", "extract_audio", "extract_videos"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".flv")
 JPEG_QUALITY = 95
-_TMP_MARK = ".tmp-"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,31 @@ def jobs_for_videos(root: Path, videos: Path, sample_rate: int) -> list[VideoJob
                      sample_rate=sample_rate) for vid, video in find_videos(videos).items()]
 
 
+def extracted_folders(root: Path, dataset: str, label: str, item: str, videos: str) -> tuple[Path, Path]:
+    """:func:`extracted_layout` of ``root``, both folders checked (:class:`DataError` naming the
+    missing one and the `prepare` command that makes it; ``item`` names a clip in the message,
+    ``videos`` where the videos are)."""
+    audio, frames = extracted_layout(root)
+    for folder in (audio, frames):
+        if not folder.is_dir():
+            raise DataError(f"{label}: folder not found: {folder} (expected audio/<{item}>.wav and "
+                            f"frames/<{item}>/*.jpg; extract them from {videos} with "
+                            f"`python -m bmlr.data.prepare --dataset {dataset} --root {root}`)")
+    return audio, frames
+
+
+@contextlib.contextmanager
+def decoding(what: str) -> Iterator[None]:
+    """Any failure inside becomes a :class:`DataError` ``"cannot decode <what>: <type>: <message>"``
+    (PyAV and FFmpeg raise many exception types for a broken file); a DataError passes unchanged."""
+    try:
+        yield
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"cannot decode {what}: {type(e).__name__}: {e}") from None
+
+
 def _open(video: str | os.PathLike):
     import av
 
@@ -91,6 +117,27 @@ def _open(video: str | os.PathLike):
         raise DataError(f"cannot open video file {path}: {type(e).__name__}: {e}") from None
 
 
+def _save_frames(container, path: str, folder: Path, fps: float, quality: int) -> int:
+    """Decode the first video stream; save one frame per ``1 / fps`` s into ``folder``; the count."""
+    if not container.streams.video:
+        raise DataError(f"video file {path} has no video stream")
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    rate = float(stream.average_rate or stream.guessed_rate or 25)
+    start, next_k, count = None, 0, 0
+    for index, frame in enumerate(container.decode(stream)):
+        t = frame.time if frame.time is not None else index / rate
+        if start is None:
+            start = t
+        rel = t - start
+        if rel + 1e-6 < next_k / fps:
+            continue
+        frame.to_image().save(folder / f"frame_{count:05d}.jpg", format="JPEG", quality=quality)
+        count += 1
+        next_k = math.floor(rel * fps + 1e-6) + 1
+    return count
+
+
 def extract_frames(video: str | os.PathLike, folder: str | os.PathLike, fps: float = 1.0,
                    quality: int = JPEG_QUALITY) -> int:
     """Write one frame per ``1 / fps`` seconds of ``video`` into ``folder`` (atomically: the
@@ -99,33 +146,14 @@ def extract_frames(video: str | os.PathLike, folder: str | os.PathLike, fps: flo
         raise ValueError(f"fps must be > 0, got {fps}")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    tmp = tmp_path_for(folder)
     tmp.mkdir()
     path = os.fspath(video)
-    count = 0
     try:
         container = _open(path)
         try:
-            if not container.streams.video:
-                raise DataError(f"video file {path} has no video stream")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            rate = float(stream.average_rate or stream.guessed_rate or 25)
-            start, next_k = None, 0
-            for index, frame in enumerate(container.decode(stream)):
-                t = frame.time if frame.time is not None else index / rate
-                if start is None:
-                    start = t
-                rel = t - start
-                if rel + 1e-6 < next_k / fps:
-                    continue
-                frame.to_image().save(tmp / f"frame_{count:05d}.jpg", format="JPEG", quality=quality)
-                count += 1
-                next_k = math.floor(rel * fps + 1e-6) + 1
-        except DataError:
-            raise
-        except Exception as e:
-            raise DataError(f"cannot decode video file {path}: {type(e).__name__}: {e}") from None
+            with decoding(f"video file {path}"):
+                count = _save_frames(container, path, tmp, fps, quality)
         finally:
             container.close()
         if count == 0:
@@ -136,47 +164,42 @@ def extract_frames(video: str | os.PathLike, folder: str | os.PathLike, fps: flo
             if not folder.is_dir():  # lost a race only when the other run finished the folder
                 raise
     finally:
-        if tmp.exists():
+        if tmp.exists():  # best effort, so that a cleanup problem never hides the real error
             shutil.rmtree(tmp, ignore_errors=True)
     return count
+
+
+def _decode_audio(container, path: str, sample_rate: int) -> np.ndarray:
+    """The first audio stream, mono float32 at ``sample_rate`` Hz."""
+    import av
+
+    if not container.streams.audio:
+        raise DataError(f"video file {path} has no audio stream; expected one for the audio modality")
+    stream = container.streams.audio[0]
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
+    chunks: list[np.ndarray] = []
+    for frame in container.decode(stream):
+        chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(frame))
+    chunks.extend(out.to_ndarray().reshape(-1) for out in resampler.resample(None))
+    return np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
 
 
 def extract_audio(video: str | os.PathLike, wav: str | os.PathLike, sample_rate: int = 16000) -> int:
     """Write ``video``'s first audio stream as mono 16-bit PCM at ``sample_rate`` Hz (atomically);
     return the number of samples."""
-    import av
     import soundfile as sf
 
     path = os.fspath(video)
     container = _open(path)
-    chunks: list[np.ndarray] = []
     try:
-        if not container.streams.audio:
-            raise DataError(f"video file {path} has no audio stream; expected one for the audio modality")
-        stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=int(sample_rate))
-        for frame in container.decode(stream):
-            for out in resampler.resample(frame):
-                chunks.append(out.to_ndarray().reshape(-1))
-        for out in resampler.resample(None):
-            chunks.append(out.to_ndarray().reshape(-1))
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"cannot decode the audio of video file {path}: {type(e).__name__}: {e}") from None
+        with decoding(f"the audio of video file {path}"):
+            y = _decode_audio(container, path, sample_rate)
     finally:
         container.close()
-    y = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
     if y.size == 0:
         raise DataError(f"video file {path} has an empty audio stream")
-    wav = Path(wav)
-    wav.parent.mkdir(parents=True, exist_ok=True)
-    tmp = wav.with_name(f".{wav.name}{_TMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(wav) as tmp:
         sf.write(tmp, np.clip(y, -1.0, 1.0), int(sample_rate), subtype="PCM_16", format="WAV")
-        os.replace(tmp, wav)
-    finally:
-        tmp.unlink(missing_ok=True)
     return int(y.size)
 
 
@@ -197,49 +220,9 @@ def extract_videos(jobs: Iterable[VideoJob], workers: int = 1, skip_bad: bool = 
     """Run the jobs whose outputs are missing; return ``(number run, {clip id: problem})``.
 
     Without ``skip_bad`` the first problem raises :class:`DataError` (outputs already written are
-    kept, so the next run resumes)."""
+    kept, so the next run resumes). ``progress`` shows a bar (default: 100 videos or more)."""
     pending = [j for j in jobs if not j.done()]
-    failed: dict[str, str] = {}
     if not pending:
-        return 0, failed
-    bar = None
-    if progress is None:
-        progress = len(pending) >= 100
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(pending), desc="videos", unit="clip")
-    done = 0
-
-    def settle(job: VideoJob, problem: str | None) -> None:
-        nonlocal done
-        if problem is not None:
-            if not skip_bad:
-                raise DataError(problem)
-            failed[job.clip_id] = problem
-        else:
-            done += 1
-        if bar is not None:
-            bar.update(1)
-
-    try:
-        workers = min(max(1, int(workers or 1)), len(pending))
-        if workers > 1:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-                futures = {pool.submit(_run_job, j): j for j in pending}
-                try:
-                    for future in as_completed(futures):
-                        settle(futures[future], future.result())
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
-        else:
-            for job in pending:
-                settle(job, _run_job(job))
-    finally:
-        if bar is not None:
-            bar.close()
-    return done, failed
+        return 0, {}
+    return run_jobs(pending, _run_job, lambda job: job.clip_id, workers=workers, skip_bad=skip_bad,
+                    progress=len(pending) >= 100 if progress is None else progress, desc="videos")
