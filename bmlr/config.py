@@ -19,6 +19,11 @@ from typing import Any
 
 import yaml
 
+from bmlr.fileio import atomic_write_text
+
+__all__ = ["Config", "ConfigError", "FIELD_NAMES", "METHOD_ARGS_PREFIX", "OPTIMIZERS", "SCHEDULES", "DEVICES",
+           "field_kind", "fold_method_args", "from_dict", "load_config", "validate"]
+
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -84,7 +89,7 @@ class Config:
     def to_yaml(self, path: str | Path | None = None) -> str:
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
-            Path(path).write_text(text)
+            atomic_write_text(path, text)  # a reader (another trial, a report) never sees half a file
         return text
 
 
@@ -92,6 +97,16 @@ FIELD_NAMES = tuple(f.name for f in fields(Config))
 _DEFAULTS = {
     f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory() for f in fields(Config)
 }
+
+
+def field_kind(name: str) -> str:
+    """The scalar type of Config field ``name``: "bool", "int", "float" or "str" (everything
+    else: strings, None-able strings, lists and mappings). ``KeyError`` for an unknown name."""
+    default = _DEFAULTS[name]
+    for kind in (bool, int, float):  # bool first: True is an int too
+        if isinstance(default, kind):
+            return kind.__name__
+    return "str"
 
 
 def _fail(source: str, key: str, value: Any, expected: str) -> ConfigError:
@@ -208,7 +223,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
 
 
 def validate(cfg: Config) -> None:
-    """Check values and names; registries are imported lazily to avoid cycles."""
+    """Check values and names. The registries are imported here, not at the top, so that
+    reading the schema (``FIELD_NAMES``, ``field_kind``) does not load torch and every data set."""
     from bmlr.data import DATASETS
     from bmlr.methods import METHODS
     from bmlr.models import FUSIONS

@@ -99,12 +99,14 @@ total is the score used for the assignment.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bmlr.methods.args import require
 from bmlr.methods.base import METHODS, Method, StepResult, hard_cross_entropy, soft_cross_entropy
 
 ATTRIBUTE = "aug_learners"
@@ -173,29 +175,62 @@ def weak_modality(scores: dict[str, float], target_ratio: float = 1.0, band: flo
     return weakest if ratios[weakest] < 1.0 - band else None
 
 
+def _weights(w: Any) -> tuple[float, ...] | dict[str, float] | None:
+    """``merge_weights`` with every weight a float (tuple for a list); ValueError otherwise."""
+    values = list(w.values()) if isinstance(w, dict) else w
+    numbers = isinstance(values, (list, tuple)) and all(
+        isinstance(x, (int, float)) and not isinstance(x, bool) for x in values)
+    require(w is None or numbers, "merge_weights",
+            "a list of numbers in modality order, a mapping modality -> number, or null", w)
+    if w is None:
+        return None
+    if isinstance(w, dict):
+        return {str(u): float(x) for u, x in w.items()}
+    return tuple(float(x) for x in w)
+
+
 @METHODS.register("aug")
 class AUG(Method):
     """Sustained boosting: the weaker modality gets extra classifier heads, each fitting the ensemble's residual."""
 
-    default_args = {
-        "learner_hidden": 256,
-        "learner_weight": 1.0,
-        "residual_weight": 0.5,
-        "target_ratio": 1.0,
-        "band": 0.01,
-        "check_every": 0,
-        "max_learners": 10,
-        "merge_weights": None,
-    }
+    reads = ()
+
+    @dataclass(frozen=True)
+    class Args:
+        """The ``method_args`` of aug (see the module docstring for each choice).
+
+        Args:
+            learner_hidden: hidden width of each boosting learner, >= 1 (the original's 256).
+            learner_weight: ``w``, the weight of the learners' outputs in the ensemble.
+            residual_weight: ``r`` of the sustained-boosting residual target.
+            target_ratio: the score ratio the assignment aims at, > 0 (two modalities only).
+            band: no learner is added while the ratio is within ``target_ratio +- band``, >= 0.
+            check_every: epochs between assignment checks, >= 0 (0: the original's rule).
+            max_learners: learner slots per modality, >= 0.
+            merge_weights: ``m_u`` of the fused prediction: a list in modality order or a
+                mapping modality -> weight (None: all 1).
+        """
+
+        learner_hidden: int = 256
+        learner_weight: float = 1.0
+        residual_weight: float = 0.5
+        target_ratio: float = 1.0
+        band: float = 0.01
+        check_every: int = 0
+        max_learners: int = 10
+        merge_weights: tuple[float, ...] | dict[str, float] | None = None  # a list is kept as a tuple
+
+        def __post_init__(self) -> None:
+            require(self.learner_hidden >= 1, "learner_hidden", ">= 1", self.learner_hidden)
+            require(self.max_learners >= 0, "max_learners", ">= 0", self.max_learners)
+            require(self.check_every >= 0, "check_every", ">= 0", self.check_every)
+            require(self.band >= 0, "band", ">= 0", self.band)
+            require(self.target_ratio > 0, "target_ratio", "> 0", self.target_ratio)
+            object.__setattr__(self, "merge_weights", _weights(self.merge_weights))
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        a = self.args
-        if int(a["learner_hidden"]) < 1 or int(a["max_learners"]) < 0 or int(a["check_every"]) < 0:
-            raise ValueError("learner_hidden must be >= 1, max_learners and check_every >= 0")
-        if not float(a["band"]) >= 0 or not float(a["target_ratio"]) > 0:
-            raise ValueError("band must be >= 0 and target_ratio > 0")
-        every = int(a["check_every"])
+        every = self.args.check_every
         self.check_every = every if every > 0 else (max(1, int(cfg.epochs) // 10) if cfg.epochs > 10 else 1)
         self.model = None
         self.optimizer = None
@@ -206,28 +241,28 @@ class AUG(Method):
     # --- setup and learner bookkeeping ------------------------------------------------
     def setup(self, model, optimizer) -> None:
         mods = list(model.modalities)
-        if len(mods) > 2 and float(self.args["target_ratio"]) != 1.0:
+        if len(mods) > 2 and self.args.target_ratio != 1.0:
             raise ValueError("aug: target_ratio applies to two modalities only; use 1.0 with more")
         self._merge = self._merge_weights(mods)
         if not hasattr(model.fusion, ATTRIBUTE):
             param = next(model.parameters())
             learners = BoostingLearners(mods, model.fusion.feature_dims, model.fusion.num_classes,
-                                        int(self.args["max_learners"]), int(self.args["learner_hidden"]))
+                                        self.args.max_learners, self.args.learner_hidden)
             setattr(model.fusion, ATTRIBUTE, learners.to(device=param.device, dtype=param.dtype))
         self.model, self.optimizer = model, optimizer
         self.scores = {u: 0.0 for u in mods}
 
     def _merge_weights(self, mods: list[str]) -> dict[str, float]:
-        w = self.args["merge_weights"]
+        w = self.args.merge_weights
         if w is None:
             return {u: 1.0 for u in mods}
         if isinstance(w, dict):
             if set(w) != set(mods):
                 raise ValueError(f"merge_weights keys {sorted(w)} must be the modalities {mods}")
-            return {u: float(w[u]) for u in mods}
+            return {u: w[u] for u in mods}
         if len(w) != len(mods):
-            raise ValueError(f"merge_weights needs {len(mods)} numbers (modality order {mods}), got {w!r}")
-        return {u: float(x) for u, x in zip(mods, w)}
+            raise ValueError(f"merge_weights needs {len(mods)} numbers (modality order {mods}), got {list(w)!r}")
+        return dict(zip(mods, w))
 
     @staticmethod
     def learners_of(model) -> BoostingLearners:
@@ -249,7 +284,7 @@ class AUG(Method):
             raise RuntimeError("aug: setup(model, optimizer) was not called")
         learners = self.learners_of(self.model)
         k = learners.counts()[u]
-        if k >= int(self.args["max_learners"]):
+        if k >= self.args.max_learners:
             return False
         self._join_optimizer(u, k)
         learners.active[learners.modalities.index(u)] += 1
@@ -261,7 +296,7 @@ class AUG(Method):
 
     def on_epoch_start(self, model, epoch: int) -> None:
         if epoch > 0 and self.score_batches > 0 and self.is_check_epoch(epoch - 1):
-            u = weak_modality(self.scores, float(self.args["target_ratio"]), float(self.args["band"]))
+            u = weak_modality(self.scores, self.args.target_ratio, self.args.band)
             if u is not None:
                 self.add_learner(u)
         self.scores = {u: 0.0 for u in model.modalities}
@@ -273,14 +308,14 @@ class AUG(Method):
         base = model.fusion.unimodal_logits(features)
         learners = self.learners_of(model)
         counts = learners.counts()
-        w = float(self.args["learner_weight"])
+        w = self.args.learner_weight
         losses, ensembles = {}, {}
         for u in model.modalities:
             outs = [w * h for h in learners.outputs(u, features[u], counts[u])]
             if labels is None:
                 ensembles[u] = base[u] + sum(outs) if outs else base[u]
             else:
-                losses[u], ensembles[u] = boosting_loss(base[u], outs, labels, float(self.args["residual_weight"]))
+                losses[u], ensembles[u] = boosting_loss(base[u], outs, labels, self.args.residual_weight)
         fused = sum(self._merge[u] * ensembles[u] for u in model.modalities)
         return fused, ensembles, losses
 

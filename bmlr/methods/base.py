@@ -7,23 +7,55 @@ modulation) override `after_backward`. Trainers know nothing else about them.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bmlr.methods.args import NoArgs, arg_defaults, parse_args
 from bmlr.registry import Registry
 
+__all__ = ["METHODS", "METHOD_SPECIFIC_KEYS", "METHOD_READS", "Method", "StepResult", "method_defaults",
+           "resolved_method_args", "soft_cross_entropy", "hard_cross_entropy", "detached", "probe_unimodal_logits"]
+
 METHODS: Registry[type["Method"]] = Registry("method")
+
+#: Config keys that only some methods read (the label-reshaping family's alpha and beta); each
+#: method says which of them it reads in ``Method.reads``, and a method's search space drops the
+#: others, so no trial budget goes to a knob without effect.
+METHOD_SPECIFIC_KEYS = ("alpha", "beta")
+
+
+def method_defaults(method: str) -> dict[str, Any]:
+    """The ``method_args`` defaults of ``method`` (its authors' values), by argument name."""
+    return METHODS.get(method).defaults()
 
 
 def resolved_method_args(method: str, given: dict[str, Any]) -> dict[str, Any]:
     """The `method_args` a run of `method` trains with: the method's defaults, then `given`.
     A run records these (results.json), so that a later change of a default is not mistaken
     for the same run (`tune.py compare --reuse`)."""
-    return {**METHODS.get(method).default_args, **given}
+    return {**method_defaults(method), **given}
+
+
+class MethodReads(Mapping):
+    """``{method name: the METHOD_SPECIFIC_KEYS it reads}`` for every registered method: a
+    read-only view of each class's ``reads`` (a method registered later appears too)."""
+
+    def __getitem__(self, name: str) -> tuple[str, ...]:
+        return METHODS.get(name).reads
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(METHODS.names())
+
+    def __len__(self) -> int:
+        return len(METHODS.names())
+
+
+METHOD_READS = MethodReads()
 
 
 @dataclass
@@ -36,20 +68,31 @@ class StepResult:
 
 
 class Method:
-    """Base class. Subclasses set `name` through `@METHODS.register(name)`."""
+    """Base class. A subclass is registered by name with ``@METHODS.register(name)`` and says:
 
-    #: method_args this method accepts, with defaults (validated in __init__)
-    default_args: dict[str, Any] = {}
+    * ``reads``: which of ``METHOD_SPECIFIC_KEYS`` (Config ``alpha``, ``beta``) it reads; a
+      method that does not say is taken to read them all;
+    * ``Args``: a frozen dataclass of its ``method_args``, with defaults and checks
+      (:mod:`bmlr.methods.args`); ``self.args`` is the instance built from ``cfg.method_args``.
+    """
+
+    reads: tuple[str, ...] = METHOD_SPECIFIC_KEYS
+    Args: type = NoArgs
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg
-        unknown = sorted(set(cfg.method_args) - set(self.default_args))
-        if unknown:
-            raise ValueError(
-                f"method {cfg.method!r} does not accept method_args {unknown}; "
-                f"accepted: {sorted(self.default_args) or 'none'}"
-            )
-        self.args = {**self.default_args, **cfg.method_args}
+        self.args = self.parse_args(cfg.method_args, cfg.method)
+
+    @classmethod
+    def parse_args(cls, given: dict[str, Any], method: str = "") -> Any:
+        """``given`` (a config's ``method_args``) as this method's ``Args``; ``ValueError``
+        naming the first unknown or invalid key."""
+        return parse_args(cls.Args, given, method or cls.__name__)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """``{argument: default}`` of this method's ``Args``."""
+        return arg_defaults(cls.Args)
 
     def setup(self, model, optimizer) -> None:
         """Called once after the optimizer is built (methods that add learners add them here)."""

@@ -8,6 +8,8 @@ from bmlr.methods.base import METHODS, Method, StepResult, hard_cross_entropy, p
 class Baseline(Method):
     """Joint training with L^0 only; every parameter sees the fused loss."""
 
+    reads = ()
+
     def training_step(self, model, inputs, labels) -> StepResult:
         features = model.encode(inputs)
         fused = model.fusion(features)

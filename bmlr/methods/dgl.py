@@ -58,10 +58,13 @@ gives the same loss and gradients as only_tpo. The test suite checks this.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 from torch.func import functional_call
 
+from bmlr.methods.args import require
 from bmlr.methods.base import METHODS, Method, StepResult, detached, hard_cross_entropy
 
 UNIMODAL_BIAS = ("full", "split")
@@ -96,22 +99,33 @@ def dgl_unimodal_logits(fusion, features: dict[str, Tensor], bias: str = "full")
 class DGL(Method):
     """Encoders learn only from their unimodal losses, and the fused head only from L^0 on detached features."""
 
-    default_args = {"alpha_dgl": 4.0, "unimodal_bias": "full", "grad_clip": 40.0}
+    reads = ()
 
-    def __init__(self, cfg) -> None:
-        super().__init__(cfg)
-        if self.args["unimodal_bias"] not in UNIMODAL_BIAS:
-            raise ValueError(f"unimodal_bias must be one of {UNIMODAL_BIAS}, got {self.args['unimodal_bias']!r}")
-        if not float(self.args["alpha_dgl"]) > 0:
-            raise ValueError(f"alpha_dgl must be > 0, got {self.args['alpha_dgl']!r}")
-        if not float(self.args["grad_clip"]) >= 0:
-            raise ValueError(f"grad_clip must be >= 0 (0 = off), got {self.args['grad_clip']!r}")
+    @dataclass(frozen=True)
+    class Args:
+        """The ``method_args`` of dgl.
+
+        Args:
+            alpha_dgl: weight of the unimodal losses, > 0 (the public code's default 4).
+            unimodal_bias: ``"full"`` (``W^u z^u + b``, as DGL) or ``"split"`` (``b/|M|``, equation 3).
+            grad_clip: global gradient-norm clip before every step, >= 0 (0 = off).
+        """
+
+        alpha_dgl: float = 4.0
+        unimodal_bias: str = "full"
+        grad_clip: float = 40.0
+
+        def __post_init__(self) -> None:
+            require(self.unimodal_bias in UNIMODAL_BIAS, "unimodal_bias", f"one of {UNIMODAL_BIAS}",
+                    self.unimodal_bias)
+            require(self.alpha_dgl > 0, "alpha_dgl", "> 0", self.alpha_dgl)
+            require(self.grad_clip >= 0, "grad_clip", ">= 0 (0 = off)", self.grad_clip)
 
     def training_step(self, model, inputs, labels) -> StepResult:
         features = model.encode(inputs)
         fused = model.fusion(detached(features))  # L^0 reaches only the fusion module
-        unimodal = dgl_unimodal_logits(model.fusion, features, self.args["unimodal_bias"])  # L^u: encoders only
-        alpha = float(self.args["alpha_dgl"])
+        unimodal = dgl_unimodal_logits(model.fusion, features, self.args.unimodal_bias)  # L^u: encoders only
+        alpha = self.args.alpha_dgl
         losses = {"fused": hard_cross_entropy(fused, labels)}
         losses.update({u: alpha * hard_cross_entropy(z, labels) for u, z in unimodal.items()})
         return StepResult(sum(losses.values()), fused.detach(), {u: z.detach() for u, z in unimodal.items()},
@@ -120,9 +134,9 @@ class DGL(Method):
     def predict(self, model, inputs):
         """Fused logits, plus the unimodal logits that were trained (full bias by default, as DGL evaluates them)."""
         features = model.encode(inputs)
-        return model.fusion(features), dgl_unimodal_logits(model.fusion, features, self.args["unimodal_bias"])
+        return model.fusion(features), dgl_unimodal_logits(model.fusion, features, self.args.unimodal_bias)
 
     def after_backward(self, model) -> None:
-        clip = float(self.args["grad_clip"])
+        clip = self.args.grad_clip
         if clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=clip, norm_type=2.0)

@@ -36,13 +36,21 @@ a pass over the data before the updates; see IMPLEMENTATION-NOTES 4).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from bmlr.methods.args import require
 from bmlr.methods.base import METHODS, Method, StepResult, detached, hard_cross_entropy, soft_cross_entropy
 from bmlr.reshaping import compute_reshaping
 
 
 class LabelTargetMethod(Method):
+    """One row of the table above: ``rule`` (None = one-hot targets) and ``targeted`` (TPO).
+    Each row says in ``reads`` which of ``alpha`` (the temperature, equation 5) and ``beta``
+    (the threshold, equation 7) its rule uses; the one-hot rows read neither."""
+
     rule: str | None = None
     targeted: bool = False
+    reads = ()
 
     def training_step(self, model, inputs, labels) -> StepResult:
         features = model.encode(inputs)
@@ -87,13 +95,13 @@ class OnlyTPO(LabelTargetMethod):
 @METHODS.register("bmlr")
 class BMLR(LabelTargetMethod):
     """Label reshaping (equations 3-8) + targeted parameter optimization (equation 11)."""
-    rule, targeted = "bmlr", True
+    rule, targeted, reads = "bmlr", True, ("alpha", "beta")
 
 
 @METHODS.register("only_reshape")
 class OnlyReshape(LabelTargetMethod):
     """Reshaped labels with joint optimization (Table V)."""
-    rule, targeted = "bmlr", False
+    rule, targeted, reads = "bmlr", False, ("alpha", "beta")
 
 
 @METHODS.register("uni_distill")
@@ -116,29 +124,40 @@ class UniDistill(LabelTargetMethod):
       trains the encoders (as in Only-Reshape); combine with ``label_weight: 0`` for
       "partner's prediction alone, joint optimisation".
     """
-    rule, targeted = "distill", True
-    default_args = {"label_weight": 0.5, "joint": False}
+    # the partner's plain softmax: no threshold, no temperature
+    rule, targeted, reads = "distill", True, ()
+
+    @dataclass(frozen=True)
+    class Args:
+        """The ``method_args`` of uni_distill.
+
+        Args:
+            label_weight: share ``w`` of the one-hot label in the target, in [0, 1].
+            joint: drop targeted parameter optimization (the multimodal loss trains the encoders too).
+        """
+
+        label_weight: float = 0.5
+        joint: bool = False
+
+        def __post_init__(self) -> None:
+            require(0.0 <= self.label_weight <= 1.0, "label_weight", "a number in [0, 1]", self.label_weight)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        weight = self.args["label_weight"]
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
-            raise ValueError(f"method_args.label_weight of uni_distill must be a number in [0, 1], got {weight!r}")
-        if not isinstance(self.args["joint"], bool):
-            raise ValueError(f"method_args.joint of uni_distill must be true or false, got {self.args['joint']!r}")
-        self.targeted = not self.args["joint"]
+        self.targeted = not self.args.joint
 
     def rule_kwargs(self) -> dict:
-        return {"label_weight": float(self.args["label_weight"])}
+        return {"label_weight": self.args.label_weight}
 
 
 @METHODS.register("vanilla_reshape")
 class VanillaReshape(LabelTargetMethod):
     """Reshaped target without the one-hot component of equation 8 (Table V)."""
-    rule, targeted = "vanilla", True
+    rule, targeted, reads = "vanilla", True, ("alpha", "beta")
 
 
 @METHODS.register("uni_reshaping")
 class UniReshaping(LabelTargetMethod):
     """Uniform smoothing at the BMLR intensity, as in LFM (Table IV)."""
-    rule, targeted = "uniform", True
+    # the intensity xi uses beta; the uniform target needs no temperature
+    rule, targeted, reads = "uniform", True, ("beta",)

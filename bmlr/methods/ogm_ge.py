@@ -77,10 +77,12 @@ Stats per batch (the Trainer sums them over the epoch):
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from bmlr.methods.args import require
 from bmlr.methods.base import METHODS, Method, StepResult, hard_cross_entropy, probe_unimodal_logits
 
 COEFF_FORMS = ("paper", "shifted")
@@ -150,33 +152,44 @@ def modulated_parameters(model, mode: str = "conv") -> dict[str, list]:
 class OGMGE(Method):
     """Multimodal CE. The dominant modality's encoder gradients are scaled by k^u, plus GE noise."""
 
-    default_args = {
-        "alpha_ogm": 0.1,
-        "modulation_starts": 0,
-        "modulation_ends": 50,
-        "ge": True,
-        "coeff_form": "paper",
-        "modulate": "conv",
-    }
+    reads = ()
+
+    @dataclass(frozen=True)
+    class Args:
+        """The ``method_args`` of ogm_ge (see the module docstring for each choice).
+
+        Args:
+            alpha_ogm: modulation strength in ``k = 1 - tanh(alpha_ogm * rho)``, >= 0.
+            modulation_starts: first epoch (from 0) of the modulation window.
+            modulation_ends: last epoch of the window (inclusive), >= modulation_starts.
+            ge: add the generalization-enhancement noise (False: plain OGM).
+            coeff_form: ``"paper"`` (equation 10) or ``"shifted"`` (continuous at rho = 1).
+            modulate: ``"conv"`` (4-D encoder weights) or ``"all"`` encoder parameters.
+        """
+
+        alpha_ogm: float = 0.1
+        modulation_starts: int = 0
+        modulation_ends: int = 50
+        ge: bool = True
+        coeff_form: str = "paper"
+        modulate: str = "conv"
+
+        def __post_init__(self) -> None:
+            require(self.alpha_ogm >= 0, "alpha_ogm", ">= 0", self.alpha_ogm)
+            require(self.coeff_form in COEFF_FORMS, "coeff_form", f"one of {COEFF_FORMS}", self.coeff_form)
+            require(self.modulate in MODULATE, "modulate", f"one of {MODULATE}", self.modulate)
+            require(self.modulation_ends >= self.modulation_starts, "modulation_ends",
+                    f">= modulation_starts ({self.modulation_starts})", self.modulation_ends)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        a = self.args
-        if not float(a["alpha_ogm"]) >= 0:
-            raise ValueError(f"alpha_ogm must be >= 0, got {a['alpha_ogm']!r}")
-        if a["coeff_form"] not in COEFF_FORMS:
-            raise ValueError(f"coeff_form must be one of {COEFF_FORMS}, got {a['coeff_form']!r}")
-        if a["modulate"] not in MODULATE:
-            raise ValueError(f"modulate must be one of {MODULATE}, got {a['modulate']!r}")
-        if int(a["modulation_ends"]) < int(a["modulation_starts"]):
-            raise ValueError("modulation_ends must be >= modulation_starts")
         self.epoch = 0
         self.last_coefficients: dict[str, float] | None = None  # of the latest batch, inside the window
         self._pending: dict[str, float] | None = None
         self._params_cache: tuple[int, dict[str, list]] | None = None
 
     def in_window(self) -> bool:
-        return int(self.args["modulation_starts"]) <= self.epoch <= int(self.args["modulation_ends"])
+        return self.args.modulation_starts <= self.epoch <= self.args.modulation_ends
 
     def on_epoch_start(self, model, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -187,8 +200,7 @@ class OGMGE(Method):
         unimodal, probe_loss = probe_unimodal_logits(model, features, labels)
         losses = {"fused": hard_cross_entropy(fused, labels), "probe": probe_loss}
 
-        _, ratios, coeffs = ogm_coefficients(unimodal, labels, float(self.args["alpha_ogm"]),
-                                             self.args["coeff_form"])
+        _, ratios, coeffs = ogm_coefficients(unimodal, labels, self.args.alpha_ogm, self.args.coeff_form)
         active = self.in_window()
         self._pending = coeffs if active else None
         self.last_coefficients = coeffs if active else None
@@ -203,7 +215,7 @@ class OGMGE(Method):
 
     def _parameters(self, model) -> dict[str, list]:
         if self._params_cache is None or self._params_cache[0] != id(model):
-            self._params_cache = (id(model), modulated_parameters(model, self.args["modulate"]))
+            self._params_cache = (id(model), modulated_parameters(model, self.args.modulate))
         return self._params_cache[1]
 
     @torch.no_grad()
@@ -211,7 +223,7 @@ class OGMGE(Method):
         coeffs, self._pending = self._pending, None  # a coefficient is used at most once
         if coeffs is None:
             return
-        ge = bool(self.args["ge"])
+        ge = self.args.ge
         for u, params in self._parameters(model).items():
             k = coeffs.get(u, 1.0)
             if k == 1.0 and not ge:

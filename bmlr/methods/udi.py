@@ -83,12 +83,14 @@ Stats per batch: ``udi_phase`` (the phase times the batch size),
 from __future__ import annotations
 
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bmlr.methods.args import require
 from bmlr.methods.base import METHODS, Method, StepResult, detached, hard_cross_entropy
 
 CONSISTENCY = ("kl", "cosine")
@@ -130,28 +132,44 @@ def plateaued(history: list[float], patience: int, min_delta: float) -> bool:
 class UDI(Method):
     """Anchor modality first (phase 1), then the others guided by it through an unsupervised loss (phase 2)."""
 
-    default_args = {
-        "anchor": None,
-        "anchor_epochs": 30,
-        "plateau_patience": 3,
-        "plateau_min_delta": 0.01,
-        "consistency": "kl",
-        "consistency_weight": 1.0,
-        "temperature": 1.0,
-        "guided_ce_weight": 1.0,
-        "freeze_anchor": True,
-    }
+    reads = ()
+
+    @dataclass(frozen=True)
+    class Args:
+        """The ``method_args`` of udi (see the module docstring for each choice).
+
+        Args:
+            anchor: the anchor modality (None: the first in order).
+            anchor_epochs: the latest epoch at which phase 2 starts, >= 0.
+            plateau_patience: epochs without a relative improvement that end phase 1, >= 0 (0: off).
+            plateau_min_delta: the relative improvement of the anchor's loss that counts.
+            consistency: the guidance loss, ``"kl"`` (logits) or ``"cosine"`` (features).
+            consistency_weight: scale of the dynamic weight ``lambda_u``, >= 0.
+            temperature: ``T`` of the KL guidance, > 0.
+            guided_ce_weight: weight of a guided modality's own CE, >= 0 (0: pure guidance).
+            freeze_anchor: freeze the anchor in phase 2 (False: keep training it on its CE).
+        """
+
+        anchor: str | None = None
+        anchor_epochs: int = 30
+        plateau_patience: int = 3
+        plateau_min_delta: float = 0.01
+        consistency: str = "kl"
+        consistency_weight: float = 1.0
+        temperature: float = 1.0
+        guided_ce_weight: float = 1.0
+        freeze_anchor: bool = True
+
+        def __post_init__(self) -> None:
+            require(self.consistency in CONSISTENCY, "consistency", f"one of {CONSISTENCY}", self.consistency)
+            require(self.anchor_epochs >= 0, "anchor_epochs", ">= 0", self.anchor_epochs)
+            require(self.plateau_patience >= 0, "plateau_patience", ">= 0", self.plateau_patience)
+            require(self.temperature > 0, "temperature", "> 0", self.temperature)
+            require(self.consistency_weight >= 0, "consistency_weight", ">= 0", self.consistency_weight)
+            require(self.guided_ce_weight >= 0, "guided_ce_weight", ">= 0", self.guided_ce_weight)
 
     def __init__(self, cfg) -> None:
         super().__init__(cfg)
-        a = self.args
-        if a["consistency"] not in CONSISTENCY:
-            raise ValueError(f"consistency must be one of {CONSISTENCY}, got {a['consistency']!r}")
-        if int(a["anchor_epochs"]) < 0 or int(a["plateau_patience"]) < 0:
-            raise ValueError("anchor_epochs and plateau_patience must be >= 0")
-        if not float(a["temperature"]) > 0 or not float(a["consistency_weight"]) >= 0 \
-                or not float(a["guided_ce_weight"]) >= 0:
-            raise ValueError("temperature must be > 0; consistency_weight and guided_ce_weight >= 0")
         self.phase = 1
         self.switch_epoch: int | None = None
         self.history: list[float] = []  # anchor's epoch-mean training loss in phase 1
@@ -159,7 +177,7 @@ class UDI(Method):
         self._loss_n = 0
 
     def anchor_of(self, model) -> str:
-        anchor = self.args["anchor"] or model.modalities[0]
+        anchor = self.args.anchor or model.modalities[0]
         if anchor not in model.modalities:
             raise ValueError(f"udi: anchor {anchor!r} is not one of {model.modalities}")
         return anchor
@@ -170,10 +188,10 @@ class UDI(Method):
             if self._loss_n > 0:
                 self.history.append(self._loss_sum / self._loss_n)
             self._loss_sum, self._loss_n = 0.0, 0
-            if epoch >= int(self.args["anchor_epochs"]) or plateaued(
-                    self.history, int(self.args["plateau_patience"]), float(self.args["plateau_min_delta"])):
+            if epoch >= self.args.anchor_epochs or plateaued(
+                    self.history, self.args.plateau_patience, self.args.plateau_min_delta):
                 self.phase, self.switch_epoch = 2, int(epoch)
-        if self.phase == 2 and self.args["freeze_anchor"]:
+        if self.phase == 2 and self.args.freeze_anchor:
             model.encoders[self.anchor_of(model)].eval()
 
     # --- training -----------------------------------------------------------------------
@@ -198,7 +216,7 @@ class UDI(Method):
 
     def _guided_step(self, model, inputs, labels) -> StepResult:
         anchor = self.anchor_of(model)
-        frozen = bool(self.args["freeze_anchor"])
+        frozen = self.args.freeze_anchor
         features = {}
         for u in model.modalities:
             with torch.no_grad() if (frozen and u == anchor) else nullcontext():
@@ -210,16 +228,16 @@ class UDI(Method):
         stats = {"udi_phase": 2.0 * len(labels)}
         if not frozen:
             losses[anchor] = hard_cross_entropy(unimodal[anchor], labels)
-        scale, kind = float(self.args["consistency_weight"]), self.args["consistency"]
+        scale, kind = self.args.consistency_weight, self.args.consistency
         for u in model.modalities:
             if u == anchor:
                 continue
             lam = dynamic_weight(anchor_logits, unimodal[u], labels, scale)
             if kind == "kl":
-                guide = kl_consistency(anchor_logits, unimodal[u], float(self.args["temperature"]))
+                guide = kl_consistency(anchor_logits, unimodal[u], self.args.temperature)
             else:
                 guide = cosine_consistency(features[anchor], features[u])
-            losses[u] = float(self.args["guided_ce_weight"]) * hard_cross_entropy(unimodal[u], labels) + lam * guide
+            losses[u] = self.args.guided_ce_weight * hard_cross_entropy(unimodal[u], labels) + lam * guide
             stats[f"udi_lambda/{u}"] = lam * len(labels)
         return StepResult(sum(losses.values()), fused.detach(), {u: z.detach() for u, z in unimodal.items()},
                           stats, losses)
