@@ -127,7 +127,8 @@ PHASES = ("data", "h2d", "forward", "backward", "optimizer")
 
 
 def one_step(trainer, batch_iter, device, phases: dict[str, list[float]] | None, synced: bool) -> int:
-    """One training step exactly as Trainer.train_epoch does it; returns the batch size."""
+    """One training step: `Trainer.train_step`'s public pieces, in its order, with a timestamp
+    after each (the device synchronised first where `synced`); returns the batch size."""
     marks = [time.perf_counter()]
 
     def mark():
@@ -137,18 +138,13 @@ def one_step(trainer, batch_iter, device, phases: dict[str, list[float]] | None,
 
     inputs, labels = next(batch_iter)
     mark()
-    inputs, labels = trainer._to_device(inputs, labels)
+    inputs, labels = trainer.to_device(inputs, labels)
     mark()
-    with trainer._autocast():
-        result = trainer.method.training_step(trainer.model, inputs, labels)
+    result = trainer.forward(inputs, labels)
     mark()
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scaler.scale(result.loss).backward()
-    trainer.scaler.unscale_(trainer.optimizer)
-    trainer.method.after_backward(trainer.model)
+    trainer.backward(result.loss)
     mark()
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
+    trainer.optimizer_step()
     mark()
     if phases is not None:
         for name, a, b in zip(PHASES, marks, marks[1:]):
@@ -165,10 +161,9 @@ def endless(trainer):
 def count_flops(trainer, batch) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    inputs, labels = trainer._to_device(*batch)
+    inputs, labels = trainer.to_device(*batch)
     with FlopCounterMode(display=False) as counter:
-        with trainer._autocast():
-            result = trainer.method.training_step(trainer.model, inputs, labels)
+        result = trainer.forward(inputs, labels)
         trainer.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
     trainer.optimizer.zero_grad(set_to_none=True)

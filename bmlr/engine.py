@@ -1,6 +1,22 @@
-"""The epoch loop: build data, model, method and optimizer from a Config, then
-train one epoch at a time. The production CLI (`bmlr.train`) and the Ray Tune
-trainable both drive `Trainer.step_epoch()`; this module knows nothing of Ray.
+"""The training loop: build data, model, method and optimizer from a Config, then
+train with `Trainer.fit`, the one loop every caller uses (the production CLI
+`bmlr.train`, the Ray Tune trainable, the study report's baseline run, the
+benchmarks). This module knows nothing of Ray.
+
+Read top down, one level per method:
+
+    fit(max_epochs, on_epoch)      epochs: from the current one up to the budget
+      step_epoch()                 one epoch: train, validate, keep the best epoch
+        train_epoch()              every training batch, then the LR schedule
+          train_step(inputs, labels)   to_device, forward, backward, optimizer_step
+
+`forward` is where a method differs (`Method.training_step`: BMLR's label
+reshaping, or a comparison method); everything else is plain supervised training.
+
+Two numbers of epochs, never confused: `cfg.epochs` is the schedule's horizon
+(the cosine schedule's length, AUG's check cadence), the run a configuration
+describes; `fit(max_epochs)` is a budget, how far this call trains (a tuning
+trial stops early at `--max-epochs`, on the same schedule `best.yaml` trains).
 """
 from __future__ import annotations
 
@@ -8,6 +24,7 @@ import copy
 import math
 import random
 from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import numpy as np
 import torch
@@ -15,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from bmlr.config import Config
 from bmlr.data import DataSplits, build_datasets
-from bmlr.methods import METHODS
+from bmlr.methods import METHODS, StepResult
 from bmlr.metrics import classification_metrics
 from bmlr.models import MultimodalModel, build_model
 
@@ -79,7 +96,9 @@ def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
 
 
 class Trainer:
-    """Owns one seed's model, method, optimizer and epoch counter."""
+    """Owns one seed's model, method, optimizer and epoch counter; `fit` trains it.
+    `state_dict` / `load_state_dict` hold everything a run needs to continue exactly
+    (weights, optimizer, schedule, best epoch, history, random states)."""
 
     def __init__(self, cfg: Config, seed: int, data: DataSplits | None = None,
                  device: torch.device | None = None, progress: bool = False):
@@ -111,80 +130,26 @@ class Trainer:
         self.best_model_state: dict | None = None
         self.history: list[dict[str, float]] = []
 
-    # --- data ---------------------------------------------------------------------------
-    def loader(self, split: str) -> DataLoader:
-        dataset = getattr(self.data, split)
-        train = split == "train"
-        # the shuffle order depends only on (seed, epoch), so a resumed run sees the same batches
-        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch) if train else None
-        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=train, generator=generator,
-                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False)
+    # --- the training loop, top down -------------------------------------------------------
+    def fit(self, max_epochs: int | None = None,
+            on_epoch: Callable[[dict[str, float]], None] | None = None) -> list[dict[str, float]]:
+        """THE training loop: train from the current epoch (0 for a new Trainer, the saved one
+        after `load_state_dict`) until `max_epochs` epochs are done, calling `on_epoch(metrics)`
+        after each (the metrics of `step_epoch`: training and validation, never test).
+        Returns the whole history, restored epochs included.
 
-    def _to_device(self, inputs: dict, labels: torch.Tensor):
-        nb = self.device.type == "cuda"
-        return {u: x.to(self.device, non_blocking=nb) for u, x in inputs.items()}, labels.to(self.device, non_blocking=nb)
-
-    def _autocast(self):
-        if self.amp_dtype is None:
-            return nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
-
-    # --- one epoch ----------------------------------------------------------------------
-    def train_epoch(self) -> dict[str, float]:
-        self.model.train()
-        self.method.on_epoch_start(self.model, self.epoch)
-        totals: dict[str, float] = {}
-        seen, loss_sum = 0, 0.0
-        batches = self.loader("train")
-        if self.progress:
-            from tqdm import tqdm
-            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
-        for inputs, labels in batches:
-            inputs, labels = self._to_device(inputs, labels)
-            with self._autocast():
-                result = self.method.training_step(self.model, inputs, labels)
-            if not torch.isfinite(result.loss):
-                raise FloatingPointError(
-                    f"training loss became {result.loss.item()} at epoch {self.epoch + 1} "
-                    f"(method {self.cfg.method}, lr {self.cfg.lr}, alpha {self.cfg.alpha}, beta {self.cfg.beta})")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(result.loss).backward()
-            self.scaler.unscale_(self.optimizer)
-            self.method.after_backward(self.model)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            n = len(labels)
-            seen += n
-            loss_sum += result.loss.item() * n
-            for key, value in result.stats.items():
-                totals[key] = totals.get(key, 0.0) + value
-        if self.scheduler is not None:
-            self.scheduler.step()
-        metrics = {"train_loss": loss_sum / max(seen, 1)}
-        metrics.update(totals)  # counts per epoch, e.g. reshaped/audio (the paper's Figure 3a)
-        return metrics
-
-    @torch.no_grad()
-    def predict(self, split: str):
-        """Fused logits, unimodal logits and labels of a whole split (float32, CPU)."""
-        self.model.eval()
-        fused, unimodal, all_labels = [], {}, []
-        for inputs, labels in self.loader(split):
-            inputs, labels = self._to_device(inputs, labels)
-            with self._autocast():
-                f, uni = self.method.predict(self.model, inputs)
-            fused.append(f.float().cpu())
-            for u, z in uni.items():
-                unimodal.setdefault(u, []).append(z.float().cpu())
-            all_labels.append(labels.cpu())
-        return (torch.cat(fused), {u: torch.cat(z) for u, z in unimodal.items()}, torch.cat(all_labels))
-
-    def evaluate(self, split: str) -> dict[str, float]:
-        fused, unimodal, labels = self.predict(split)
-        metrics = classification_metrics(fused, unimodal, labels, self.data.num_classes)
-        metrics["loss"] = torch.nn.functional.cross_entropy(fused, labels).item()
-        return metrics
+        `max_epochs` is a budget (default `cfg.epochs`): a trial that stops early trains the
+        first epochs of the same run. It may not exceed `cfg.epochs`, the schedule's horizon:
+        past it a cosine schedule would climb back up and AUG's cadence would no longer fit."""
+        budget = self.cfg.epochs if max_epochs is None else int(max_epochs)
+        if budget > self.cfg.epochs:
+            raise ValueError(f"max_epochs {budget} exceeds the {self.cfg.epochs} epochs of the schedule "
+                             f"(cfg.epochs); train a configuration with epochs >= {budget} instead")
+        while self.epoch < budget:
+            metrics = self.step_epoch()
+            if on_epoch is not None:
+                on_epoch(metrics)
+        return list(self.history)
 
     def step_epoch(self) -> dict[str, float]:
         """Train one epoch, evaluate on validation, track the best epoch. Never reads test."""
@@ -200,7 +165,111 @@ class Trainer:
         self.history.append(metrics)
         return metrics
 
+    def train_epoch(self) -> dict[str, float]:
+        """One pass over the training split, then one step of the learning-rate schedule.
+        Returns the mean training loss and the method's counts summed over the epoch (e.g.
+        `reshaped/audio`, the paper's Figure 3a)."""
+        self.model.train()
+        self.method.on_epoch_start(self.model, self.epoch)
+        totals: dict[str, float] = {}
+        seen, loss_sum = 0, 0.0
+        batches = self.loader("train")
+        if self.progress:
+            from tqdm import tqdm
+            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.cfg.epochs}", leave=False)
+        for inputs, labels in batches:
+            result = self.train_step(inputs, labels)
+            n = len(labels)
+            seen += n
+            loss_sum += result.loss.item() * n
+            for key, value in result.stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+        if self.scheduler is not None:
+            self.scheduler.step()
+        return {"train_loss": loss_sum / max(seen, 1), **totals}
+
+    def train_step(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> StepResult:
+        """One training step on a batch as the loader yields it."""
+        inputs, labels = self.to_device(inputs, labels)
+        result = self.forward(inputs, labels)
+        self.backward(result.loss)
+        self.optimizer_step()
+        return result
+
+    # --- a training step's pieces, public so that a benchmark can time each one --------
+    def to_device(self, inputs: dict[str, torch.Tensor],
+                  labels: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """A batch moved to the Trainer's device (asynchronously from pinned memory on CUDA)."""
+        nb = self.device.type == "cuda"
+        moved = {u: x.to(self.device, non_blocking=nb) for u, x in inputs.items()}
+        return moved, labels.to(self.device, non_blocking=nb)
+
+    def autocast(self) -> ContextManager:
+        """Mixed precision on CUDA with `cfg.amp` (bf16 where supported, else fp16); else nothing."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast("cuda", dtype=self.amp_dtype)
+
+    def forward(self, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> StepResult:
+        """The method's loss on one batch already on the device: the one method-specific call
+        (`Method.training_step`, e.g. BMLR's label reshaping). A non-finite loss raises
+        FloatingPointError naming the settings that led to it, before any weight changes."""
+        with self.autocast():
+            result = self.method.training_step(self.model, inputs, labels)
+        if not torch.isfinite(result.loss):
+            raise FloatingPointError(
+                f"training loss became {result.loss.item()} at epoch {self.epoch + 1} "
+                f"(method {self.cfg.method}, lr {self.cfg.lr}, alpha {self.cfg.alpha}, beta {self.cfg.beta})")
+        return result
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """Fresh gradients of `loss` (scaled for fp16, then unscaled), then the method's
+        gradient hook (`Method.after_backward`, e.g. OGM-GE's modulation)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        self.method.after_backward(self.model)
+
+    def optimizer_step(self) -> None:
+        """The optimizer's update (skipped by the fp16 scaler on overflow)."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    # --- data and evaluation ---------------------------------------------------------------
+    def loader(self, split: str) -> DataLoader:
+        """The DataLoader of one split (`train`, `val`, `test`); only training shuffles."""
+        dataset = getattr(self.data, split)
+        train = split == "train"
+        # the shuffle order depends only on (seed, epoch), so a resumed run sees the same batches
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch) if train else None
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=train, generator=generator,
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False)
+
+    @torch.no_grad()
+    def predict(self, split: str):
+        """Fused logits, unimodal logits and labels of a whole split (float32, CPU)."""
+        self.model.eval()
+        fused, unimodal, all_labels = [], {}, []
+        for inputs, labels in self.loader(split):
+            inputs, labels = self.to_device(inputs, labels)
+            with self.autocast():
+                f, uni = self.method.predict(self.model, inputs)
+            fused.append(f.float().cpu())
+            for u, z in uni.items():
+                unimodal.setdefault(u, []).append(z.float().cpu())
+            all_labels.append(labels.cpu())
+        return (torch.cat(fused), {u: torch.cat(z) for u, z in unimodal.items()}, torch.cat(all_labels))
+
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Accuracy, macro-F1, per-modality accuracy, imbalance ratio and loss on one split."""
+        fused, unimodal, labels = self.predict(split)
+        metrics = classification_metrics(fused, unimodal, labels, self.data.num_classes)
+        metrics["loss"] = torch.nn.functional.cross_entropy(fused, labels).item()
+        return metrics
+
     def load_best(self) -> None:
+        """The weights of the best validation epoch so far, back into the model."""
         if self.best_model_state is not None:
             self.model.load_state_dict(self.best_model_state)
 

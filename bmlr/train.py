@@ -9,7 +9,6 @@ prints the mean and standard deviation over seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -18,22 +17,30 @@ from typing import Any
 import torch
 import yaml
 
-from bmlr.config import Config, ConfigError, load_config
+from bmlr.config import Config, ConfigError, from_dict, load_config
 from bmlr.data import DataError, build_datasets
 from bmlr.engine import Trainer, mean_std, resolve_device
-
-SUMMARY_KEYS = ("acc", "macro_f1", "imbalance_ratio")
+from bmlr.fileio import write_json
+from bmlr.methods import resolved_method_args
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`--set key=value` pairs, values parsed as YAML (so 1e-3, true, [0, 1] work)."""
+    """`--set key=value` pairs, values parsed as YAML (so 1e-3, true, [0, 1] work). Kept here,
+    below `bmlr.tuning`, so that every command line taking `--set` can share it."""
     overrides = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value")
         overrides[key.strip()] = yaml.safe_load(value)
     return overrides
+
+
+def run_config(path: str | None, overrides: list[str]) -> Config:
+    """The run's configuration: the YAML at `path` (all defaults, the synthetic data set,
+    without one) with the `--set` overrides applied."""
+    parsed = parse_overrides(overrides)
+    return load_config(path, parsed) if path else from_dict(parsed, source="--set")
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -55,15 +62,21 @@ def summarize(per_seed: list[dict]) -> dict[str, dict[str, float]]:
     return summary
 
 
+def epoch_line(seed: int, metrics: dict[str, float], epochs: int) -> str:
+    """One epoch's progress: loss, validation accuracy and F1, per-modality accuracy, reshaping counts."""
+    m = metrics
+    accs = " ".join(f"{k[4:]}={v:.3f}" for k, v in m.items() if k.startswith("val_acc_"))
+    reshaped = " ".join(f"{k}={int(v)}" for k, v in m.items() if k.startswith("reshaped/"))
+    return (f"[seed {seed}] epoch {m['epoch']:3d}/{epochs} loss {m['train_loss']:.4f} "
+            f"val acc {m['val_acc']:.4f} f1 {m['val_macro_f1']:.4f} {accs} {reshaped}")
+
+
 def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool) -> dict:
+    """Train one seed for `cfg.epochs`, keep its best validation epoch, test that model once
+    and save it to `<run_dir>/seed<k>/model.pt`; returns the seed's results."""
     trainer = Trainer(cfg, seed, data=data, progress=progress)
     start = time.time()
-    for _ in range(cfg.epochs):
-        m = trainer.step_epoch()
-        accs = " ".join(f"{k[4:]}={v:.3f}" for k, v in m.items() if k.startswith("val_acc_"))
-        reshaped = " ".join(f"{k}={int(v)}" for k, v in m.items() if k.startswith("reshaped/"))
-        print(f"[seed {seed}] epoch {m['epoch']:3d}/{cfg.epochs} loss {m['train_loss']:.4f} "
-              f"val acc {m['val_acc']:.4f} f1 {m['val_macro_f1']:.4f} {accs} {reshaped}", flush=True)
+    history = trainer.fit(on_epoch=lambda m: print(epoch_line(seed, m, cfg.epochs), flush=True))
     trainer.load_best()
     test = trainer.evaluate("test")  # the only time this run reads test
     seed_dir = run_dir / f"seed{seed}"
@@ -71,7 +84,7 @@ def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool) -> d
     torch.save({"model": trainer.best_model_state, "config": cfg.to_dict(), "seed": seed,
                 "class_names": trainer.data.class_names, "best_epoch": trainer.best_epoch}, seed_dir / "model.pt")
     return {"seed": seed, "best_epoch": trainer.best_epoch, "val": trainer.best_val, "test": test,
-            "seconds": time.time() - start, "history": trainer.history}
+            "seconds": time.time() - start, "history": history}
 
 
 def train(cfg: Config, progress: bool = True) -> dict:
@@ -82,14 +95,12 @@ def train(cfg: Config, progress: bool = True) -> dict:
     data = build_datasets(cfg)  # once: the data do not depend on the training seed
     print(f"run: {run_dir}\ndevice: {device}\ndata: {cfg.dataset} {data.info} "
           f"modalities {list(data.modalities)} classes {data.num_classes}", flush=True)
-    from bmlr.methods import resolved_method_args
-
     results = {"config": cfg.to_dict(), "method_args": resolved_method_args(cfg.method, cfg.method_args),
                "run_dir": str(run_dir), "seeds": []}
     for seed in cfg.seeds:
         results["seeds"].append(train_seed(cfg, seed, data, run_dir, progress))
         results["summary"] = summarize(results["seeds"])
-        (run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        write_json(run_dir / "results.json", results)
     print(format_summary(results))
     return results
 
@@ -110,13 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     args = parser.parse_args(argv)
     try:
-        overrides = parse_overrides(args.overrides)
-        if args.config:
-            cfg = load_config(args.config, overrides)
-        else:
-            from bmlr.config import from_dict
-            cfg = from_dict(overrides, source="--set")
-        train(cfg, progress=not args.no_progress)
+        train(run_config(args.config, args.overrides), progress=not args.no_progress)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

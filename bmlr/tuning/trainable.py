@@ -1,14 +1,17 @@
-"""The Ray Tune trainable: a thin adapter over `bmlr.engine.Trainer`.
+"""The Ray Tune trainable: a thin adapter over `bmlr.engine.Trainer.fit`.
 
-One trial = one configuration trained with one seed. Every epoch it calls
-`Trainer.step_epoch()` (train, then validation; never test), reports the flat
-metrics with `ray.tune.report` (the selection metric is `val_acc`) and then saves
-`Trainer.state_dict()` (model, optimizer, scheduler, epoch, best epoch, history and
-every random state) to `<study>/state/trial_<id>.pt`, written atomically. A trial
-that Ray retries after a failure, or that a resumed study starts again, loads that
-file and continues with the next epoch; the Trainer's shuffling depends only on
-(seed, epoch) and the random states are restored, so it sees the same batches it
-would have seen without the interruption.
+One trial = one configuration trained with one seed, on the schedule of the production
+run (`cfg.epochs`, the horizon: the cosine schedule, AUG's cadence) for at most the
+study's budget (`max_epochs`, ASHA's `max_t`): a trial is the first epochs of the run
+`best.yaml` then trains. After every epoch (train, then validation; never test) it
+reports the flat metrics with `ray.tune.report` (the selection metric is `val_acc`) and
+then saves `Trainer.state_dict()` (model, optimizer, scheduler, epoch, best epoch,
+history and every random state) to `<study>/state/trial_<id>.pt`, written atomically.
+A trial that Ray retries after a failure, or that a resumed study starts again, loads
+that file and continues with the next epoch; the Trainer's shuffling depends only on
+(seed, epoch) and the random states are restored, so it sees the same batches it would
+have seen without the interruption. Ray marks the last report `done` when the function
+returns.
 
 Why not Ray's own checkpoints: Ray's experiment snapshot (what `--resume` reads) can
 lag behind the trial and reference a checkpoint that `num_to_keep` has already
@@ -23,14 +26,13 @@ once before any trial starts (`bmlr.data.build_datasets`), and every trial calls
 """
 from __future__ import annotations
 
+import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
-METRIC = "val_acc"  # validation multimodal accuracy of the current epoch
-MODE = "max"
-TIME_ATTR = "epoch"  # ASHA's time axis: our own epoch counter, correct after a restore too
+from bmlr.fileio import atomic_path, atomic_write_text
+from bmlr.tuning.ray_backend import METRIC
 
 
 def report_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -55,13 +57,11 @@ def state_path(state_dir: str | Path, trial_id: str) -> Path:
 
 
 def save_state(state: dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a killed trial never leaves half a file."""
+    """torch.save, atomically: a killed trial never leaves half a file."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def val_top3_path(extras_dir: str | Path, trial_id: str) -> Path:
@@ -74,8 +74,6 @@ def save_val_top3(trainer, path: Path, k: int = 3) -> None:
     own head, with the current model (called when the epoch is the best so far, so the file
     always holds the best epoch's predictions). The random states are left untouched: an
     extra pass over the data must not change the training that follows."""
-    import json
-
     import torch
 
     from bmlr.metrics import top_k_by_class
@@ -89,18 +87,18 @@ def save_val_top3(trainer, path: Path, k: int = 3) -> None:
             "support": torch.bincount(labels, minlength=num_classes).tolist(),
             "top_k": {name: top_k_by_class(logits, labels, num_classes, k).tolist() for name, logits in heads.items()},
             "accuracy": {name: float((logits.argmax(1) == labels).float().mean()) for name, logits in heads.items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data))
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, threads: int = 1,
-                extras_dir: str | None = None) -> None:
-    """Function trainable. `config` holds the sampled keys, `base` everything else
-    (from `tune.with_parameters`, a small dict: no data, no model). With `extras_dir`,
-    the validation top-3 counts of the best epoch so far are kept in
-    `<extras_dir>/trial_<id>/val_top3.json` (for the study report's Figure 4)."""
+                extras_dir: str | None = None, max_epochs: int | None = None) -> None:
+    """Function trainable. `config` holds the sampled keys, `base` everything else (from
+    `tune.with_parameters`, a small dict: no data, no model), its `epochs` the production
+    run's (the schedule's horizon). The trial trains `max_epochs` epochs of that run (None:
+    all of them; a budget beyond the production epochs stretches the horizon to it, since a
+    schedule must not run past its end). With `extras_dir`, the validation top-3 counts of
+    the best epoch so far are kept in `<extras_dir>/trial_<id>/val_top3.json` (for the study
+    report's Figure 4)."""
     import torch
     from ray import tune
 
@@ -109,22 +107,22 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
 
     torch.set_num_threads(max(1, int(threads)))
     cfg = from_dict({**base, **config}, source="trial configuration")
+    budget = cfg.epochs if max_epochs is None else int(max_epochs)
+    cfg.epochs = max(cfg.epochs, budget)
     trainer = Trainer(cfg, seed=cfg.seeds[0])  # build_datasets(cfg) reads the driver's cache
     trial_id = tune.get_context().get_trial_id()
     path = state_path(state_dir, trial_id)
     if path.is_file():  # a retried or resumed trial: continue after its last finished epoch
         trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
 
-    while trainer.epoch < cfg.epochs:
-        metrics = report_metrics(trainer.step_epoch())
+    def after_epoch(metrics: dict[str, float]) -> None:
+        reported = report_metrics(metrics)
         if extras_dir and trainer.best_epoch == trainer.epoch:  # before the report: ASHA may stop us there
             save_val_top3(trainer, val_top3_path(extras_dir, trial_id))
         # report first: if the trial dies before the save, the epoch is redone and re-reported
         # (MLflow skips epochs it has), rather than saved but never reported
-        tune.report(metrics)
+        tune.report(reported)
         save_state(trainer.state_dict(), path)
 
+    trainer.fit(budget, on_epoch=after_epoch)
 
-def trial_dirname(trial) -> str:
-    """Short trial folder names (Ray's default embeds every parameter)."""
-    return f"trial_{trial.trial_id}"
