@@ -28,7 +28,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bmlr.engine import mean_std  # noqa: E402  (sample std, as in results.json)
-from bmlr.tuning.surface import read_csv  # noqa: E402
+from bmlr.tuning.selection import SCORE, choose_best  # noqa: E402
+from bmlr.tuning.store import StudyStore  # noqa: E402
+
 STRATEGIES = ("joint", "staged")
 
 
@@ -56,10 +58,12 @@ def study(args, strategy: str, seed: int) -> Path:
 
 def epochs_and_best(folder: Path) -> tuple[int, float]:
     """Epochs trained by all trials of the study (both stages for staged) and the winner's val acc."""
-    rows = read_csv(folder / "trials.csv")
-    epochs = sum(int(float(r["epochs"])) for r in rows if r.get("epochs") not in (None, ""))
-    best = max(float(r["best_val_acc"]) for r in rows if r.get("best_val_acc") not in (None, ""))
-    return epochs, best
+    store = StudyStore(folder)
+    rows = store.read_rows()
+    epochs = sum(r.get("epochs") or 0 for r in rows)
+    if store.kind() == "staged":  # the stage-2 winner, which a stage-1 trial may beat on validation
+        return epochs, float(store.read_info()["best_val_acc"])
+    return epochs, float(choose_best(rows)[SCORE])
 
 
 def production(args, folder: Path) -> float:

@@ -17,7 +17,10 @@ from typing import Any
 
 import yaml
 
-from bmlr.config import Config, ConfigError, from_dict
+from bmlr.config import FIELD_NAMES, Config, ConfigError, from_dict
+from bmlr.fileio import abs_path, atomic_write_text
+
+__all__ = ["ExportError", "production_config", "write_config", "export_run"]
 
 
 class ExportError(RuntimeError):
@@ -26,6 +29,8 @@ class ExportError(RuntimeError):
 
 def production_config(trial_config: dict[str, Any], epochs: int | None = None,
                       seeds: list[int] | None = None) -> Config:
+    """The trial's configuration with the production ``epochs`` and ``seeds`` (where given)
+    and no run name."""
     data = dict(trial_config)
     if epochs is not None:
         data["epochs"] = int(epochs)
@@ -36,29 +41,26 @@ def production_config(trial_config: dict[str, Any], epochs: int | None = None,
 
 
 def write_config(cfg: Config, path: str | Path, header: list[str] | None = None) -> Path:
-    path = Path(path).expanduser().resolve()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """``cfg`` as a YAML file for ``bmlr.train`` (atomically), ``header`` lines as comments."""
+    path = abs_path(path)
     lines = [f"# {line}" for line in (header or [])]
     lines.append(f"# Train it: python -m bmlr.train --config {path}")
-    text = "\n".join(lines) + "\n" + cfg.to_yaml()
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    return atomic_write_text(path, "\n".join(lines) + "\n" + cfg.to_yaml())
 
 
 def _config_from_run(client, run) -> dict[str, Any]:
-    """The trial's configuration: its `config.yaml` artifact, else its params."""
+    """The trial's configuration: its `config.yaml` artifact, else its params (a run whose
+    artifact store cannot give the file)."""
+    from mlflow.exceptions import MlflowException
+
     with tempfile.TemporaryDirectory() as folder:
         try:
             local = client.download_artifacts(run.info.run_id, "config.yaml", folder)
             data = yaml.safe_load(Path(local).read_text())
-            if isinstance(data, dict):
-                return data
-        except Exception:
-            pass
-    from bmlr.config import FIELD_NAMES
-
+        except (MlflowException, OSError, yaml.YAMLError):  # no such artifact, or not readable as YAML
+            data = None
+    if isinstance(data, dict):
+        return data
     params = {k: yaml.safe_load(v) for k, v in run.data.params.items() if k in FIELD_NAMES}
     if not params:
         raise ExportError(f"run {run.info.run_id} has neither a config.yaml artifact nor configuration params; "
@@ -68,12 +70,15 @@ def _config_from_run(client, run) -> dict[str, Any]:
 
 def export_run(run_id: str, out: str | Path, tracking_uri: str, epochs: int | None = None,
                seeds: list[int] | None = None) -> tuple[Path, Config]:
+    """Write the production YAML of trial run ``run_id`` (a study's run: its best trial) to
+    ``out``; epochs and seeds default to the run's ``export.*`` tags."""
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     client = MlflowClient(tracking_uri=tracking_uri)
     try:
         run = client.get_run(run_id)
-    except Exception as err:
+    except MlflowException as err:
         raise ExportError(f"run {run_id!r} not found at {tracking_uri} ({err})") from None
     tags = run.data.tags
     if "best_run_id" in tags and "trial_id" not in tags:  # a study's parent run: its best trial

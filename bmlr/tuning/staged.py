@@ -27,24 +27,36 @@ Folder `<storage>/<dataset>/<name>/`:
 In MLflow the staged study is one run (tag `bmlr.role=staged`) with the two stages' parent
 runs nested under it and their trials under those; `tune.py export --run-id <staged run>`
 exports the winner.
+
+The stages hand each other search spaces as objects: stage 1's is the search space with alpha
+fixed, stage 2's is the search space with stage 1's winner fixed. `spaces/` records them; a
+resumed staged study reads a stage's record only where an earlier run wrote it.
 """
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from bmlr.config import ConfigError, load_config
+from bmlr.fileio import abs_path, atomic_write_text, timestamp
+from bmlr.methods import METHODS
 from bmlr.tuning import tracking
 from bmlr.tuning.export import write_config
-from bmlr.tuning.search_space import SearchSpaceError, load_search_space, method_reads
-from bmlr.tuning.study import (STUDY_FILE, StudyError, StudyOutcome, StudySettings, _abs, _timestamp, _write_json,
-                               choose_best, format_table, init_ray, plan_study, quiet_ray, sampled_values,
-                               write_csv)
+from bmlr.tuning.results import format_table
+from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, project_root
+from bmlr.tuning.selection import SCORE, choose_best, score
+from bmlr.tuning.store import StoreError, StudyStore
+from bmlr.tuning.study import (Plan, StudyError, StudyOutcome, StudySettings, plan_study, ray_session, resume_store,
+                               run_study)
+
+__all__ = ["STAGES", "stage2_budget", "choose_stage2_winner", "run_staged"]
 
 STAGES = ("stage1", "stage2")
+SPACES_DIR = "spaces"  # the stages' search spaces, as records: stage1.yaml, stage2.yaml
+
+Row = dict[str, Any]
 
 
 def stage2_budget(samples: int, stage2_samples: int | None) -> tuple[int, int]:
@@ -59,8 +71,18 @@ def stage2_budget(samples: int, stage2_samples: int | None) -> tuple[int, int]:
     return n1, n2
 
 
-def _combined_rows(rows1: list[dict[str, Any]], rows2: list[dict[str, Any]], stage1_alpha: float,
-                   fixed2: dict[str, Any], incumbent_id: str | None) -> list[dict[str, Any]]:
+def choose_stage2_winner(rows: list[Row]) -> Row | None:
+    """The best of the stage-2 candidates (stage 2's trials and the stage-1 winner) by the
+    selection rule; on a tie the stage-1 winner stays (an alpha must do better to replace the
+    default)."""
+    candidates = [r for r in rows if r.get("stage2_candidate") is True]
+    return choose_best(candidates, prefer=lambda r: r["stage"] == 1)
+
+
+def _combined_rows(rows1: list[Row], rows2: list[Row], stage1_alpha: float, fixed2: dict[str, Any],
+                   incumbent_id: str | None) -> list[Row]:
+    """Both stages' trials in one table: column `stage`, the keys a stage fixed filled in,
+    `stage2_candidate` on stage 2's trials and the stage-1 winner."""
     out = []
     for row in rows1:
         r = {"stage": 1, **row}
@@ -76,18 +98,45 @@ def _combined_rows(rows1: list[dict[str, Any]], rows2: list[dict[str, Any]], sta
     return out
 
 
-def choose_stage2_winner(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The best of the stage-2 candidates (stage 2's trials and the stage-1 winner): the highest
-    validation accuracy; on a tie the stage-1 winner stays (an alpha must do better to replace
-    the default), then `choose_best`'s order (fewer epochs, trial id)."""
-    candidates = [r for r in rows if r.get("stage2_candidate") in (True, "True", "true")
-                  and r.get("status") != "failed" and r.get("best_val_acc") not in (None, "")]
-    if not candidates:
-        return None
-    top = max(float(r["best_val_acc"]) for r in candidates)
-    tied = [r for r in candidates if float(r["best_val_acc"]) == top]
-    incumbent = [r for r in tied if int(r["stage"]) == 1]
-    return incumbent[0] if incumbent else choose_best([dict(r, best_val_acc=float(r["best_val_acc"])) for r in tied])
+@dataclass
+class _Staged:
+    """A staged study in progress: its folder, its study.json and the stage spaces built in
+    this process."""
+
+    store: StudyStore
+    info: dict[str, Any]
+    base: StudySettings
+    spaces: dict[str, SearchSpace] = field(default_factory=dict)
+    source: SearchSpace | None = None  # the search space the study started from (read on demand)
+
+    @property
+    def staged(self) -> dict[str, Any]:
+        return self.info["staged"]
+
+    def save(self) -> None:
+        self.store.write_info(self.info)
+
+    def space_record(self, stage: str) -> Path:
+        return self.store.dir / SPACES_DIR / f"{stage}.yaml"
+
+    def record(self, stage: str, space: SearchSpace) -> None:
+        atomic_write_text(self.space_record(stage), space.text)
+        self.spaces[stage] = space
+
+    def stage_space(self, stage: str) -> SearchSpace:
+        """The stage's space: built in this run, else its record from an earlier run."""
+        if stage not in self.spaces:
+            self.spaces[stage] = load_search_space(self.space_record(stage))
+        return self.spaces[stage]
+
+    def original_space(self) -> SearchSpace:
+        if self.source is None:
+            try:
+                self.source = load_search_space(self.base.search_space)
+            except SearchSpaceError as err:
+                raise StudyError(f"stage 2 is built from the search space the staged study started from: {err}") \
+                    from None
+        return self.source
 
 
 def run_staged(settings: StudySettings, stage2_samples: int | None = None, stage1_alpha: float | None = None,
@@ -95,88 +144,76 @@ def run_staged(settings: StudySettings, stage2_samples: int | None = None, stage
                top: int = 5, log: Callable[[str], None] = print, report: str = "fast",
                baseline_study: str | None = None) -> StudyOutcome:
     """Run (or with `resume`, continue) a staged study; returns the outcome of the whole."""
-    if resume:
-        top_dir = _find_staged(settings)
-        info = json.loads((top_dir / STUDY_FILE).read_text())
-        base = StudySettings(**info["settings"])
-        staged = info["staged"]
-        log(f"resuming staged study {top_dir}")
-    else:
-        base, top_dir, info, staged = _start(settings, stage2_samples, stage1_alpha, log)
-    uri = info["tracking_uri"]
+    run = _resume(settings, log) if resume else _start(settings, stage2_samples, stage1_alpha, log)
+    uri, parent = run.info["tracking_uri"], run.info["parent_run_id"]
     client = tracking.client_for(uri)
-    quiet_ray(verbose)
-    started = init_ray(address, num_cpus, verbose)
-    outcomes = {}
-    try:
-        client.update_run(info["parent_run_id"], status="RUNNING")
-        for stage in STAGES:
-            stage_dir = top_dir / stage
-            if staged.get(f"{stage}_done"):
-                outcomes[stage] = None
-                continue
-            if stage == "stage2":
-                _prepare_stage2(top_dir, info, staged, base, log)
-            stage_settings = replace(base, search_space=str(top_dir / "spaces" / f"{stage}.yaml"),
-                                     samples=staged[f"{stage}_samples"], name=f"{base.name}.{stage}",
-                                     folder=str(stage_dir), outer_run_id=info["parent_run_id"], role=stage,
-                                     tracking_uri=uri, experiment=base.experiment,
-                                     warm_start=staged.get("warm_start", []) if stage == "stage2" else [])
-            again = (stage_dir / STUDY_FILE).is_file()
-            log(f"\n=== {stage}: {'resuming' if again else 'searching'} "
-                f"{', '.join(staged[f'{stage}_searched'])} ({staged[f'{stage}_samples']} trials) ===")
-            from bmlr.tuning.study import run_study
-
-            outcome = run_study(stage_settings, resume=again, address=address, num_cpus=num_cpus, verbose=verbose,
-                                top=top, log=log, report="none")
-            outcomes[stage] = outcome
-            if outcome.interrupted:
-                client.set_terminated(info["parent_run_id"], "KILLED")
-                log(f"the staged study was interrupted; continue it with: bmlr-tune --strategy staged --dataset "
-                    f"{base.dataset} --storage {base.storage} --name {base.name} --resume")
-                return StudyOutcome(top_dir, [], None, None, info["parent_run_id"], uri, True)
-            if outcome.best is None:
-                client.set_terminated(info["parent_run_id"], "FAILED")
-                log(f"{stage}: no trial finished successfully; the staged study stops here")
-                return StudyOutcome(top_dir, outcome.rows, None, None, info["parent_run_id"], uri, False)
-            staged[f"{stage}_done"] = True
-            staged[f"{stage}_best"] = outcome.best["trial_id"]
-            info["staged"] = staged
-            _write_json(top_dir / STUDY_FILE, info)
-    except KeyboardInterrupt:
-        client.set_terminated(info["parent_run_id"], "KILLED")
-        raise
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
-    outcome = _finish(top_dir, info, staged, base, log, top)
+    with ray_session(address, num_cpus, verbose):
+        try:
+            client.update_run(parent, status="RUNNING")
+            for stage in STAGES:
+                if run.staged.get(f"{stage}_done"):
+                    continue
+                outcome = _run_stage(run, stage, log, address=address, num_cpus=num_cpus, verbose=verbose,
+                                     top=top)
+                if outcome.interrupted:
+                    client.set_terminated(parent, "KILLED")
+                    log(f"the staged study was interrupted; continue it with: bmlr-tune --strategy staged --dataset "
+                        f"{run.base.dataset} --storage {run.base.storage} --name {run.base.name} --resume")
+                    return StudyOutcome(run.store.dir, [], None, None, parent, uri, True)
+                if outcome.best is None:
+                    client.set_terminated(parent, "FAILED")
+                    log(f"{stage}: no trial finished successfully; the staged study stops here")
+                    return StudyOutcome(run.store.dir, outcome.rows, None, None, parent, uri, False)
+                run.staged[f"{stage}_done"] = True
+                run.staged[f"{stage}_best"] = outcome.best["trial_id"]
+                run.save()
+        except KeyboardInterrupt:
+            client.set_terminated(parent, "KILLED")
+            raise
+    outcome = _finish(run, log, top)
     if report != "none" and outcome.best is not None:
         from bmlr.tuning.report import write_report_safely
 
-        write_report_safely(top_dir, baseline_study=baseline_study, train_baseline=report == "full", log=log)
+        write_report_safely(run.store.dir, baseline_study=baseline_study, train_baseline=report == "full", log=log)
     return outcome
 
 
-def _find_staged(settings: StudySettings) -> Path:
-    from bmlr.tuning.study import find_study
+def _run_stage(run: _Staged, stage: str, log: Callable[[str], None], **run_kwargs: Any) -> StudyOutcome:
+    """One stage as an ordinary study in `<study>/<stage>/` (resumed where it exists)."""
+    stage_store = StudyStore(run.store.dir / stage)
+    again = stage_store.exists()
+    space = None if again else (_prepare_stage2(run, log) if stage == "stage2" else run.stage_space(stage))
+    staged = run.staged
+    stage_settings = replace(run.base, search_space=str(run.space_record(stage)), samples=staged[f"{stage}_samples"],
+                             name=f"{run.base.name}.{stage}", folder=str(stage_store.dir),
+                             outer_run_id=run.info["parent_run_id"], role=stage,
+                             tracking_uri=run.info["tracking_uri"], experiment=run.base.experiment,
+                             warm_start=staged.get("warm_start", []) if stage == "stage2" else [])
+    log(f"\n=== {stage}: {'resuming' if again else 'searching'} "
+        f"{', '.join(staged[f'{stage}_searched'])} ({staged[f'{stage}_samples']} trials) ===")
+    return run_study(stage_settings, resume=again, space=space, log=log, report="none", **run_kwargs)
 
-    storage = _abs(settings.storage)
-    folder = find_study(storage, settings.dataset, settings.name)
-    if json.loads((folder / STUDY_FILE).read_text()).get("kind") != "staged":
-        raise StudyError(f"{folder} is not a staged study")
-    return folder
+
+def _resume(settings: StudySettings, log: Callable[[str], None]) -> _Staged:
+    store = resume_store(settings)
+    try:
+        info = store.read_info()
+    except StoreError as err:
+        raise StudyError(str(err)) from None
+    if info.get("kind") != "staged":
+        raise StudyError(f"{store.dir} is not a staged study")
+    log(f"resuming staged study {store.dir}")
+    return _Staged(store, info, StudySettings(**info["settings"]))
 
 
 def _start(settings: StudySettings, stage2_samples: int | None, stage1_alpha: float | None,
-           log: Callable[[str], None]):
-    """Check everything, write the stage-1 space and create the staged MLflow run."""
+           log: Callable[[str], None]) -> _Staged:
+    """Check everything, record the stage-1 space and create the staged MLflow run."""
     settings.check()
     space = load_search_space(settings.search_space)
     method = settings.method or space.fixed.get("method") or "bmlr"
     for key in ("alpha", "beta"):
-        if key not in method_reads(method):
+        if key not in METHODS.get(method).reads:
             raise StudyError(f"--strategy staged: method {method!r} does not read {key}; use the joint strategy")
         if key not in space.params:
             raise SearchSpaceError(f"{space.source}: --strategy staged needs search.{key} (stage 1 searches beta, "
@@ -185,124 +222,119 @@ def _start(settings: StudySettings, stage2_samples: int | None, stage1_alpha: fl
     alpha_param = space.params["alpha"]
     if stage1_alpha is None:
         stage1_alpha = float(alpha_param.default) if alpha_param.default is not None else 1.0
-    storage = _abs(settings.storage)
-    name = settings.name or f"{method}-staged-{_timestamp()}"
-    top_dir = storage / settings.dataset / name
-    if (top_dir / STUDY_FILE).exists():
-        raise StudyError(f"study {top_dir} exists; continue it with --resume --name {name} or choose another --name")
+    storage = abs_path(settings.storage)
+    name = settings.name or f"{method}-staged-{timestamp()}"
+    store = StudyStore(storage / settings.dataset / name)
+    if store.exists():
+        raise StudyError(f"study {store.dir} exists; continue it with --resume --name {name} or choose another --name")
     try:
         space1 = space.with_fixed({"alpha": stage1_alpha})
     except (SearchSpaceError, ConfigError) as err:
         raise StudyError(f"--stage1-alpha {stage1_alpha}: {err}") from None
     base = replace(settings, name=name, method=method, storage=str(storage))
     # every check of a plain study (data root, --set keys, tracking store) before anything is written
-    (top_dir / "spaces").mkdir(parents=True, exist_ok=True)
-    space1_path = top_dir / "spaces" / "stage1.yaml"
-    space1_path.write_text(space1.text)
-    try:
-        probe = plan_study(replace(base, search_space=str(space1_path), samples=n1, name=f"{name}.stage1",
-                                   folder=str(top_dir / "stage1")), log=lambda _m: None)
-    except Exception:
-        space1_path.unlink(missing_ok=True)
-        for folder in (top_dir / "spaces", top_dir):
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-        raise
+    probe = plan_study(replace(base, samples=n1, name=f"{name}.stage1", folder=str(store.dir / "stage1")),
+                       log=lambda _m: None, space=space1)
     base = replace(base, tracking_uri=probe.tracking_uri, experiment=probe.settings.experiment,
-                   data_root=probe.settings.data_root, search_space=str(_abs(settings.search_space)))
-    commit = tracking.git_commit(Path(__file__).resolve().parents[2])
-    tags = {"dataset": base.dataset, "method": method, "search_space": base.search_space, "study": name,
-            "study_dir": str(top_dir), "bmlr.role": "staged", "strategy": "staged",
-            "selection_metric": "val_acc (validation, max)"}
-    if commit:
-        tags["git_commit"] = commit
-    params = {"samples": base.samples, "stage1_samples": n1, "stage2_samples": n2, "stage1_alpha": stage1_alpha,
-              "max_epochs": probe.max_epochs, "grace_period": base.grace_period,
-              "reduction_factor": base.reduction_factor, "seed": base.seed,
-              "stage1_searched": list(space1.params), "stage2_searched": ["alpha"]}
-    parent = tracking.create_parent_run(probe.tracking_uri, probe.experiment_id, name, tags, params)
+                   data_root=probe.settings.data_root, search_space=str(abs_path(settings.search_space)))
     staged = {"stage1_alpha": stage1_alpha, "stage1_samples": n1, "stage2_samples": n2,
               "stage1_searched": list(space1.params), "stage2_searched": ["alpha"]}
+    commit = tracking.git_commit(project_root())
+    parent = _create_run(base, probe, staged, store.dir, commit)
     info = {"kind": "staged", "settings": asdict(base), "tracking_uri": probe.tracking_uri,
             "experiment_id": probe.experiment_id, "parent_run_id": parent, "stages": list(STAGES),
             "trial_epochs": probe.max_epochs, "created": time.strftime("%Y-%m-%d %H:%M:%S"), "git_commit": commit,
             "staged": staged}
-    _write_json(top_dir / STUDY_FILE, info)
-    log(f"staged study {top_dir}: stage 1 searches {', '.join(space1.params)} at alpha = {stage1_alpha} "
+    run = _Staged(store, info, base, source=space)
+    run.record("stage1", space1)
+    store.create(info)
+    log(f"staged study {store.dir}: stage 1 searches {', '.join(space1.params)} at alpha = {stage1_alpha} "
         f"({n1} trials), stage 2 searches alpha ({n2} trials); MLflow run {parent}")
-    return base, top_dir, info, staged
+    return run
 
 
-def _prepare_stage2(top_dir: Path, info: dict[str, Any], staged: dict[str, Any], base: StudySettings,
-                    log: Callable[[str], None]) -> None:
-    """Stage 2's space: alpha alone, with every key stage 1 searched fixed to its winner."""
-    from bmlr.tuning.report import read_rows
+def _create_run(base: StudySettings, probe: Plan, staged: dict[str, Any], folder: Path, commit: str | None) -> str:
+    """The staged study's MLflow run (the stages' parent runs nest under it)."""
+    tags = {"dataset": base.dataset, "method": base.method, "search_space": base.search_space, "study": base.name,
+            "study_dir": str(folder), "bmlr.role": "staged", "strategy": "staged",
+            "selection_metric": "val_acc (validation, max)"}
+    if commit:
+        tags["git_commit"] = commit
+    params = {"samples": base.samples, "stage1_samples": staged["stage1_samples"],
+              "stage2_samples": staged["stage2_samples"], "stage1_alpha": staged["stage1_alpha"],
+              "max_epochs": probe.max_epochs, "grace_period": base.grace_period,
+              "reduction_factor": base.reduction_factor, "seed": base.seed,
+              "stage1_searched": staged["stage1_searched"], "stage2_searched": staged["stage2_searched"]}
+    return tracking.create_parent_run(probe.tracking_uri, probe.experiment_id, base.name, tags, params)
 
-    space = load_search_space(base.search_space if Path(base.search_space).is_file()
-                              else top_dir / "stage1" / "search_space.yaml")
-    space1 = load_search_space(top_dir / "stage1" / "search_space.yaml")
-    rows1 = read_rows(top_dir / "stage1" / "trials.csv")
+
+def _prepare_stage2(run: _Staged, log: Callable[[str], None]) -> SearchSpace:
+    """Stage 2's space: alpha alone, with every key stage 1 searched fixed to its winner; Optuna
+    is told the winner's result at the stage-1 alpha (where alpha's range holds it)."""
+    staged = run.staged
+    rows1 = StudyStore(run.store.dir / "stage1").read_rows()
     winner = next(r for r in rows1 if str(r["trial_id"]) == str(staged["stage1_best"]))
-    fixed = sampled_values(winner, space1)
-    path = top_dir / "spaces" / "stage2.yaml"
-    if not path.is_file():
-        alpha = space.params.get("alpha")
-        space2 = space.with_fixed(fixed)  # leaves alpha: stage 1 searched every other key
-        path.write_text(space2.to_yaml(header=[f"Stage 2 of {base.name}: alpha, with stage 1's winner "
-                                               f"(trial {winner['trial_id']}) fixed."]))
-        warm = []
-        a0 = float(staged["stage1_alpha"])
-        if alpha is not None and alpha.kind in ("uniform", "loguniform") and alpha.low <= a0 <= alpha.high:
-            warm = [{"params": {"alpha": a0}, "value": float(winner["best_val_acc"])}]
-        staged["warm_start"] = warm
-        staged["stage2_fixed"] = fixed
-        info["staged"] = staged
-        _write_json(top_dir / STUDY_FILE, info)
-    log(f"stage 1 winner: trial {winner['trial_id']} (validation accuracy {float(winner['best_val_acc']):.4f}): "
+    fixed = {k: winner[f"param.{k}"] for k in staged["stage1_searched"] if f"param.{k}" in winner}
+    log(f"stage 1 winner: trial {winner['trial_id']} (validation accuracy {winner[SCORE]:.4f}): "
         + ", ".join(f"{k}={v}" for k, v in fixed.items()))
+    if run.space_record("stage2").is_file():  # built by an earlier run that stopped before stage 2 began
+        return run.stage_space("stage2")
+    space = run.original_space()
+    alpha = space.params.get("alpha")
+    space2 = space.with_fixed(fixed)  # leaves alpha: stage 1 searched every other key
+    space2.text = space2.to_yaml(header=[f"Stage 2 of {run.base.name}: alpha, with stage 1's winner "
+                                         f"(trial {winner['trial_id']}) fixed."])
+    a0 = float(staged["stage1_alpha"])
+    warm = []
+    if alpha is not None and alpha.kind in ("uniform", "loguniform") and alpha.low <= a0 <= alpha.high:
+        warm = [{"params": {"alpha": a0}, "value": winner[SCORE]}]
+    staged.update(warm_start=warm, stage2_fixed=fixed)
+    run.record("stage2", space2)
+    run.save()
+    return space2
 
 
-def _finish(top_dir: Path, info: dict[str, Any], staged: dict[str, Any], base: StudySettings,
-            log: Callable[[str], None], top: int) -> StudyOutcome:
-    from bmlr.tuning.report import read_rows
-
-    rows1 = read_rows(top_dir / "stage1" / "trials.csv")
-    rows2 = read_rows(top_dir / "stage2" / "trials.csv")
+def _finish(run: _Staged, log: Callable[[str], None], top: int) -> StudyOutcome:
+    """Both stages' trials in `trials.csv`, the stage-2 winner's `best.yaml`, the MLflow run
+    ended with the winner's tags."""
+    staged, base, store = run.staged, run.base, run.store
+    rows1 = StudyStore(store.dir / "stage1").read_rows()
+    rows2 = StudyStore(store.dir / "stage2").read_rows()
     rows = _combined_rows(rows1, rows2, staged["stage1_alpha"], staged.get("stage2_fixed", {}), staged["stage1_best"])
     winner = choose_stage2_winner(rows)
-    write_csv(rows, top_dir / "trials.csv")
-    uri, parent = info["tracking_uri"], info["parent_run_id"]
-    client = tracking.client_for(uri)
-    source = top_dir / f"stage{winner['stage']}" / "best.yaml"
-    cfg = load_config(source)
-    epochs = {1: sum(int(r.get("epochs") or 0) for r in rows1), 2: sum(int(r.get("epochs") or 0) for r in rows2)}
+    store.write_rows(rows)
+    cfg = load_config(StudyStore(store.dir / f"stage{winner['stage']}").best_path)
+    epochs = {1: sum(r.get("epochs") or 0 for r in rows1), 2: sum(r.get("epochs") or 0 for r in rows2)}
     header = [f"Best configuration of the staged study {base.name} ({base.dataset}, method {base.method}): the stage-2 "
               f"winner,", f"trial {winner['trial_id']} of stage {winner['stage']}, MLflow run {winner.get('run_id')}, "
-              f"validation accuracy {float(winner['best_val_acc']):.4f} at epoch {winner.get('best_epoch')} "
+              f"validation accuracy {winner[SCORE]:.4f} at epoch {winner.get('best_epoch')} "
               f"(study seed {base.seed}; test never read)",
               f"stage 1: {len(rows1)} trials, {epochs[1]} epochs; stage 2: {len(rows2)} trials, {epochs[2]} epochs",
               f"production: {cfg.epochs} epochs, seeds {cfg.seeds}"]
-    best_yaml = write_config(cfg, top_dir / "best.yaml", header)
-    info.update(best_trial_id=str(winner["trial_id"]), best_run_id=winner.get("run_id"),
-                best_val_acc=float(winner["best_val_acc"]), epochs_trained=epochs[1] + epochs[2])
-    _write_json(top_dir / STUDY_FILE, info)
+    best_yaml = write_config(cfg, store.best_path, header)
+    run.info.update(best_trial_id=str(winner["trial_id"]), best_run_id=winner.get("run_id"),
+                    best_val_acc=winner[SCORE], epochs_trained=epochs[1] + epochs[2])
+    run.save()
+    _log_winner(run, winner, epochs[1] + epochs[2], best_yaml)
+    stage1_best = next(r for r in rows if r["stage"] == 1 and r["stage2_candidate"])
+    log(f"\nstaged study {store.dir}: stage 1 best {stage1_best[SCORE]:.4f} (trial "
+        f"{stage1_best['trial_id']}, alpha {staged['stage1_alpha']}), stage-2 winner "
+        f"{winner[SCORE]:.4f} (trial {winner['trial_id']}, stage {winner['stage']}, alpha "
+        f"{winner.get('param.alpha')}); {epochs[1] + epochs[2]} epochs trained in all")
+    log("best trials of both stages:\n" + format_table(sorted(rows, key=lambda r: -(score(r) or -1)), top))
+    log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {best_yaml}")
+    return StudyOutcome(store.dir, rows, winner, best_yaml, run.info["parent_run_id"], run.info["tracking_uri"], False)
+
+
+def _log_winner(run: _Staged, winner: Row, epochs: int, best_yaml: Path) -> None:
+    parent = run.info["parent_run_id"]
+    client = tracking.client_for(run.info["tracking_uri"])
     client.set_tag(parent, "best_run_id", winner.get("run_id") or "")
     client.set_tag(parent, "best_trial_id", str(winner["trial_id"]))
     client.set_tag(parent, "best_stage", str(winner["stage"]))
-    client.log_metric(parent, "best_val_acc", float(winner["best_val_acc"]))
-    client.log_metric(parent, "epochs_trained", float(epochs[1] + epochs[2]))
-    for path in (best_yaml, top_dir / "trials.csv", top_dir / STUDY_FILE, top_dir / "spaces" / "stage1.yaml",
-                 top_dir / "spaces" / "stage2.yaml"):
+    client.log_metric(parent, "best_val_acc", float(winner[SCORE]))
+    client.log_metric(parent, "epochs_trained", float(epochs))
+    for path in (best_yaml, run.store.trials_path, run.store.info_path, run.space_record("stage1"),
+                 run.space_record("stage2")):
         client.log_artifact(parent, str(path))
     client.set_terminated(parent, "FINISHED")
-    stage1_best = next(r for r in rows if r["stage"] == 1 and r["stage2_candidate"])
-    log(f"\nstaged study {top_dir}: stage 1 best {float(stage1_best['best_val_acc']):.4f} (trial "
-        f"{stage1_best['trial_id']}, alpha {staged['stage1_alpha']}), stage-2 winner "
-        f"{float(winner['best_val_acc']):.4f} (trial {winner['trial_id']}, stage {winner['stage']}, alpha "
-        f"{winner.get('param.alpha')}); {epochs[1] + epochs[2]} epochs trained in all")
-    log("best trials of both stages:\n" + format_table(sorted(
-        rows, key=lambda r: -(float(r["best_val_acc"]) if r.get("best_val_acc") not in (None, "") else -1)), top))
-    log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {best_yaml}")
-    return StudyOutcome(top_dir, rows, winner, best_yaml, parent, uri, False)

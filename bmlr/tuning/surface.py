@@ -1,22 +1,9 @@
-"""The alpha x beta surface (the paper's Figure 5, Section IV-E1): train a grid, or draw one
-from a finished study's scattered trials.
+"""The alpha x beta surface (the paper's Figure 5, Section IV-E1) as data and figures: the grid's
+values, a grid study's cells, a finished study's trials binned, the CSV files and the images.
 
-    python tune.py surface --dataset synthetic                       # grid from the search space
-    python tune.py surface --alphas 0.5 1 2 --betas 0.1 0.3 0.5 0.7 0.9 --seeds 0 1 --epochs 10
-    python tune.py surface --from-trials tune_runs/synthetic/<study>  # no training
-
-A surface run is an ordinary study (same folder layout, MLflow parent run with one nested run
-per trial, `trials.csv`, `best.yaml`, resumable) whose trials are every (alpha, beta, seed)
-combination, each trained for all its epochs: no ASHA, since a surface must not mix budgets.
-Everything but alpha and beta is fixed, by default to the best configuration of the last
-study on that data set (its `best.yaml`; `--base` names another YAML), else to the search
-space's untuned configuration (its fixed part and each searched key's `default`).
-
-Grid values: `--alphas` / `--betas`, else `--grid-size A B` points spread over the search
-space's ranges (alpha geometrically on a log range, beta evenly), rounded to three
-significant digits.
-
-Outputs in the study folder (and, under `surface/`, as artifacts of the study's MLflow run):
+This module only computes and draws; planning and running a surface study (the `tune.py
+surface` command) is :mod:`bmlr.tuning.surface_study`. It imports neither the study nor the
+report, so both can use it.
 
     surface.csv           one row per (alpha, beta): validation accuracy over the cell's seeds
                           (mean, std, min, max; each seed's value is its trial's best_val_acc in
@@ -24,23 +11,33 @@ Outputs in the study folder (and, under `surface/`, as artifacts of the study's 
     surface_3d.png        one layer per alpha over beta, as the paper draws it
     surface_heatmap.png   the same values, written in each cell
 
-`--from-trials DIR` bins a study's trials (alpha on a log scale, beta linearly, over the
-search space's ranges) and writes `surface_from_trials.csv` and the two images (value of a
-bin: the best validation accuracy of its trials; every trial is drawn as a dot in 3-D).
+:func:`surface_from_study` bins a finished study's trials (alpha on a log scale, beta linearly,
+over the search space's ranges) and writes `surface_from_trials.csv` and the two images (value
+of a bin: the best validation accuracy of its trials; every trial is drawn as a dot in 3-D).
+
+The best cell is :func:`bmlr.tuning.selection.choose_best_group` over the (alpha, beta) cells:
+the highest mean over the seeds, ties to the smaller beta, then the smaller alpha.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import yaml
 
+from bmlr import fileio
+from bmlr.fileio import finite_or_none
 from bmlr.tuning import plots
+from bmlr.tuning.search_space import SearchSpaceError, load_search_space
+from bmlr.tuning.selection import choose_best_group, is_candidate, score
+from bmlr.tuning.store import StoreError, StudyStore
+
+__all__ = ["SURFACE_CSV", "FROM_TRIALS_CSV", "IMAGES", "GRID_KEYS", "DEFAULT_GRID_SIZE", "SurfaceError",
+           "round_sig", "spread", "axis_range", "grid_values", "cells", "cell_key", "best_cell_row", "read_csv",
+           "matrix", "best_index", "draw_grid", "describe_grid", "format_grid", "binned", "draw_binned",
+           "surface_from_study"]
 
 SURFACE_CSV = "surface.csv"
 FROM_TRIALS_CSV = "surface_from_trials.csv"
@@ -49,6 +46,7 @@ GRID_KEYS = ("alpha", "beta")
 DEFAULT_GRID_SIZE = (3, 5)
 # used when the search space searches neither key (the paper's Figure 5 spans similar values)
 FALLBACK_RANGES = {"alpha": (0.25, 4.0, True), "beta": (0.1, 0.9, False)}
+TEXT_COLUMNS = ("trial_ids", "run_ids", "seed_values")  # space-separated identifiers, kept as text
 
 
 class SurfaceError(RuntimeError):
@@ -104,61 +102,20 @@ def grid_values(space, alphas: list[float] | None, betas: list[float] | None,
     return out
 
 
-# --- base configuration ------------------------------------------------------------------------
-def last_study_best(storage: Path, dataset: str) -> Path | None:
-    """`best.yaml` of the most recent finished study on `dataset` (surface runs excluded: a
-    surface would otherwise build on the previous surface)."""
-    base = Path(storage) / dataset
-    found = []
-    for info in base.glob("*/study.json"):
-        try:
-            data = json.loads(info.read_text())
-        except (OSError, ValueError):
-            continue
-        kind = data.get("kind") or (data.get("settings") or {}).get("kind", "search")
-        if kind == "surface" or not (info.parent / "best.yaml").is_file():
-            continue
-        found.append((info.stat().st_mtime, info.parent / "best.yaml"))
-    return max(found)[1] if found else None
-
-
-def study_trial_epochs(study_dir: Path) -> int | None:
-    """The epochs the trials of a study trained (its --max-epochs), if recorded."""
-    try:
-        data = json.loads((study_dir / "study.json").read_text())
-    except (OSError, ValueError):
-        return None
-    settings = data.get("settings") or {}
-    return data.get("trial_epochs") or settings.get("max_epochs")
-
-
-def surface_space_yaml(base: dict[str, Any], grid: dict[str, list[float]], header: list[str]) -> str:
-    """A search-space file whose only searched keys are the grid (as choices) and whose fixed
-    part is the base configuration: a surface is then an ordinary study of that file."""
-    fixed = {k: v for k, v in base.items() if k not in GRID_KEYS and k != "name"}
-    doc = {"search": {k: {"choice": list(v)} for k, v in grid.items()}, "fixed": fixed}
-    text = yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100)
-    return "\n".join(f"# {line}" for line in header) + "\n" + text
-
-
-# --- results --------------------------------------------------------------------------------------
-def _float(value: Any) -> float | None:
-    if value is None or value == "":
-        return None
-    try:
-        out = float(value)
-    except (TypeError, ValueError):
-        return None
-    return out if math.isfinite(out) else None
-
-
+# --- a grid study's cells --------------------------------------------------------------------------
 def _seed_of(row: dict[str, Any]) -> int | None:
     value = row.get("param.seeds")
-    if isinstance(value, str):
+    if isinstance(value, str):  # a list cell of trials.csv reads back as its text, "[0]"
         value = yaml.safe_load(value)
     if isinstance(value, (list, tuple)) and value:
         return int(value[0])
     return None
+
+
+def cell_key(row: dict[str, Any]) -> tuple[float, float] | None:
+    """The trial's (alpha, beta) cell, or None where it has no value for either."""
+    a, b = finite_or_none(row.get("param.alpha")), finite_or_none(row.get("param.beta"))
+    return None if a is None or b is None else (a, b)
 
 
 def cells(rows: list[dict[str, Any]], alphas: list[float] | None = None,
@@ -167,69 +124,49 @@ def cells(rows: list[dict[str, Any]], alphas: list[float] | None = None,
     aggregated (failed trials counted, not averaged), per-modality accuracies at those epochs."""
     groups: dict[tuple[float, float], list[dict[str, Any]]] = {}
     for row in rows:
-        a, b = _float(row.get("param.alpha")), _float(row.get("param.beta"))
-        if a is None or b is None:
-            continue
-        groups.setdefault((a, b), []).append(row)
+        key = cell_key(row)
+        if key is not None:
+            groups.setdefault(key, []).append(row)
     alphas = alphas or sorted({a for a, _ in groups})
     betas = betas or sorted({b for _, b in groups})
     extra_keys: list[str] = []
     for row in rows:
         extra_keys.extend(k for k in row if k.startswith("val_") and k not in extra_keys)
-    out = []
-    for a in alphas:
-        for b in betas:
-            members = sorted(groups.get((a, b), []), key=lambda r: (_seed_of(r) is None, _seed_of(r) or 0))
-            ok = [r for r in members if r.get("status") != "failed" and _float(r.get("best_val_acc")) is not None]
-            vals = [_float(r["best_val_acc"]) for r in ok]
-            cell: dict[str, Any] = {"alpha": a, "beta": b, "seeds": len(ok), "failed": len(members) - len(ok)}
-            if vals:
-                cell.update(val_acc_mean=float(np.mean(vals)),
-                            val_acc_std=float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
-                            val_acc_min=min(vals), val_acc_max=max(vals))
-            else:
-                cell.update(val_acc_mean=None, val_acc_std=None, val_acc_min=None, val_acc_max=None)
-            for key in extra_keys:
-                xs = [x for x in (_float(r.get(key)) for r in ok) if x is not None]
-                cell[f"{key}_mean"] = float(np.mean(xs)) if xs else None
-            epochs = [x for x in (_float(r.get("best_epoch")) for r in ok) if x is not None]
-            cell["best_epoch_mean"] = float(np.mean(epochs)) if epochs else None
-            cell["seed_values"] = " ".join(f"{_seed_of(r)}:{_float(r.get('best_val_acc'))}" for r in ok)
-            cell["trial_ids"] = " ".join(str(r["trial_id"]) for r in members)
-            cell["run_ids"] = " ".join(str(r.get("run_id") or "") for r in members)
-            out.append(cell)
-    return out
+    return [_cell(a, b, groups.get((a, b), []), extra_keys) for a in alphas for b in betas]
+
+
+def _cell(alpha: float, beta: float, members: list[dict[str, Any]], extra_keys: list[str]) -> dict[str, Any]:
+    members = sorted(members, key=lambda r: (_seed_of(r) is None, _seed_of(r) or 0))
+    ok = [r for r in members if is_candidate(r)]
+    vals = [score(r) for r in ok]
+    cell: dict[str, Any] = {"alpha": alpha, "beta": beta, "seeds": len(ok), "failed": len(members) - len(ok)}
+    if vals:
+        cell.update(val_acc_mean=float(np.mean(vals)),
+                    val_acc_std=float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0,
+                    val_acc_min=min(vals), val_acc_max=max(vals))
+    else:
+        cell.update(val_acc_mean=None, val_acc_std=None, val_acc_min=None, val_acc_max=None)
+    for key in extra_keys:
+        xs = [x for x in (finite_or_none(r.get(key)) for r in ok) if x is not None]
+        cell[f"{key}_mean"] = float(np.mean(xs)) if xs else None
+    epochs = [x for x in (finite_or_none(r.get("best_epoch")) for r in ok) if x is not None]
+    cell["best_epoch_mean"] = float(np.mean(epochs)) if epochs else None
+    cell["seed_values"] = " ".join(f"{_seed_of(r)}:{score(r)}" for r in ok)
+    cell["trial_ids"] = " ".join(str(r["trial_id"]) for r in members)
+    cell["run_ids"] = " ".join(str(r.get("run_id") or "") for r in members)
+    return cell
 
 
 def best_cell_row(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     """A surface's best trial for `best.yaml`: from the cell with the highest mean over its
-    seeds (ties: the smaller beta, then alpha), that cell's best seed's trial."""
-    scored = [c for c in cells(rows) if c["val_acc_mean"] is not None]
-    if not scored:
-        return None
-    best = sorted(scored, key=lambda c: (-c["val_acc_mean"], c["beta"], c["alpha"]))[0]
-    members = [r for r in rows if _float(r.get("param.alpha")) == best["alpha"]
-               and _float(r.get("param.beta")) == best["beta"] and r.get("status") != "failed"
-               and _float(r.get("best_val_acc")) is not None]
-    return max(members, key=lambda r: (_float(r["best_val_acc"]), str(r["trial_id"])))
+    seeds (ties: the smaller beta, then alpha), that cell's best seed's trial (the selection
+    rule's order)."""
+    return choose_best_group(rows, cell_key, tie=lambda key: (key[1], key[0]))
 
 
-def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    keys: list[str] = []
-    for row in rows:
-        keys.extend(k for k in row if k not in keys)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows([{k: ("" if v is None else v) for k, v in row.items()} for row in rows])
-    tmp.replace(path)
-    return path
-
-
-def read_csv(path: Path) -> list[dict[str, Any]]:
-    with Path(path).open() as f:
-        return list(csv.DictReader(f))
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """`surface.csv` or `surface_from_trials.csv`, each cell typed back (numbers, None)."""
+    return fileio.read_csv(path, text_columns=TEXT_COLUMNS)
 
 
 def matrix(cell_rows: list[dict[str, Any]], key: str = "val_acc_mean"):
@@ -240,7 +177,7 @@ def matrix(cell_rows: list[dict[str, Any]], key: str = "val_acc_mean"):
     by_index = {}
     for c in cell_rows:
         i, j = alphas.index(float(c["alpha"])), betas.index(float(c["beta"]))
-        v = _float(c.get(key))
+        v = finite_or_none(c.get(key))
         if v is not None:
             values[i, j] = 100.0 * v
         by_index[i, j] = c
@@ -264,7 +201,7 @@ def draw_grid(cell_rows: list[dict[str, Any]], out_dir: Path, title: str, subtit
         for j in range(len(betas)):
             c = by_index.get((i, j), {})
             n, failed = int(float(c.get("seeds") or 0)), int(float(c.get("failed") or 0))
-            std = _float(c.get("val_acc_std"))
+            std = finite_or_none(c.get("val_acc_std"))
             text = f"\u00b1 {100 * std:.1f} (n={n})" if n > 1 and std is not None else ""
             if failed:
                 text = (text + " " if text else "") + f"{failed} failed"
@@ -275,29 +212,12 @@ def draw_grid(cell_rows: list[dict[str, Any]], out_dir: Path, title: str, subtit
                                   empty="failed", best=best)]
 
 
-def _describe(settings, epochs: int, seeds: list[int]) -> tuple[str, str]:
+def describe_grid(dataset: str, method: str, epochs: int, seeds: list[int]) -> tuple[str, str]:
+    """The title and subtitle of a grid study's figures."""
     seeds_text = f"mean of {len(seeds)} seeds" if len(seeds) > 1 else f"seed {seeds[0]}"
-    title = f"{settings.dataset}: validation accuracy over \u03b1 \u00d7 \u03b2 (method {settings.method})"
+    title = f"{dataset}: validation accuracy over \u03b1 \u00d7 \u03b2 (method {method})"
     subtitle = f"best validation accuracy within {epochs} epochs, {seeds_text}, other settings fixed"
     return title, subtitle
-
-
-def write_grid_outputs(plan, outcome, log: Callable[[str], None] = print) -> list[Path]:
-    """After a surface study: surface.csv and the two images, logged to the parent run."""
-    from bmlr.tuning import tracking
-
-    s = plan.settings
-    grid = {k: sorted(float(c) for c in plan.space.params[k].choices) for k in GRID_KEYS if k in plan.space.params}
-    cell_rows = cells(outcome.rows, grid.get("alpha"), grid.get("beta"))
-    csv_path = write_csv(cell_rows, outcome.study_dir / SURFACE_CSV)
-    title, subtitle = _describe(s, plan.max_epochs, list(s.grid_seeds or [s.seed]))
-    paths = [csv_path] + draw_grid(cell_rows, outcome.study_dir, title, subtitle)
-    client = tracking.client_for(plan.tracking_uri)
-    for path in paths:
-        client.log_artifact(outcome.parent_run_id, str(path), "surface")
-    log(format_grid(cell_rows))
-    log(f"surface: {csv_path}\n  images: {', '.join(str(p) for p in paths[1:])}")
-    return paths
 
 
 def format_grid(cell_rows: list[dict[str, Any]]) -> str:
@@ -322,11 +242,7 @@ def binned(rows: list[dict[str, Any]], space=None, n_alpha: int = 3, n_beta: int
     """Bin trials by (alpha, beta): alpha on a log scale, beta linearly, over the search space's
     ranges (else the trials' own). Returns (bin rows, points) where a bin's value is the best
     validation accuracy of its non-failed trials; `points` are the trials (alpha, beta, % value)."""
-    trials = []
-    for r in rows:
-        a, b, v = _float(r.get("param.alpha")), _float(r.get("param.beta")), _float(r.get("best_val_acc"))
-        if a is not None and b is not None and v is not None and r.get("status") != "failed":
-            trials.append((a, b, v, r))
+    trials = [(*cell_key(r), score(r), r) for r in rows if cell_key(r) is not None and is_candidate(r)]
     if not trials:
         raise SurfaceError("no finished trial with both alpha and beta: nothing to draw")
     axes = {}
@@ -384,141 +300,48 @@ def draw_binned(bins: list[dict[str, Any]], points, out_dir: Path, title: str, s
                                   empty="no trial", best=best, alpha_ticks=ranges["alpha"], beta_ticks=ranges["beta"])]
 
 
+
+
 def surface_from_study(study_dir: Path, out_dir: Path | None = None, n_alpha: int | None = None,
                        n_beta: int | None = None, log: Callable[[str], None] = print,
                        mlflow: bool = True) -> list[Path]:
     """The scattered-trials surface of a finished study: `surface_from_trials.csv` and images
     `surface_from_trials_3d.png`, `surface_from_trials_heatmap.png` in `out_dir` (default: the
     study folder), logged to the study's MLflow run under `surface_from_trials/`."""
-    from bmlr.tuning.search_space import load_search_space
-
-    study_dir = Path(study_dir).resolve()
-    if not (study_dir / "trials.csv").is_file():
-        raise SurfaceError(f"{study_dir}: no trials.csv (is it a finished bmlr-tune study?)")
-    rows = read_csv(study_dir / "trials.csv")
-    space = None
-    # the ranges to bin over: the study's copy of its search space (a staged study: the file it started from)
-    for candidate in (study_dir / "search_space.yaml", _study_info(study_dir).get("search_space")):
-        if candidate and Path(candidate).is_file():
-            try:
-                space = load_search_space(candidate)
-                break
-            except Exception:
-                continue
+    store = StudyStore(study_dir)
+    try:
+        rows = store.read_rows()
+        info = store.read_info() if store.exists() else {}
+    except StoreError as err:
+        raise SurfaceError(f"{store.dir}: not a finished bmlr-tune study ({err})") from None
+    settings = info.get("settings") or {}
+    space = _study_space(store, settings.get("search_space"), log)
     n = len([r for r in rows if r.get("status") != "failed"])
     n_alpha = n_alpha or (2 if n < 12 else 3)
     n_beta = n_beta or (3 if n < 12 else 5)
     bins, points = binned(rows, space, n_alpha, n_beta)
-    out_dir = Path(out_dir or study_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(bins, out_dir / FROM_TRIALS_CSV)
-    info = _study_info(study_dir)
-    title = (f"{info.get('dataset', '?')}: validation accuracy of the study's trials over \u03b1 \u00d7 \u03b2 "
-             f"(method {info.get('method', '?')})")
+    out_dir = Path(out_dir or store.dir)
+    csv_path = fileio.write_csv(bins, out_dir / FROM_TRIALS_CSV)
+    title = (f"{settings.get('dataset', '?')}: validation accuracy of the study's trials over \u03b1 \u00d7 "
+             f"\u03b2 (method {settings.get('method', '?')})")
     subtitle = (f"{len(points)} trials binned; a cell is the best trial in its bin (other hyperparameters "
                 f"vary); dots: every trial")
     paths = [csv_path] + draw_binned(bins, points, out_dir, title, subtitle, prefix="surface_from_trials_")
-    if mlflow:
-        _log_to_study_run(study_dir, paths, "surface_from_trials", log)
+    if mlflow and info.get("tracking_uri") and info.get("parent_run_id"):
+        from bmlr.tuning import tracking  # (imports Ray Tune: only where MLflow is written)
+
+        tracking.log_artifacts_safely(info["tracking_uri"], info["parent_run_id"], paths, "surface_from_trials",
+                                      log)
     return paths
 
 
-def _study_info(study_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((Path(study_dir) / "study.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    settings = data.get("settings") or {}
-    return {**settings, **{k: v for k, v in data.items() if k != "settings"}}
-
-
-def _log_to_study_run(study_dir: Path, paths: list[Path], folder: str, log: Callable[[str], None]) -> None:
-    from bmlr.tuning import tracking
-
-    info = _study_info(study_dir)
-    uri, run_id = info.get("tracking_uri"), info.get("parent_run_id")
-    if not uri or not run_id:
-        return
-    try:
-        client = tracking.client_for(uri)
-        for path in paths:
-            client.log_artifact(run_id, str(path), folder)
-    except Exception as err:  # the figures are on disk; MLflow is a copy
-        log(f"note: could not log {folder}/ to MLflow run {run_id} at {uri} ({type(err).__name__}: {err})")
-
-
-# --- the command -------------------------------------------------------------------------------
-def plan_surface(dataset: str, storage: str, search_space: str | None, base: str | None,
-                 alphas: list[float] | None, betas: list[float] | None, grid_size: tuple[int, int],
-                 seeds: list[int], epochs: int | None, name: str | None, overrides: dict[str, Any],
-                 log: Callable[[str], None] = print, **settings_kwargs):
-    """The StudySettings of a surface run, its generated search space written into the new
-    study folder (`search_space.yaml`)."""
-    from bmlr.config import from_dict, load_config
-    from bmlr.tuning.search_space import load_search_space, method_reads, resolve_search_space
-    from bmlr.tuning.study import StudyError, StudySettings
-
-    storage_path = Path(storage).expanduser().resolve()
-    space_path = resolve_search_space(search_space, dataset)
-    space = load_search_space(space_path)
-    trial_epochs = None
-    if base:
-        base_path = Path(base).expanduser().resolve()
-        if not base_path.is_file():
-            raise SurfaceError(f"--base {base}: file not found")
-        base_cfg = load_config(base_path).to_dict()
-        source = f"{base_path}"
-        if base_path.name == "best.yaml":
-            trial_epochs = study_trial_epochs(base_path.parent)
-    else:
-        found = last_study_best(storage_path, dataset)
-        if found is not None:
-            base_cfg = load_config(found).to_dict()
-            source = f"{found} (the last study on {dataset})"
-            trial_epochs = study_trial_epochs(found.parent)
-        else:
-            untuned = space.untuned()
-            untuned = {k: v for k, v in untuned.items() if "." not in k}
-            base_cfg = from_dict({**untuned, "dataset": dataset}, source=f"{space_path} (untuned)").to_dict()
-            source = f"{space_path} (no finished study on {dataset} in {storage_path}: the search space's " \
-                     f"fixed part and defaults)"
-    if base_cfg.get("dataset") != dataset:
-        raise SurfaceError(f"the base configuration ({source}) is for data set {base_cfg.get('dataset')!r}, "
-                           f"not {dataset!r}")
-    method = overrides.get("method", base_cfg.get("method", "bmlr"))
-    missing = [k for k in GRID_KEYS if k not in method_reads(method)]
-    if missing:
-        raise SurfaceError(f"method {method!r} does not read {missing}: its surface would be flat")
-    grid = grid_values(space, alphas, betas, grid_size)
-    name = name or f"surface-{time.strftime('%Y%m%d-%H%M%S')}"
-    study_dir = storage_path / dataset / name
-    if (study_dir / "study.json").exists():
-        raise StudyError(f"study {study_dir} exists; continue it with `tune.py surface --resume --name {name}` "
-                         f"or choose another --name")
-    epochs = epochs or trial_epochs or int(base_cfg["epochs"])
-    base_cfg = {k: v for k, v in base_cfg.items() if k not in overrides}
-    header = [f"alpha x beta surface of study {name}, generated by `bmlr-tune surface`.",
-              f"Base configuration: {source}.",
-              f"Every cell trains {epochs} epochs with each of the seeds {seeds}; fixed.epochs and fixed.seeds",
-              "are the production settings of the exported best cell."]
-    study_dir.mkdir(parents=True, exist_ok=True)
-    path = study_dir / "search_space.yaml"
-    path.write_text(surface_space_yaml(base_cfg, grid, header))
-    log(f"surface: base configuration {source}\n  alpha {grid['alpha']}\n  beta {grid['beta']}\n"
-        f"  seeds {seeds}, {epochs} epochs per cell: {len(grid['alpha']) * len(grid['beta']) * len(seeds)} trials")
-    settings = StudySettings(dataset=dataset, search_space=str(path), storage=str(storage_path), name=name,
-                             samples=len(grid["alpha"]) * len(grid["beta"]) * len(seeds), max_epochs=epochs,
-                             grace_period=1, seed=seeds[0], overrides=overrides, kind="surface",
-                             grid_seeds=list(seeds), method=overrides.pop("method", None), **settings_kwargs)
-    settings.grace_period = min(settings.grace_period, epochs)
-    return settings, study_dir
-
-
-def cleanup_failed_plan(study_dir: Path) -> None:
-    """Remove a surface folder that holds nothing but its generated search space."""
-    try:
-        if study_dir.is_dir() and {p.name for p in study_dir.iterdir()} <= {"search_space.yaml"}:
-            (study_dir / "search_space.yaml").unlink(missing_ok=True)
-            study_dir.rmdir()
-    except OSError:
-        pass
+def _study_space(store: StudyStore, original: str | None, log: Callable[[str], None]):
+    """The ranges to bin over: the study's copy of its search space, else (a staged study) the
+    file it started from; None (the trials' own ranges) where neither can be read."""
+    for candidate in (store.space_path, original):
+        if candidate and Path(candidate).is_file():
+            try:
+                return load_search_space(candidate)
+            except (SearchSpaceError, OSError) as err:
+                log(f"note: {candidate} not used for the bins' ranges ({err})")
+    return None

@@ -9,8 +9,9 @@ decides exactly what is logged and where:
   at the end the search space, `best.yaml` and `trials.csv` as artifacts, the
   best trial's run id as tag `best_run_id` and its score as metric `best_val_acc`.
 * nested run per trial (tag `mlflow.parentRunId`, which the MLflow UI nests):
-  the sampled keys and the whole trial configuration as params, `config.yaml`
-  (the configuration the trial trained) as an artifact, one metric point per
+  the sampled keys and the whole trial configuration as params (its `epochs` is the
+  production run's, the learning-rate schedule's horizon; param `max_epochs` is where
+  the trial stops), `config.yaml` (that configuration) as an artifact, one metric point per
   epoch (step = epoch), its final status (FINISHED / FAILED / KILLED) and tags
   `trial_status` (completed, stopped_early, failed, interrupted, lost),
   `early_stopped` (true when ASHA stopped it before `--max-epochs`),
@@ -55,10 +56,6 @@ class TrackingError(RuntimeError):
 
 def default_tracking_uri(storage: Path) -> str:
     return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
-
-
-def _is_http(uri: str) -> bool:
-    return urllib.parse.urlparse(uri).scheme in ("http", "https")
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
@@ -226,7 +223,8 @@ class MLflowTrialLogger(Callback):
                       "export.seeds": yaml.safe_dump(self.export_seeds, default_flow_style=True).strip()})
             run_id = run.info.run_id
             config = {**self.base_config, **dict(trial.config)}
-            log_params(self.client, run_id, config)
+            # `epochs` is the production run's (the schedule's horizon); the trial stops after max_epochs
+            log_params(self.client, run_id, {**config, "max_epochs": self.max_epochs})
             self.client.log_text(run_id, yaml.safe_dump(config, sort_keys=False), "config.yaml")
             self.client.set_tag(run_id, "sampled", ", ".join(f"{k}={_short(v)}" for k, v in trial.config.items()))
             self._last_step[run_id] = 0
@@ -235,10 +233,8 @@ class MLflowTrialLogger(Callback):
             self._last_step[run_id] = max((m.step for m in history), default=0)
             self.client.update_run(run_id, status="RUNNING")
             self.client.set_tag(run_id, "trial_status", "running")
-        try:
+        if getattr(trial, "path", None):  # None before Ray has given the trial its storage
             self.client.set_tag(run_id, "trial_dir", str(trial.path))
-        except Exception:
-            pass
         self._runs[trial_id] = run_id
         return run_id
 
@@ -311,21 +307,20 @@ class MLflowTrialLogger(Callback):
         self._drop_state(trial)
 
 
-
 def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _error_text(trial) -> str:
     """The last line of the trial's error (e.g. 'FloatingPointError: training loss became nan ...')."""
+    path = getattr(trial, "error_file", None)
     try:
-        path = trial.error_file
         if path and os.path.isfile(path):
             lines = [line for line in Path(path).read_text(errors="replace").splitlines() if line.strip()]
             errors = [line for line in lines if "Error" in line.split(":")[0]]
             return (errors or lines or ["error"])[-1].strip()
-    except Exception:
-        pass
+    except OSError as err:  # the file went away or cannot be read
+        return f"trial raised an error ({path} cannot be read: {err})"
     return "trial raised an error (see the trial's error.txt)"
 
 
@@ -344,3 +339,33 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, An
         token = page.token
         if not token:
             return runs
+
+
+def mark_lost_runs(client, runs: list[Any]) -> int:
+    """Tag the runs of trials Ray never saved (started just before a killed driver, after Ray's
+    last snapshot; their configuration was sampled again as a new trial) as lost and KILLED.
+    Returns how many there are."""
+    for run in runs:
+        if run.data.tags.get("trial_status") != "lost":
+            client.set_tag(run.info.run_id, "trial_status", "lost")
+            client.set_tag(run.info.run_id, "note", "the driver died before Ray saved this trial; its "
+                                                    "configuration was sampled again as a new trial")
+            client.set_tag(run.info.run_id, "best_trial", "false")
+            client.set_terminated(run.info.run_id, "KILLED")
+    return len(runs)
+
+
+def log_artifacts_safely(uri: str, run_id: str, paths: list[Path], folder: str, log=print) -> bool:
+    """Copy files written on disk to a run's artifacts under ``folder``. The files are the
+    result; MLflow holds a copy, so a store that refuses them is reported, not raised.
+    Returns whether every file was logged."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client = client_for(uri)
+        for path in paths:
+            client.log_artifact(run_id, str(path), folder)
+    except (MlflowException, OSError) as err:
+        log(f"note: could not log {folder}/ to MLflow run {run_id} at {uri} ({type(err).__name__}: {err})")
+        return False
+    return True

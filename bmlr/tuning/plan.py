@@ -1,0 +1,246 @@
+"""What a study is before it runs: its settings (stored in ``study.json`` and reused by
+``--resume``), the checks on them, and the :class:`Plan` they resolve to.
+
+Everything that can fail without a trial (a malformed search space, a bad config key, a
+missing data root, an unreachable tracking server) fails in :func:`plan_study`, before Ray
+starts and before anything is written to the study folder, with a :class:`StudyError` (or a
+``SearchSpaceError``).
+
+A study searches a :class:`~bmlr.tuning.search_space.SearchSpace`. A caller that has one as an
+object (a staged search's stage, a surface's grid) hands it to :func:`plan_study` as ``space``
+and sets ``StudySettings.search_space`` to the path where the study records it; otherwise the
+space is read from the file ``StudySettings.search_space`` names. Either way the study writes
+the space's text into its folder (``search_space.yaml``), and a resumed study reads that copy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from bmlr.config import Config, ConfigError
+from bmlr.fileio import abs_path, timestamp
+from bmlr.tuning import tracking
+from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
+from bmlr.tuning.store import StoreError, StudyStore, find_study
+
+__all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "resume_store", "plan_study"]
+
+# the settings --resume takes from the stored study, with a note where the command line differs
+RESUME_KEEPS = ("samples", "max_epochs", "grace_period", "reduction_factor", "seed", "method", "data_root",
+                "tracking_uri", "experiment", "overrides")
+
+
+class StudyError(RuntimeError):
+    """The study cannot start or continue; the message says why."""
+
+
+@dataclass
+class StudySettings:
+    """Everything that defines a study; stored in `study.json` and reused by `--resume`."""
+
+    dataset: str = "synthetic"
+    search_space: str = ""  # absolute path of the search-space file (or of its record in the study folder)
+    data_root: str | None = None
+    method: str | None = None  # None: the search space's fixed method, else "bmlr"
+    samples: int = 16
+    max_epochs: int | None = None  # None: the search space's fixed epochs
+    grace_period: int = 1
+    reduction_factor: int = 3
+    concurrent: int | None = None  # None: as many as the resources allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: one GPU per trial where the cluster has GPUs, else 0
+    storage: str = "tune_runs"
+    tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite in <storage>
+    experiment: str | None = None  # None: bmlr-tune-<dataset>
+    name: str | None = None  # None: <method>-<timestamp>
+    seed: int = 0
+    max_failures: int = 0
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set key=value
+    # how the trials are chosen: "search" (Optuna TPE + ASHA) or "surface" (every combination of
+    # the search space's choice entries, times `grid_seeds`, each trained to the end: no ASHA)
+    kind: str = "search"
+    grid_seeds: list[int] | None = None  # surface: the training seeds of every cell
+    folder: str | None = None  # the study folder (default <storage>/<dataset>/<name>); staged stages
+    outer_run_id: str | None = None  # MLflow run the study's parent run nests under (staged stages)
+    role: str | None = None  # MLflow tag bmlr.role (default: "study" or "surface")
+    # Optuna is told these results before it samples ({"params": {...}, "value": v}), e.g. the
+    # stage-1 winner for stage 2 of a staged search; they are not trained again
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
+
+    def check(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise StudyError(message)
+
+        need(self.samples >= 1, f"--samples must be >= 1, got {self.samples}")
+        need(self.max_epochs is None or self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}")
+        need(self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}")
+        need(self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}")
+        need(self.concurrent is None or self.concurrent >= 1, f"--concurrent must be >= 1, got {self.concurrent}")
+        need(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+        need(self.gpus_per_trial is None or self.gpus_per_trial >= 0,
+             f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        need(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
+        need(self.kind in ("search", "surface"), f"unknown study kind {self.kind!r}")
+
+
+@dataclass
+class Plan:
+    """A study resolved and checked, ready to run."""
+
+    settings: StudySettings
+    study_dir: Path
+    space: SearchSpace  # what the trials search: the method's view of `source_space`
+    source_space: SearchSpace  # the space as given (its text is the folder's search_space.yaml)
+    production: Config  # fixed + overrides: what best.yaml builds on (full epochs, all seeds)
+    # what every trial trains: the production configuration (its `epochs` is the learning-rate
+    # schedule's horizon) with the study's one seed; it stops after `max_epochs`
+    trial_base: dict[str, Any]
+    max_epochs: int
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str | None = None
+    resumed: bool = False
+
+    @property
+    def store(self) -> StudyStore:
+        return StudyStore(self.study_dir)
+
+
+@dataclass
+class StudyOutcome:
+    study_dir: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    best_yaml: Path | None
+    parent_run_id: str
+    tracking_uri: str
+    interrupted: bool
+
+
+def resume_store(settings: StudySettings) -> StudyStore:
+    """The study `--resume` continues: ``settings.folder``, else study ``settings.name`` under
+    ``<storage>/<dataset>``, else the most recent one there."""
+    try:
+        if settings.folder:
+            store = StudyStore(settings.folder)
+            if not store.exists():
+                raise StudyError(f"--resume: {store.info_path} not found")
+            return store
+        return StudyStore(find_study(settings.storage, settings.dataset, settings.name))
+    except StoreError as err:
+        raise StudyError(str(err)) from None
+
+
+def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str], None] = print,
+               space: SearchSpace | None = None) -> Plan:
+    """Resolve paths, validate the search space (``space``, else the file
+    ``settings.search_space``; a resumed study: its own copy) and the configuration, check the
+    data root and the tracking store. Nothing is written except the tracking store's folder."""
+    settings.check()
+    storage = abs_path(settings.storage)
+    settings.storage = str(storage)
+    parent_run_id = None
+    if resume:
+        store, settings, source = _stored(settings, log)
+        study_dir, parent_run_id = store.dir, store.read_info()["parent_run_id"]
+    else:
+        source = space if space is not None else load_search_space(settings.search_space)
+        if space is None:
+            settings.search_space = str(abs_path(settings.search_space))
+    _check_data_root(settings)
+    flat, production = _resolve(settings, source)
+    max_epochs = settings.max_epochs or production.epochs
+    if settings.grace_period > max_epochs:
+        raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
+    trial_base = {**production.to_dict(), "seeds": [settings.seed], "name": None}
+    settings.name = settings.name or f"{settings.method}-{timestamp()}"
+    if not resume:
+        study_dir = abs_path(settings.folder) if settings.folder else storage / settings.dataset / settings.name
+        if StudyStore(study_dir).exists():
+            raise StudyError(f"study {study_dir} exists; continue it with --resume --name {settings.name} "
+                             f"or choose another --name")
+    uri, experiment_id = _tracking(settings, storage)
+    plan = Plan(settings=settings, study_dir=study_dir, space=flat, source_space=source, production=production,
+                trial_base=trial_base, max_epochs=max_epochs, tracking_uri=uri, experiment_id=experiment_id,
+                parent_run_id=parent_run_id, resumed=resume)
+    if parent_run_id is not None:
+        _check_parent_run(uri, parent_run_id)
+    return plan
+
+
+def _stored(given: StudySettings, log: Callable[[str], None]) -> tuple[StudyStore, StudySettings, SearchSpace]:
+    """A resumed study's store, its stored settings (a note for each the command line would
+    change) and its copy of the search space."""
+    store = resume_store(given)
+    try:
+        settings = StudySettings(**store.settings())
+    except StoreError as err:
+        raise StudyError(str(err)) from None
+    for key in RESUME_KEEPS:
+        new, old = getattr(given, key), getattr(settings, key)
+        if new not in (None, {}, StudySettings.__dataclass_fields__[key].default) and new != old:
+            log(f"note: --resume keeps the study's {key} = {old!r} (ignoring {new!r})")
+    space = load_search_space(store.space_path)
+    log(f"resuming study {store.dir}")
+    return store, settings, space
+
+
+def _check_data_root(settings: StudySettings) -> None:
+    if settings.data_root:
+        root = abs_path(settings.data_root)
+        if not root.is_dir():
+            raise StudyError(f"data root not found: {root} (--data-root)")
+        settings.data_root = str(root)
+
+
+def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, Config]:
+    """The method's view of the space and the production configuration (its fixed part, the
+    command line's --set values, the data set and method)."""
+    for key in settings.overrides:
+        if key in space.params:
+            raise SearchSpaceError(f"--set {key}=...: {key!r} is searched in {space.source}; "
+                                   f"remove it from --set or from the search space")
+        if key in COMMAND_LINE_KEYS or key == "data_root":
+            raise StudyError(f"--set {key}=...: use --{key.replace('_', '-')} instead")
+    if "dataset" in space.fixed and space.fixed["dataset"] != settings.dataset:
+        raise SearchSpaceError(f"{space.source}: fixed.dataset: {space.fixed['dataset']!r} does not match "
+                               f"--dataset {settings.dataset!r}")
+    settings.method = settings.method or space.fixed.get("method") or "bmlr"
+    if "method" in space.params:
+        raise SearchSpaceError(f"{space.source}: search.method: the method is chosen with --method")
+    flat = space.for_method(settings.method)  # its methods.<name> section; no budget on keys it ignores
+    fixed = {**settings.overrides, "dataset": settings.dataset, "method": settings.method}
+    if settings.data_root:
+        fixed["data_root"] = settings.data_root
+    if fixed.get("cache_dir"):
+        fixed["cache_dir"] = str(abs_path(fixed["cache_dir"]))
+    try:
+        production = flat.base_config(fixed, source=f"{flat.source} (fixed) with the command line")
+    except ConfigError as err:
+        raise SearchSpaceError(str(err)) from None
+    return flat, production
+
+
+def _tracking(settings: StudySettings, storage: Path) -> tuple[str, str]:
+    """The tracking URI (recorded in the settings) and the experiment's id, created if new."""
+    uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(storage)
+    settings.tracking_uri = uri
+    settings.experiment = settings.experiment or f"bmlr-tune-{settings.dataset}"
+    try:
+        tracking.check_reachable(uri)
+        return uri, tracking.get_or_create_experiment(uri, settings.experiment)
+    except tracking.TrackingError as err:
+        raise StudyError(str(err)) from None
+
+
+def _check_parent_run(uri: str, run_id: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tracking.client_for(uri).get_run(run_id)
+    except MlflowException as err:
+        raise StudyError(f"--resume: the study's MLflow parent run {run_id} is not in {uri} "
+                         f"({type(err).__name__}); resume with the tracking URI the study used") from None

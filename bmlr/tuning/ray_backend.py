@@ -1,0 +1,194 @@
+"""The search machinery as objects, composed the way Ray Tune's examples compose them: a
+searcher (Optuna's TPE or random sampler behind ``OptunaSearch``) and a scheduler (ASHA or
+FIFO). The product (``bmlr.tuning.study``) and the benchmarks (``bench/bench_search.py``)
+both build them here, so a benchmark measures what users run.
+
+The searcher is told the metric it learns from (``OptunaSearch`` builds its Optuna study
+from it); the scheduler gets a metric only where it differs from the ``tune.TuneConfig``'s
+(a benchmark replaying ASHA on another signal), since Ray refuses one set in both places.
+
+The rest is the plumbing every Ray user here needs: the environment Ray Tune reads
+(:func:`quiet_ray`), starting or joining a cluster (:func:`ray_session`), a trainable with its
+resources (:func:`with_resources`), and the ``tune.Tuner`` itself (:func:`build_tuner`,
+:func:`restore_tuner`), so a study, a staged search and a comparison run Ray the same way.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+__all__ = ["METRIC", "MODE", "TIME_ATTR", "RayStartError", "make_sampler", "make_searcher", "make_scheduler",
+           "quiet_ray", "init_ray", "ray_session", "gpus_per_trial", "with_resources", "grid_param_space",
+           "trial_dirname", "build_tuner", "restore_tuner"]
+
+METRIC = "val_acc"  # validation multimodal accuracy of the current epoch
+MODE = "max"
+TIME_ATTR = "epoch"  # ASHA's time axis: our own epoch counter, correct after a restore too
+
+
+class RayStartError(RuntimeError):
+    """Ray could not be started or reached; the message says where and why."""
+
+
+def make_sampler(kind: str = "tpe", seed: int = 0, n_startup_trials: int | None = None):
+    """An Optuna sampler: ``tpe`` (TPE; ``n_startup_trials`` random trials first, Optuna's
+    default 10 where None) or ``random``."""
+    import optuna
+
+    if kind == "tpe":
+        extra = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
+        return optuna.samplers.TPESampler(seed=seed, **extra)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    raise ValueError(f"unknown sampler {kind!r} (tpe, random)")
+
+
+def make_searcher(space: Mapping[str, Any], sampler=None, seed: int = 0, metric: str = METRIC,
+                  mode: str = MODE, warm_start: Sequence[Mapping[str, Any]] = ()):
+    """``OptunaSearch`` over ``space`` (Optuna distributions by key), learning from ``metric``
+    (TPE with ``seed`` unless a ``sampler`` is given). ``warm_start``: results Optuna is told
+    before it samples (``{"params": {...}, "value": v}``), not trained again."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    points = [dict(w["params"]) for w in warm_start]
+    return OptunaSearch(space=dict(space), metric=metric, mode=mode,
+                        sampler=sampler if sampler is not None else make_sampler("tpe", seed),
+                        points_to_evaluate=points or None,
+                        evaluated_rewards=[float(w["value"]) for w in warm_start] or None)
+
+
+def make_scheduler(kind: str = "asha", max_t: int = 1, grace_period: int = 1, reduction_factor: int = 3,
+                   metric: str | None = None, mode: str | None = None):
+    """``asha`` (Ray's ``ASHAScheduler`` on the epoch axis) or ``fifo`` (every trial trained
+    to the end: grids, random-search baselines)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    if kind == "fifo":
+        return FIFOScheduler()
+    if kind == "asha":
+        extra = {} if metric is None else {"metric": metric, "mode": mode}
+        return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t, grace_period=grace_period,
+                             reduction_factor=reduction_factor, **extra)
+    raise ValueError(f"unknown scheduler {kind!r} (asha, fifo)")
+
+
+
+# --- the cluster ----------------------------------------------------------------------------------
+def quiet_ray(verbose: int) -> None:
+    """Ray Tune settings read from the environment (a user's own values win)."""
+    # snapshot the experiment state often: a killed driver then loses little (Ray's default is >= 10 s)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
+    # one checkpoint kept per trial forces frequent snapshots; Ray warns about each one
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    if verbose == 0:  # Ray's new console output prints its header even when silent
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+
+def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
+    """Connect to a cluster (``address``) or start a local one; True if Ray was started here
+    (False: it was already running in this process). :class:`RayStartError` if it cannot."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = {k: os.environ[k] for k in ("BMLR_CACHE",) if k in os.environ}
+    kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose >= 2,
+                                  logging_level=logging.INFO if verbose >= 2 else logging.WARNING,
+                                  runtime_env={"env_vars": env} if env else None)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:  # "local": a new instance even where `ray start` left a cluster running
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+    except Exception as err:  # Ray raises many kinds (ConnectionError, RuntimeError, ValueError...)
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise RayStartError(f"cannot start or connect to {where}: {err}") from None
+    return True
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None, verbose: int) -> Iterator[bool]:
+    """:func:`quiet_ray` and :func:`init_ray` for the block; Ray is shut down after it only
+    where it was started here. Yields whether it was."""
+    import ray
+
+    quiet_ray(verbose)
+    started = init_ray(address, num_cpus, verbose)
+    try:
+        yield started
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def gpus_per_trial(requested: float | None) -> float:
+    """``--gpus-per-trial``, or without it one whole GPU per trial where the Ray cluster has GPUs
+    (Ray hides the GPUs from a trial that asks for none, so 0 would silently train on CPU).
+    Packing several trials on a GPU (0.5, 0.25) is the user's choice: it pays only for models
+    too small to fill a GPU, and it was not measured here (docs/performance.md)."""
+    if requested is not None:
+        return requested
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+# --- the tuner ------------------------------------------------------------------------------------
+def with_resources(fn: Callable, cpus: float, gpus: float | None, **parameters: Any):
+    """The function trainable ``fn`` with ``parameters`` passed by ``tune.with_parameters`` (put
+    in Ray's object store once, not pickled into every trial) and its resources per trial
+    (``gpus`` None: :func:`gpus_per_trial`)."""
+    from ray import tune
+
+    return tune.with_resources(tune.with_parameters(fn, **parameters),
+                               {"cpu": cpus, "gpu": gpus_per_trial(gpus)})
+
+
+def grid_param_space(choices: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> dict[str, Any]:
+    """Every combination of ``choices`` times every training seed (``seeds`` as one-seed lists,
+    the way a trial's configuration holds them): Ray's grid search, no searcher."""
+    from ray import tune
+
+    space: dict[str, Any] = {k: tune.grid_search(list(v)) for k, v in choices.items()}
+    space["seeds"] = tune.grid_search([[int(seed)] for seed in seeds])
+    return space
+
+
+def trial_dirname(trial) -> str:
+    """Short trial folder names (Ray's default embeds every parameter)."""
+    return f"trial_{trial.trial_id}"
+
+
+def build_tuner(trainable, ray_dir: Path, callbacks: Sequence[Any] = (), searcher=None, scheduler=None,
+                num_samples: int = 1, concurrent: int | None = None, max_failures: int = 0, verbose: int = 1,
+                param_space: Mapping[str, Any] | None = None):
+    """A ``tune.Tuner`` whose experiment lives in ``ray_dir``, selecting on :data:`METRIC`. Trials
+    reuse their worker (no new process and imports per trial); a failed trial is retried
+    ``max_failures`` times and never stops the others."""
+    from ray import tune
+
+    return tune.Tuner(
+        trainable, param_space=dict(param_space) if param_space is not None else None,
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
+                                    num_samples=num_samples, max_concurrent_trials=concurrent, reuse_actors=True,
+                                    trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=Path(ray_dir).name, storage_path=str(Path(ray_dir).parent), callbacks=list(callbacks),
+            verbose=verbose, failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False)))
+
+
+def restore_tuner(ray_dir: Path, trainable):
+    """The tuner of an interrupted experiment in ``ray_dir``, continuing its unfinished trials
+    (failed ones stay failed), or None where Ray has nothing to restore there."""
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(ray_dir)):
+        return None
+    return tune.Tuner.restore(str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=False,
+                              restart_errored=False)

@@ -1,0 +1,186 @@
+"""A study's results after Ray Tune returns: one typed row per trial (``trials.csv``), the
+winner (:mod:`bmlr.tuning.selection`, or a caller's rule) exported as ``best.yaml``, the MLflow
+runs marked, and the summary printed.
+
+A row: ``trial_id``, ``status`` (completed, stopped_early, failed, interrupted), ``epochs``,
+the metrics of the trial's best validation epoch (``best_epoch``, ``best_val_acc``, the other
+``val_*`` values and ``train_loss``), ``param.<key>`` for each key Ray passed the trial, its
+MLflow ``run_id`` and, for a failed trial, ``error``. Test metrics do not exist here.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Callable
+
+from bmlr.fileio import finite_or_none
+from bmlr.tuning import tracking
+from bmlr.tuning.export import production_config, write_config
+from bmlr.tuning.plan import Plan, StudyOutcome
+from bmlr.tuning.ray_backend import METRIC
+from bmlr.tuning.search_space import SearchSpace
+from bmlr.tuning.selection import SCORE, choose_best
+
+__all__ = ["Row", "Chooser", "trial_rows", "sampled_values", "status_counts", "format_table", "finish"]
+
+Row = dict[str, Any]
+Chooser = Callable[[list[Row]], "Row | None"]
+
+
+def _trial_id(result) -> str:
+    if result.metrics and "trial_id" in result.metrics:
+        return str(result.metrics["trial_id"])
+    return Path(result.path).name.removeprefix("trial_")
+
+
+def _status(result, max_epochs: int) -> str:
+    if result.error is not None:
+        return "failed"
+    metrics = result.metrics or {}
+    if metrics.get("done"):
+        return tracking.trial_status(int(metrics.get("epoch", 0) or 0), max_epochs, errored=False)
+    return "interrupted"  # cut off by Ctrl-C or a lost driver: --resume continues it
+
+
+def _best_epoch(df) -> Row:
+    """The metrics of the trial's best validation epoch (none where it reported no epoch)."""
+    if df is None or not len(df) or METRIC not in df:
+        return {}
+    best = df.loc[df[METRIC].astype(float).idxmax()]
+    row: Row = {"best_epoch": int(best["epoch"]), SCORE: float(best[METRIC])}
+    for key in df.columns:
+        if key.startswith("val_") and key != METRIC or key == "train_loss":
+            row[key] = finite_or_none(best[key])
+    return row
+
+
+def trial_rows(grid, max_epochs: int, runs: dict[str, Any]) -> list[Row]:
+    """One row per trial of Ray's result grid, best first (then by trial id); ``runs``: the
+    trials' MLflow runs by trial id."""
+    rows = []
+    for result in grid:
+        metrics = result.metrics or {}
+        trial_id = _trial_id(result)
+        row: Row = {"trial_id": trial_id, "status": _status(result, max_epochs),
+                    "epochs": int(metrics.get("epoch", 0) or 0)}
+        row.update(_best_epoch(result.metrics_dataframe))
+        for key, value in (result.config or {}).items():
+            row[f"param.{key}"] = value
+        run = runs.get(trial_id)
+        row["run_id"] = run.info.run_id if run is not None else None
+        if result.error is not None:
+            text = str(result.error).strip().splitlines()
+            row["error"] = (text[-1] if text else type(result.error).__name__)[:300]
+        rows.append(row)
+    rows.sort(key=lambda r: (r.get(SCORE) is None, -(r.get(SCORE) or 0.0), r["trial_id"]))
+    return rows
+
+
+def sampled_values(row: Row, space: SearchSpace) -> dict[str, Any]:
+    """A trials-table row's values of the searched keys (not a surface trial's seed)."""
+    return {k.removeprefix("param."): v for k, v in row.items()
+            if k.startswith("param.") and k.removeprefix("param.") in space.params}
+
+
+def status_counts(rows: list[Row]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    return counts
+
+
+def format_table(rows: list[Row], top: int = 5) -> str:
+    """The first ``top`` rows as a text table: status, epochs, scores and the sampled values."""
+    params = [k for k in (rows[0] if rows else {}) if k.startswith("param.")]
+    for row in rows:
+        params.extend(k for k in row if k.startswith("param.") and k not in params)
+    cols = ["trial_id", "status", "epochs", SCORE, "val_macro_f1", "val_imbalance_ratio"] + params
+    heads = [c.removeprefix("param.").replace(SCORE, "val_acc").replace("val_imbalance_ratio", "imbalance")
+             for c in cols]
+
+    def cell(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+
+    body = [[cell(r.get(c)) for c in cols] for r in rows[:top]]
+    widths = [max([len(h)] + [len(b[i]) for b in body]) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)) for b in body]
+    return "\n".join(lines)
+
+
+# --- the end of a run ---------------------------------------------------------------------------
+def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = print, top: int = 5,
+           chooser: Chooser | None = None) -> StudyOutcome:
+    """Write ``trials.csv`` and ``best.yaml`` (the trial ``chooser`` picks, by default
+    :func:`~bmlr.tuning.selection.choose_best`), mark the MLflow runs, end the parent run and
+    print the summary. An uninterrupted study's trial states are deleted (nothing to resume)."""
+    client = tracking.client_for(plan.tracking_uri)
+    runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
+    rows = trial_rows(grid, plan.max_epochs, runs)
+    known = {row["trial_id"] for row in rows}
+    lost = tracking.mark_lost_runs(client, [run for trial_id, run in runs.items() if trial_id not in known])
+    runs = {trial_id: run for trial_id, run in runs.items() if trial_id in known}
+    for row in rows:  # runs of trials that were cut off: KILLED until --resume continues them
+        if row["status"] == "interrupted" and row["run_id"]:
+            client.set_tag(row["run_id"], "trial_status", "interrupted")
+            client.set_terminated(row["run_id"], "KILLED")
+    best = (chooser or choose_best)(rows)
+    store = plan.store
+    store.write_rows(rows)
+    best_yaml = _export_best(plan, best, runs) if best is not None else None
+    counts = status_counts(rows)
+    if lost:
+        counts["lost"] = lost
+    for status, n in counts.items():
+        client.set_tag(plan.parent_run_id, f"trials.{status}", str(n))
+    client.log_artifact(plan.parent_run_id, str(store.trials_path))
+    client.log_artifact(plan.parent_run_id, str(store.info_path))
+    client.set_terminated(plan.parent_run_id, "KILLED" if interrupted else "FINISHED")
+    if not interrupted:  # every trial has ended: no state to continue from
+        shutil.rmtree(store.state_dir, ignore_errors=True)
+    _summary(plan, rows, counts, best_yaml, interrupted, log, top)
+    return StudyOutcome(plan.study_dir, rows, best, best_yaml, plan.parent_run_id, plan.tracking_uri, interrupted)
+
+
+def _export_best(plan: Plan, best: Row, runs: dict[str, Any]):
+    """``best.yaml`` (the production configuration with the winner's sampled values) and the
+    MLflow tags that name the winner."""
+    s = plan.settings
+    sampled = sampled_values(best, plan.space)
+    cfg = production_config({**plan.production.to_dict(), **sampled})
+    header = [f"Best trial of study {s.name} ({s.dataset}, method {s.method}):",
+              f"trial {best['trial_id']}, MLflow run {best['run_id']}, validation accuracy "
+              f"{best[SCORE]:.4f} at epoch {best['best_epoch']} of {best['epochs']} "
+              f"(study seed {s.seed}; test never read)",
+              "sampled: " + ", ".join(f"{k}={v}" for k, v in sampled.items()),
+              f"production: {cfg.epochs} epochs, seeds {cfg.seeds}"]
+    best_yaml = write_config(cfg, plan.store.best_path, header)
+    client = tracking.client_for(plan.tracking_uri)
+    for trial_id, run in runs.items():
+        client.set_tag(run.info.run_id, "best_trial", str(trial_id == best["trial_id"]).lower())
+    client.set_tag(plan.parent_run_id, "best_run_id", best["run_id"] or "")
+    client.set_tag(plan.parent_run_id, "best_trial_id", best["trial_id"])
+    client.log_metric(plan.parent_run_id, "best_val_acc", best[SCORE])
+    client.log_artifact(plan.parent_run_id, str(best_yaml))
+    return best_yaml
+
+
+def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, interrupted: bool,
+             log: Callable[[str], None], top: int) -> None:
+    s = plan.settings
+    log(f"\nstudy {plan.study_dir}  trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
+    if rows:
+        log(f"best trials by validation accuracy (of {len(rows)}):\n" + format_table(rows, top))
+    if best_yaml is not None:
+        log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {best_yaml}")
+    else:
+        log("no trial finished successfully: nothing exported")
+    log(f"MLflow: {plan.tracking_uri}  experiment {s.experiment!r}  parent run {plan.parent_run_id}")
+    if interrupted:
+        log(f"the study was interrupted; continue it with: bmlr-tune --dataset {s.dataset} "
+            f"--storage {s.storage} --name {s.name} --resume")
