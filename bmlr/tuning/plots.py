@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bmlr.fileio import atomic_path
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 # one colour per modality, the same in every figure
@@ -45,13 +47,14 @@ def modality_colour(name: str, index: int = 0) -> str:
 
 
 def _save(fig, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    os.replace(tmp, path)
-    _plt().close(fig)
-    return path
+    """Write the figure as a PNG, whole or not at all (a reader never sees half an image), and
+    close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
+    finally:
+        _plt().close(fig)
+    return Path(path)
 
 
 def fmt_value(value: float) -> str:

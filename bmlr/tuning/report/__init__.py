@@ -1,0 +1,40 @@
+"""The study report: one Markdown page and the same page as a self-contained HTML file (images
+inlined), written into `<study>/report/` and logged to the study's MLflow run under `report/`.
+
+    python tune.py report --study tune_runs/synthetic/<study> [--baseline-study DIR] [--fast]
+
+Every study writes it at its end (`--report full|fast|none`). It holds, from the study folder
+alone (validation only; test is never read), one module per section, as Optuna keeps one
+module per figure in `optuna/visualization/`:
+
+1. `best_trials`  - the best trials table;
+2. `importances`  - Optuna's hyperparameter importances (fANOVA over the finished trials' best
+   validation accuracy; for a staged study, stage 1's);
+3. `surface`      - the alpha x beta surface: the grid of a surface study
+   (`bmlr.tuning.surface`), else the study's scattered trials binned;
+4. `curves`       - learning curves (the paper's Figure 6): multimodal and per-modality
+   validation accuracy per epoch of the best trial, beside the best trial of
+   `--baseline-study`, or else the *baseline counterpart* of the best trial (`baseline`): the
+   same configuration, seed and epochs with `method: baseline`, trained here once (cached in
+   `report/baseline_counterpart.json`; `--fast` skips it);
+5. `reshaped`     - reshaped training samples per modality per epoch of the best trial
+   (Figure 3a);
+6. `top3`         - per true class, the top-3 predicted classes of each modality's own head and
+   of the fused head at the best trial's best epoch (Figure 4), from
+   `trials/trial_<id>/val_top3.json`, which the trainable writes whenever a trial reaches a new
+   best validation accuracy.
+
+`summary` writes the paragraphs above them, `page` renders the page, `study_view` reads the
+study folder (through `bmlr.tuning.store`; the best trial by `bmlr.tuning.selection`) and
+`build` puts the sections together.
+"""
+from bmlr.tuning.report.baseline import baseline_counterpart
+from bmlr.tuning.report.best_trials import best_trials_table
+from bmlr.tuning.report.build import log_to_mlflow, write_report, write_report_safely
+from bmlr.tuning.report.importances import param_importances
+from bmlr.tuning.report.page import Page
+from bmlr.tuning.report.study_view import REPORT_DIR, Context, ReportError, StudyView
+from bmlr.tuning.report.top3 import top3_table
+
+__all__ = ["REPORT_DIR", "ReportError", "StudyView", "Context", "Page", "write_report", "write_report_safely",
+           "log_to_mlflow", "param_importances", "best_trials_table", "top3_table", "baseline_counterpart"]

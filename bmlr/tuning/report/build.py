@@ -1,0 +1,72 @@
+"""The report, section by section: `write_report` reads the study once and hands every
+section (one module each) the same context; `write_report_safely` is the end-of-study call
+that reports a failure instead of raising it (the study itself succeeded)."""
+from __future__ import annotations
+
+import traceback
+from pathlib import Path
+
+from bmlr.tuning import tracking
+from bmlr.tuning.report.best_trials import add_best_trials
+from bmlr.tuning.report.curves import add_learning_curves
+from bmlr.tuning.report.importances import add_importances
+from bmlr.tuning.report.page import Page
+from bmlr.tuning.report.reshaped import add_reshaped
+from bmlr.tuning.report.study_view import REPORT_DIR, Context, Log
+from bmlr.tuning.report.summary import add_summary
+from bmlr.tuning.report.surface import add_surface
+from bmlr.tuning.report.top3 import add_top3
+
+__all__ = ["write_report", "write_report_safely", "log_to_mlflow"]
+
+PAGE_FILES = (".md", ".html", ".png")  # what the study's MLflow run gets under report/
+
+
+def _clear(out: Path) -> None:
+    """The report folder, without the figures of an earlier report (a figure may not recur)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.png"):
+        old.unlink()
+
+
+def write_report(study_dir: str | Path, baseline_study: str | Path | None = None, train_baseline: bool = True,
+                 log: Log = print, mlflow: bool = True, top: int = 10) -> Path:
+    """Write `<study>/report/report.md` and `report.html` (and their PNGs); returns the .md path.
+    `baseline_study`: a study whose best trial is the learning curves' left panel; else
+    `train_baseline` trains the best trial's baseline counterpart. Raises ReportError where the
+    folder is not a finished study or no trial finished."""
+    ctx = Context.open(study_dir, log)
+    _clear(ctx.out)
+    page = Page()
+    add_summary(page, ctx)
+    add_best_trials(page, ctx, top)
+    add_importances(page, ctx)
+    add_surface(page, ctx)
+    add_learning_curves(page, ctx, baseline_study, train_baseline)
+    add_reshaped(page, ctx)
+    add_top3(page, ctx)
+    md_path = page.write(ctx.out, f"Study report: {ctx.study.name}")
+    log(f"report: {md_path} (and report.html, {len(page.images())} figures)")
+    if mlflow:
+        log_to_mlflow(ctx)
+    return md_path
+
+
+def log_to_mlflow(ctx: Context) -> None:
+    """Copy the page and its figures to the study's MLflow parent run under `report/`; a
+    failure is said in the log (the files are on disk; MLflow holds a copy)."""
+    uri, run_id = ctx.study.info.get("tracking_uri"), ctx.study.info.get("parent_run_id")
+    if uri and run_id:
+        files = [p for p in sorted(ctx.out.iterdir()) if p.suffix in PAGE_FILES]
+        tracking.log_artifacts_safely(uri, run_id, files, REPORT_DIR, ctx.log)
+
+
+def write_report_safely(study_dir: str | Path, log: Log = print, **kwargs) -> Path | None:
+    """The end-of-study report: a failure is reported with its reason and traceback, never
+    raised (the study itself succeeded; `tune.py report` retries)."""
+    try:
+        return write_report(study_dir, log=log, **kwargs)
+    except Exception as err:  # any failure: the study's results stand; the log says why and how to retry
+        log(f"warning: the study report could not be written ({type(err).__name__}: {err}); retry with "
+            f"`tune.py report --study {study_dir}`\n" + "".join(traceback.format_exc(limit=3)))
+        return None
