@@ -20,7 +20,8 @@ from bmlr.tuning import cli
 from bmlr.tuning.compare import (ComparisonError, accuracy_table, arm_space, check_overrides, fusion_table,
                                  modality_table, overrides_for, run_key, untuned_config)
 from bmlr.tuning.recipes import RECIPES, TABLE1_METHODS, Arm, get_recipe
-from bmlr.tuning.search_space import (METHOD_READS, SearchSpaceError, load_search_space, parse_search_space)
+from bmlr.methods import METHOD_READS
+from bmlr.tuning.search_space import SearchSpaceError, load_search_space, parse_search_space
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # these tests use the default store in --storage

@@ -38,6 +38,8 @@ class Arm:
 
 @dataclass(frozen=True)
 class Recipe:
+    """One of the paper's tables: its rows, the reference row and how the tables show them."""
+
     name: str
     title: str
     paper: str  # what the paper reports in that table
@@ -55,10 +57,12 @@ TABLE2_PLAIN = "uniform_baseline"
 
 
 def method_arms(methods: list[str] | tuple[str, ...]) -> tuple[Arm, ...]:
+    """One row per method, labelled with its name."""
     return tuple(Arm(m, m) for m in methods)
 
 
 def fusion_arms(plain: str = TABLE2_PLAIN) -> tuple[Arm, ...]:
+    """Table II's rows: each fusion trained with `plain` and with BMLR ('<fusion>+bmlr')."""
     arms = []
     for fusion in FUSIONS:
         arms.append(Arm(f"{fusion}", plain, (("fusion", fusion),)))
@@ -92,6 +96,7 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in (
 
 
 def get_recipe(name: str) -> Recipe:
+    """The recipe `name` ('table3', 'Table-III', 'tableiii'...); KeyError names the choices."""
     key = name.lower().replace("_", "").replace("-", "")
     aliases = {"tablei": "table1", "tableii": "table2", "tableiii": "table3", "tableiv": "table4",
                "tablev": "table5", "table6": "table1", "tablevi": "table1"}
@@ -102,6 +107,7 @@ def get_recipe(name: str) -> Recipe:
 
 
 def describe_recipes() -> str:
+    """`recipe --list`: each recipe's name, title and rows."""
     lines = []
     for r in RECIPES.values():
         rows = ", ".join(a.label for a in r.arms)

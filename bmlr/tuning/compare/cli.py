@@ -1,0 +1,153 @@
+"""`bmlr-tune compare` and `bmlr-tune recipe`: the command lines of a comparison.
+
+    python tune.py compare --dataset cremad --data-root /data/CREMA-D \\
+        --methods baseline uniform_baseline bmlr ogm_ge dgl aug udi --samples 32
+    python tune.py compare --methods baseline bmlr ogm_ge --no-tune      # untuned defaults, all seeds
+    python tune.py recipe table5 --dataset avmnist --data-root ../shared/data --no-tune
+    python tune.py compare --resume --name compare-20250101-120000      # continue an interrupted one
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from bmlr.config import ConfigError
+from bmlr.fileio import atomic_write_text
+from bmlr.train import parse_overrides
+from bmlr.tuning.compare.runner import Comparison
+from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings
+from bmlr.tuning.options import (add_asha_options, add_data_options, add_ray_options, add_result_options,
+                                 add_set_option, add_verbose_option, command_parser, settings_from)
+from bmlr.tuning.recipes import TABLE1_METHODS, Arm, describe_recipes, get_recipe, method_arms
+from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
+from bmlr.tuning.store import StoreError
+from bmlr.tuning.study import StudyError
+
+__all__ = ["EXIT_ERROR", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "compare_parser", "recipe_parser", "main"]
+
+EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 2, 1, 130
+DEFAULT_SAMPLES = 16
+
+
+def add_comparison_options(p: argparse.ArgumentParser) -> None:
+    """The options `compare` and `recipe` share: data, the budget of every row, resources, results."""
+    g = p.add_argument_group("data and search space")
+    add_data_options(g)
+    add_set_option(g, "fix a configuration key for every row (repeatable; a searched key is then not searched); "
+                   "method_args.<name>=V reaches only the methods that take <name>, e.g. "
+                   "--set threads=1 --set model_width=8 --set method_args.anchor_epochs=4")
+    g = p.add_argument_group("budget (the same for every row)")
+    mode = g.add_mutually_exclusive_group()
+    mode.add_argument("--samples", type=int, default=None, help=f"trials per row (tuned; default {DEFAULT_SAMPLES})")
+    mode.add_argument("--no-tune", action="store_true", help="no search: each row trains the search space's fixed "
+                      "settings and defaults (the paper's and the methods' authors' values)")
+    add_asha_options(g)
+    g.add_argument("--seeds", type=int, nargs="+", help="production seeds of every row (default: the search "
+                   "space's fixed seeds, [0, 1, 2] as in the paper)")
+    g.add_argument("--epochs", type=int, help="production epochs (default: the search space's fixed epochs)")
+    g = p.add_argument_group("resources")
+    g.add_argument("--jobs", type=int, default=1, help="production trainings at once (1: in this process, "
+                   "more: `python -m bmlr.train` processes)")
+    add_ray_options(g)
+    g = p.add_argument_group("where results go")
+    add_result_options(g, storage_help="results folder; the comparison lives in <storage>/<dataset>/<name>/, its "
+                       "studies beside it",
+                       name_help="comparison name (default: <compare|recipe>-<tuned|untuned>-<timestamp>)",
+                       resume_help="continue the comparison --name (default: the latest of --dataset): finished "
+                       "studies and production runs are kept")
+    g.add_argument("--reuse", action="store_true", help="reuse finished production runs of identical "
+                   "configurations from other comparisons in --storage (e.g. Table V's baseline and bmlr rows "
+                   "from Table I's)")
+    g.add_argument("--reference", help="the 'before' row of the tables (default: baseline, else the first row)")
+    g.add_argument("-o", "--output", help="also write the Markdown tables to this file")
+    add_verbose_option(g)
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "bmlr-tune compare", "Compare balancing methods with the same search budget: one study per method (the "
+        "same trials, ASHA budget and seed), each method's winner trained with every production seed, and "
+        "Table I / Table III-style tables in Markdown and MLflow. See docs/comparisons.md.")
+    p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
+                   help="methods to compare (default: baseline uniform_baseline ogm_ge dgl aug udi bmlr)")
+    add_comparison_options(p)
+    return p
+
+
+def recipe_parser() -> argparse.ArgumentParser:
+    p = command_parser(
+        "bmlr-tune recipe", "Run one of the paper's experiments (one table) on any supported data set, tuned "
+        "(--samples N, the same budget per row) or untuned (--no-tune). `--list` shows them.")
+    p.add_argument("table", nargs="?", help="table1, table2, table3, table4 or table5 (table6 = table1)")
+    p.add_argument("--list", action="store_true", help="list the recipes and their rows")
+    add_comparison_options(p)
+    return p
+
+
+@dataclass
+class Rows:
+    """What a command compares: its rows and how the tables present them."""
+
+    arms: list[Arm]
+    kind: str
+    title: str
+    reference: str | None
+    notes: tuple[str, ...] = ()
+    layout: str = "methods"
+
+
+def recipe_rows(args: argparse.Namespace) -> Rows:
+    """The rows of recipe `args.table` (KeyError: no such recipe)."""
+    recipe = get_recipe(args.table)
+    return Rows(list(recipe.arms), f"recipe {recipe.name}", recipe.title, args.reference or recipe.reference,
+                recipe.notes, recipe.layout)
+
+
+def compare_rows(args: argparse.Namespace) -> Rows:
+    """One row per `--methods` entry (default: Table I's methods)."""
+    title = "Equal-budget comparison" if not args.no_tune else "Comparison at the untuned defaults"
+    return Rows(list(method_arms(args.methods or TABLE1_METHODS)), "compare", title, args.reference)
+
+
+def comparison_settings(args: argparse.Namespace, rows: Rows) -> ComparisonSettings:
+    """The settings of the comparison the options ask for (a resumed one reads its own)."""
+    overrides = parse_overrides(args.overrides)
+    search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
+    arms = [{"label": a.label, "method": a.method, "fixed": a.fixed_dict} for a in rows.arms]
+    return settings_from(ComparisonSettings, args, arms=arms, kind=rows.kind, search_space=search_space,
+                         tune=not args.no_tune, samples=args.samples or DEFAULT_SAMPLES, overrides=overrides,
+                         reference=rows.reference, layout=rows.layout)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`compare ...` or `recipe ...` (argv[0] names which)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv else "compare"
+    if command == "recipe":
+        args = recipe_parser().parse_args(argv[1:])
+        if args.list or not args.table:
+            print(describe_recipes())
+            return 0 if args.list else EXIT_ERROR
+        try:
+            rows = recipe_rows(args)
+        except KeyError as err:
+            print(f"error: {err.args[0]}", file=sys.stderr)
+            return EXIT_ERROR
+    else:
+        args = compare_parser().parse_args(argv[1:])
+        rows = compare_rows(args)
+    shown = " ".join(["python", "tune.py", *argv])
+    try:
+        comparison = Comparison(comparison_settings(args, rows), resume=args.resume, command=shown, title=rows.title,
+                                notes=rows.notes)
+        outcome = comparison.run(address=args.address, num_cpus=args.num_cpus, verbose=args.verbose)
+    except (ComparisonError, SearchSpaceError, ConfigError, StudyError, StoreError) as err:
+        # StudyError, StoreError: a row's study could not start
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    if args.output:
+        atomic_write_text(args.output, outcome.markdown)
+    if outcome.interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_PARTIAL if outcome.failed else 0

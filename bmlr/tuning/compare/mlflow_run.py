@@ -1,0 +1,136 @@
+"""A comparison in MLflow: one parent run (tag `bmlr.role=comparison`) in the studies'
+experiment; each row's study run nested under it (tags `comparison`, `arm`) with the row's
+production metrics (`production.test_acc`, ...), an untuned row a nested run of its own; the
+parent holds `<row>.acc` (mean), `<row>.acc_std`, per-modality accuracies and imbalance
+ratios, and the tables."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bmlr.tuning import tracking
+from bmlr.tuning.compare.identity import RESULTS_FILE
+from bmlr.tuning.compare.settings import ComparisonSettings, slug
+from bmlr.tuning.recipes import Arm
+from bmlr.tuning.search_space import SearchSpace, project_root
+from bmlr.tuning.store import StoreError, StudyStore
+
+__all__ = ["ComparisonRun"]
+
+BATCH = 500  # metrics per MLflow log_batch call (its limit is 1000)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value and abs(value) != float("inf")
+
+
+def _summary_metrics(summary: dict[str, dict[str, float]], prefix: str, short: bool) -> list:
+    """`<prefix><name>` (mean) and `<prefix><name>_std` of a run's summary, finite values only;
+    `short` drops the `test_` of the names."""
+    from mlflow.entities import Metric  # imported where used: importing mlflow takes seconds
+
+    now = int(time.time() * 1000)
+    return [Metric(f"{prefix}{name.removeprefix('test_') if short else name}{suffix}", float(value), now, 0)
+            for name, stats in summary.items()
+            for suffix, value in (("", stats["mean"]), ("_std", stats["std"])) if _finite(value)]
+
+
+@dataclass
+class ComparisonRun:
+    """The comparison's parent run in MLflow, and what is logged on it and under it."""
+
+    uri: str
+    experiment_id: str
+    run_id: str
+    name: str  # the comparison's name
+
+    @property
+    def client(self):
+        return tracking.client_for(self.uri)
+
+    @classmethod
+    def create(cls, uri: str, experiment_id: str, settings: ComparisonSettings, arms: list[Arm],
+               spaces: dict[str, SearchSpace], data_info: dict[str, Any], folder: Path) -> "ComparisonRun":
+        """A new parent run, tagged with the rows and parametrised with the budget."""
+        s = settings
+        tags = {"bmlr.role": "comparison", "comparison": s.name, "dataset": s.dataset, "kind": s.kind,
+                "tuned": str(s.tune).lower(), "arms": ", ".join(a.label for a in arms),
+                "methods": ", ".join(dict.fromkeys(a.method for a in arms)), "comparison_dir": str(folder),
+                "search_space": s.search_space}
+        commit = tracking.git_commit(project_root())
+        if commit:
+            tags["git_commit"] = commit
+        params = {"tuned": s.tune, "production_seeds": s.seeds or "search space", "data_sizes": data_info.get("sizes"),
+                  "overrides": s.overrides or "none", "reference": s.reference}
+        if s.tune:
+            params.update({"samples": s.samples, "max_epochs": s.max_epochs or "fixed epochs",
+                           "grace_period": s.grace_period, "reduction_factor": s.reduction_factor, "seed": s.seed,
+                           "searcher": "optuna-tpe", "scheduler": "asha"})
+            params.update({f"searched.{slug(label)}": ", ".join(sp.params) for label, sp in spaces.items()})
+        run_id = tracking.create_parent_run(uri, experiment_id, s.name, tags, params)
+        return cls(uri, experiment_id, run_id, s.name)
+
+    def reopen(self) -> None:
+        """A resumed comparison's run is running again."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    def fail(self) -> None:
+        self.client.set_terminated(self.run_id, "FAILED")
+
+    # --- studies -------------------------------------------------------------------------
+    def nest_study(self, study_dir: Path, label: str) -> None:
+        """Put a row's study run under the comparison run (and tag it with the row)."""
+        try:
+            run_id = StudyStore(study_dir).read_info()["parent_run_id"]
+        except (StoreError, KeyError):  # the study stopped before it had an MLflow run: nothing to tag
+            return
+        for key, value in (("mlflow.parentRunId", self.run_id), ("comparison", self.name),
+                           ("comparison_run_id", self.run_id), ("arm", label)):
+            self.client.set_tag(run_id, key, value)
+
+    def link_study(self, label: str, study_run_id: str) -> None:
+        self.client.set_tag(self.run_id, f"study.{slug(label)}", study_run_id)
+
+    # --- production ------------------------------------------------------------------------
+    def log_rows(self, rows: list[dict[str, Any]], files: list[Path], folders: list[Path],
+                 interrupted: bool) -> None:
+        """Each finished row's production metrics (on the parent and on the row's run), the
+        `files` and `folders` as artifacts, which rows failed, and the run's end."""
+        client = self.client
+        metrics = []
+        for row in rows:
+            res = row.get("results")
+            if res:
+                metrics += _summary_metrics(res["summary"], f"{slug(row['label'])}.", short=True)
+                self._log_row_run(client, row, res)
+        for i in range(0, len(metrics), BATCH):
+            client.log_batch(self.run_id, metrics=metrics[i:i + BATCH])
+        for path in files:
+            client.log_artifact(self.run_id, str(path))
+        for folder in folders:
+            if folder.is_dir():
+                client.log_artifacts(self.run_id, str(folder), folder.name)
+        failed = [r["label"] for r in rows if not r.get("results")]
+        client.set_tag(self.run_id, "arms.failed", ", ".join(failed) or "none")
+        trials = {r.get("trials") for r in rows if "trials" in r}
+        if trials:
+            client.set_tag(self.run_id, "equal_trials", str(len(trials) == 1).lower())
+        status = "KILLED" if interrupted else ("FAILED" if len(failed) == len(rows) else "FINISHED")
+        client.set_terminated(self.run_id, status)
+
+    def _log_row_run(self, client, row: dict[str, Any], res: dict) -> None:
+        """Production metrics on the row's study run (tuned) or on a nested run of its own (untuned)."""
+        run_id = row.get("study_run_id") or row.get("arm_run_id")
+        if run_id is None:
+            tags = {"mlflow.parentRunId": self.run_id, "bmlr.role": "production", "comparison": self.name,
+                    "arm": row["label"], "method": row["method"], "run_dir": row["run_dir"]}
+            run_id = client.create_run(self.experiment_id, run_name=f"{self.name}/{slug(row['label'])}",
+                                       tags=tags).info.run_id
+            tracking.log_params(client, run_id, res["config"])
+            row["arm_run_id"] = run_id
+        client.log_batch(run_id, metrics=_summary_metrics(res["summary"], "production.", short=False))
+        client.log_artifact(run_id, str(Path(row["run_dir"]) / RESULTS_FILE), "production")
+        if not row.get("study_run_id"):
+            client.set_terminated(run_id, "FINISHED")

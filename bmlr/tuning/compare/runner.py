@@ -1,0 +1,350 @@
+"""A comparison from start to end: plan (every check before anything runs), one study per
+tuned row, the production trainings, the tables; `comparison.json` records each step so
+`--resume` continues where it stopped.
+
+Folder `<storage>/<dataset>/<name>/`:
+
+    comparison.json     settings, arms, MLflow parent run id, per-arm outcome
+    spaces/<arm>.yaml   the search space each arm's study used (tuned)
+    configs/<arm>.yaml  the production configuration of each arm
+    runs/<arm>/         bmlr.train's run folder (results.json, seed<k>/model.pt)
+    logs/<arm>.log      its output
+    comparison.md       the tables
+
+The studies themselves are ordinary studies, `<storage>/<dataset>/<name>-<arm>/`.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from bmlr.config import Config, load_config
+from bmlr.fileio import abs_path, atomic_write_text, read_json, write_json
+from bmlr.tuning import tracking
+from bmlr.tuning.compare.identity import find_reusable, is_finished_run_of, load_results
+from bmlr.tuning.compare.mlflow_run import ComparisonRun
+from bmlr.tuning.compare.pool import Job, run_jobs
+from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings, slug
+from bmlr.tuning.compare.spaces import arm_space, check_overrides, production_settings, untuned_config
+from bmlr.tuning.compare.tables import render_markdown
+from bmlr.tuning.recipes import Arm
+from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, resolve_search_space
+from bmlr.tuning.selection import choose_best, score
+from bmlr.tuning.store import StudyStore
+from bmlr.tuning.study import StudyError, build_cache, ray_session, run_study
+
+__all__ = ["COMPARISON_FILE", "TABLE_FILE", "Comparison", "ComparisonOutcome", "find_comparison"]
+
+COMPARISON_FILE = "comparison.json"
+TABLE_FILE = "comparison.md"
+Row = dict[str, Any]
+
+
+@dataclass
+class ComparisonOutcome:
+    comparison_dir: Path
+    rows: list[Row]
+    markdown: str
+    parent_run_id: str
+    tracking_uri: str
+    interrupted: bool = False
+
+    @property
+    def failed(self) -> list[str]:
+        return [r["label"] for r in self.rows if not r.get("results")]
+
+
+def find_comparison(storage: Path, dataset: str, name: str | None) -> Path:
+    """The folder of comparison `name` under `<storage>/<dataset>`, else the latest there."""
+    base = storage / dataset
+    if name:
+        folder = base / name
+        if not (folder / COMPARISON_FILE).is_file():
+            raise ComparisonError(f"--resume: no comparison {name!r} in {base} ({folder / COMPARISON_FILE} not found)")
+        return folder
+    found = sorted(base.glob(f"*/{COMPARISON_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ComparisonError(f"--resume: no comparison in {base}; pass --name")
+    return found[-1].parent
+
+
+class Comparison:
+    """Plan (every check before anything runs), then studies, production runs, tables."""
+
+    def __init__(self, settings: ComparisonSettings, resume: bool = False, log: Callable[[str], None] = print,
+                 command: str = "", title: str = "", notes: tuple[str, ...] = ()):
+        self.log, self.command, self.title, self.notes, self.resume = log, command, title, notes, resume
+        storage = abs_path(settings.storage)
+        settings.storage = str(storage)
+        self.state: dict[str, Any] = {}
+        self.mlflow: ComparisonRun | None = None
+        if resume:
+            settings = self._restore(find_comparison(storage, settings.dataset, settings.name))
+        settings.check()
+        settings.fill_defaults()
+        self.settings = settings
+        self.dir = storage / settings.dataset / settings.name
+        if not resume and (self.dir / COMPARISON_FILE).exists():
+            raise ComparisonError(f"comparison {self.dir} exists; continue it with --resume --name {settings.name} "
+                                  f"or choose another --name")
+        self.arms = settings.arm_list()
+        self._plan()
+
+    def _restore(self, folder: Path) -> ComparisonSettings:
+        """The settings, command, title and notes of the comparison in `folder`."""
+        stored = read_json(folder / COMPARISON_FILE)
+        self.state = stored
+        self.command, self.title = stored.get("command", self.command), stored.get("title", self.title)
+        self.notes = tuple(stored.get("notes", self.notes))
+        self.log(f"resuming comparison {folder}")
+        return ComparisonSettings(**stored["settings"])
+
+    @property
+    def parent_run_id(self) -> str | None:
+        return self.mlflow.run_id if self.mlflow else self.state.get("parent_run_id")
+
+    # --- checks ---------------------------------------------------------------------------
+    def _plan(self) -> None:
+        s = self.settings
+        self.space = self._load_space()
+        if s.data_root:
+            root = abs_path(s.data_root)
+            if not root.is_dir():
+                raise ComparisonError(f"data root not found: {root} (--data-root)")
+            s.data_root = str(root)
+        if s.overrides.get("cache_dir"):
+            s.overrides["cache_dir"] = str(abs_path(s.overrides["cache_dir"]))
+        for key in check_overrides(self.arms, s.overrides):
+            self.log(f"note: --set {key}: no row of this comparison takes it (ignored)")
+        self.spaces: dict[str, SearchSpace] = {}
+        self.base_configs: dict[str, Config] = {}
+        for arm in self.arms:
+            cfg = untuned_config(self.space, arm, s.dataset, s.data_root, s.overrides)  # checks every row
+            self.base_configs[arm.label] = cfg
+            if s.tune:
+                self.spaces[arm.label] = arm_space(self.space, arm, s.overrides)
+        self.tracking_uri = s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
+            tracking.default_tracking_uri(Path(s.storage))
+        s.tracking_uri = self.tracking_uri
+        s.experiment = s.experiment or f"bmlr-tune-{s.dataset}"
+        try:
+            tracking.check_reachable(self.tracking_uri)
+            self.experiment_id = tracking.get_or_create_experiment(self.tracking_uri, s.experiment)
+        except tracking.TrackingError as err:
+            raise ComparisonError(str(err)) from None
+
+    def _load_space(self) -> SearchSpace:
+        """The comparison's search space (default: the data set's), for this data set."""
+        s = self.settings
+        if not s.search_space:
+            s.search_space = str(resolve_search_space(None, s.dataset))
+        space = load_search_space(s.search_space)
+        s.search_space = str(abs_path(s.search_space))
+        if "dataset" in space.fixed and space.fixed["dataset"] != s.dataset:
+            raise SearchSpaceError(f"{space.source}: fixed.dataset: {space.fixed['dataset']!r} does not "
+                                   f"match --dataset {s.dataset!r}")
+        return space
+
+    def prepare_data(self) -> dict[str, Any]:
+        """Build the data cache once before anything trains (and fail early if it cannot be)."""
+        try:
+            return build_cache(next(iter(self.base_configs.values())), self.log)
+        except StudyError as err:
+            raise ComparisonError(str(err)) from None
+
+    # --- comparison.json and MLflow -------------------------------------------------------------
+    def start_tracking(self, data_info: dict[str, Any]) -> None:
+        """The comparison's MLflow run: a resumed comparison's again, else a new one."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.state.get("parent_run_id"):
+            self.mlflow = ComparisonRun(self.tracking_uri, self.experiment_id, self.state["parent_run_id"],
+                                        self.settings.name)
+            self.mlflow.reopen()
+            return
+        self.mlflow = ComparisonRun.create(self.tracking_uri, self.experiment_id, self.settings, self.arms,
+                                           self.spaces, data_info, self.dir)
+        self.save()
+
+    def save(self, rows: list[Row] | None = None) -> None:
+        data = {"settings": asdict(self.settings), "parent_run_id": self.parent_run_id,
+                "tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id, "command": self.command,
+                "title": self.title, "notes": list(self.notes), "created": self.state.get("created") or
+                time.strftime("%Y-%m-%d %H:%M:%S")}
+        data["rows"] = [{k: v for k, v in r.items() if k != "results"} for r in (rows or self.state.get("rows", []))]
+        self.state = data
+        write_json(self.dir / COMPARISON_FILE, data)
+
+    # --- tuning -----------------------------------------------------------------------------
+    def study_dir(self, arm: Arm) -> Path:
+        return Path(self.settings.storage) / self.settings.dataset / f"{self.settings.name}-{slug(arm.label)}"
+
+    def tune(self, arm: Arm, address: str | None, num_cpus: int | None, verbose: int) -> Row:
+        """One study for `arm` (or the finished one of an earlier run of this comparison)."""
+        store = StudyStore(self.study_dir(arm))
+        finished = store.best_path.is_file() and store.is_finished() and \
+            len(store.read_rows()) >= self.settings.samples
+        if finished:
+            self.log(f"[{arm.label}] study {store.dir} already finished")
+        else:
+            self._run_study(arm, store, address, num_cpus, verbose)
+        row = self._study_row(arm, store)
+        if row["study_run_id"]:
+            self.mlflow.link_study(arm.label, row["study_run_id"])
+        return row
+
+    def _run_study(self, arm: Arm, store: StudyStore, address: str | None, num_cpus: int | None,
+                   verbose: int) -> None:
+        """Run (or resume) the study of `arm` on its search space (handed over as an object; the
+        comparison keeps a copy in `spaces/<arm>.yaml`, logged with its tables)."""
+        space_file = self.dir / "spaces" / f"{slug(arm.label)}.yaml"
+        resume = store.exists()
+        if not resume:
+            atomic_write_text(space_file, self.spaces[arm.label].text)
+        self.log(f"\n=== [{arm.label}] {'resuming' if resume else 'tuning'} method {arm.method}: "
+                 f"{', '.join(self.spaces[arm.label].params)} ({self.settings.samples} trials) ===")
+        settings = self.settings.study_settings(arm, space_file, store.dir, self.parent_run_id)
+        try:
+            outcome = run_study(settings, resume=resume, address=address, num_cpus=num_cpus, verbose=verbose,
+                                top=3, log=self.log, space=self.spaces[arm.label])
+        finally:
+            self.mlflow.nest_study(store.dir, arm.label)
+        if outcome.interrupted:
+            raise KeyboardInterrupt
+
+    def _study_row(self, arm: Arm, store: StudyStore) -> Row:
+        """What the comparison keeps of a row's finished study: its run, trials, best score."""
+        # a study stopped before it wrote its trials table has no trials
+        trials = store.read_rows() if store.is_finished() else []
+        best = choose_best(trials)
+        row: Row = {"label": arm.label, "method": arm.method, "study_dir": str(store.dir),
+                    "study_run_id": store.read_info().get("parent_run_id"), "trials": len(trials),
+                    "epochs_searched": sum(int(t.get("epochs") or 0) for t in trials),
+                    "trial_status": {st: sum(t["status"] == st for t in trials)
+                                     for st in sorted({t["status"] for t in trials})},
+                    "best_val_acc": score(best) if best else None,
+                    "best_yaml": str(store.best_path) if store.best_path.is_file() else None}
+        if row["trials"] != self.settings.samples:
+            self.log(f"warning: [{arm.label}] ran {row['trials']} trials, not {self.settings.samples}")
+        return row
+
+    # --- production -----------------------------------------------------------------------
+    def production_config(self, arm: Arm, row: Row) -> Config | None:
+        """The row's winner (tuned) or its untuned configuration, with the production seeds
+        and epochs; None where its study has no winner."""
+        if self.settings.tune:
+            if not row.get("best_yaml"):
+                return None
+            cfg = load_config(row["best_yaml"])
+        else:
+            cfg = self.base_configs[arm.label]
+        return production_settings(cfg, self.settings, self.dir / "runs" / slug(arm.label))
+
+    def train_all(self, jobs: list[tuple[Arm, Config]], rows: dict[str, Row]) -> None:
+        """`bmlr.train` for each job: in this process with `--jobs 1`, else `python -m bmlr.train`
+        processes, `--jobs` at a time. Finished runs are reused."""
+        (self.dir / "configs").mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(parents=True, exist_ok=True)
+        queue = [job for job in (self._job(arm, cfg, rows[arm.label]) for arm, cfg in jobs) if job is not None]
+
+        def done(job: Job, error: str | None) -> None:
+            if error is None:
+                rows[job.label]["run_dir"] = str(job.run_dir)
+            else:
+                rows[job.label]["error"] = error
+
+        run_jobs(queue, self.settings.jobs, self.log, done)
+
+    def _job(self, arm: Arm, cfg: Config, row: Row) -> Job | None:
+        """The training of a row, or None where a finished run of its configuration exists
+        (this comparison's, or with --reuse another's)."""
+        job = Job(arm.label, cfg, self.dir / "configs" / f"{slug(arm.label)}.yaml",
+                  self.dir / "logs" / f"{slug(arm.label)}.log")
+        row["config"] = str(job.config_path)
+        cfg.to_yaml(row["config"])
+        if is_finished_run_of(load_results(job.run_dir), cfg):
+            self.log(f"[{arm.label}] production run {job.run_dir} already finished")
+            row["run_dir"] = str(job.run_dir)
+            return None
+        if self.settings.reuse:
+            other = find_reusable(cfg, Path(self.settings.storage) / self.settings.dataset, exclude=self.dir)
+            if other is not None:
+                self.log(f"[{arm.label}] reusing the finished run {other} (same configuration)")
+                row["run_dir"] = str(other)
+                row["reused"] = True
+                return None
+        if job.run_dir.exists():  # an unfinished run of this comparison: start it again
+            shutil.rmtree(job.run_dir)
+        return job
+
+    # --- reporting -------------------------------------------------------------------------
+    def report(self, rows: list[Row], interrupted: bool) -> str:
+        """comparison.md, comparison.json and the MLflow run from the rows' results."""
+        for row in rows:
+            row["results"] = load_results(row["run_dir"]) if row.get("run_dir") else None
+        markdown = render_markdown(self.title or f"Comparison {self.settings.name}", rows, self.settings,
+                                   self.command, self.notes)
+        atomic_write_text(self.dir / TABLE_FILE, markdown)
+        self.save(rows)
+        self.mlflow.log_rows(rows, [self.dir / TABLE_FILE, self.dir / COMPARISON_FILE],
+                             [self.dir / "spaces", self.dir / "configs"], interrupted)
+        return markdown
+
+    # --- everything ---------------------------------------------------------------------------
+    def run(self, address: str | None = None, num_cpus: int | None = None, verbose: int = 1) -> ComparisonOutcome:
+        s = self.settings
+        self.start_tracking(self.prepare_data())
+        self.log(self._describe())
+        rows = {a.label: {"label": a.label, "method": a.method, "fixed": a.fixed_dict} for a in self.arms}
+        for old in self.state.get("rows", []):  # a resumed comparison keeps its arms' MLflow runs
+            if old.get("label") in rows and old.get("arm_run_id"):
+                rows[old["label"]]["arm_run_id"] = old["arm_run_id"]
+        interrupted = False
+        try:
+            if s.tune:
+                self._tune_all(rows, address, num_cpus, verbose)
+            self._produce(rows)
+        except KeyboardInterrupt:
+            interrupted = True
+        except BaseException:
+            self.mlflow.fail()
+            self.save(list(rows.values()))
+            raise
+        markdown = self.report(list(rows.values()), interrupted)
+        self.log("\n" + markdown + f"\nwritten: {self.dir / TABLE_FILE}\nMLflow: {self.tracking_uri} experiment "
+                 f"{s.experiment!r} comparison run {self.parent_run_id}")
+        if interrupted:
+            self.log(f"interrupted; continue with: python tune.py {'compare' if s.kind == 'compare' else 'recipe'} "
+                     f"--resume --dataset {s.dataset} --storage {s.storage} --name {s.name}")
+        return ComparisonOutcome(self.dir, list(rows.values()), markdown, self.parent_run_id, self.tracking_uri,
+                                 interrupted)
+
+    def _describe(self) -> str:
+        s = self.settings
+        budget = (f"{s.samples} trials per row, at most {s.max_epochs or 'the fixed'} epochs each (ASHA grace "
+                  f"{s.grace_period}, reduction {s.reduction_factor}), seed {s.seed}" if s.tune else
+                  "untuned (search space defaults)")
+        return (f"comparison {self.dir}\n  rows: {', '.join(a.label for a in self.arms)}\n  {budget}"
+                f"\n  MLflow: {self.tracking_uri} experiment {s.experiment!r} parent run {self.parent_run_id}")
+
+    def _tune_all(self, rows: dict[str, Row], address: str | None, num_cpus: int | None, verbose: int) -> None:
+        """Every row's study, in one Ray instance (started here unless one is running)."""
+        with ray_session(address, num_cpus, verbose):
+            for arm in self.arms:
+                rows[arm.label].update(self.tune(arm, address, num_cpus, verbose))
+                self.save(list(rows.values()))
+
+    def _produce(self, rows: dict[str, Row]) -> None:
+        """Every row with a configuration trained with every production seed."""
+        jobs = []
+        for arm in self.arms:
+            cfg = self.production_config(arm, rows[arm.label])
+            if cfg is None:
+                rows[arm.label]["error"] = "no trial of its study succeeded"
+                continue
+            jobs.append((arm, cfg))
+        self.log(f"\n=== production: {len(jobs)} rows, {self.settings.jobs} at a time ===")
+        self.train_all(jobs, rows)

@@ -1,0 +1,98 @@
+"""What defines a comparison (`ComparisonSettings`), its checks, and the study settings of
+one tuned row derived from it."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bmlr.fileio import timestamp
+from bmlr.tuning.options import settings_from
+from bmlr.tuning.recipes import Arm
+from bmlr.tuning.study import StudySettings
+
+__all__ = ["ComparisonError", "ComparisonSettings", "slug"]
+
+# ComparisonSettings fields a row's study does not take over: a comparison's kind and `--set`
+# values are not a study's (the values are already fixed in the row's search space)
+NOT_FOR_STUDIES = ("kind", "overrides", "name")
+
+
+class ComparisonError(RuntimeError):
+    """The comparison cannot start or continue; the message says why."""
+
+
+def slug(label: str) -> str:
+    """A label as a file, study and MLflow key name ('concat+bmlr' -> 'concat-bmlr')."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-") or "arm"
+
+
+@dataclass
+class ComparisonSettings:
+    """Everything that defines a comparison; stored in comparison.json and reused by --resume."""
+
+    dataset: str = "synthetic"
+    arms: list[dict[str, Any]] = field(default_factory=list)  # Arm as {label, method, fixed}
+    kind: str = "compare"  # "compare" or "recipe <name>"
+    search_space: str = ""  # absolute path
+    data_root: str | None = None
+    tune: bool = True
+    samples: int = 16
+    max_epochs: int | None = None
+    grace_period: int = 1
+    reduction_factor: int = 3
+    seed: int = 0
+    max_failures: int = 0
+    seeds: list[int] | None = None  # production seeds (None: the search space's)
+    epochs: int | None = None  # production epochs (None: the search space's)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    concurrent: int | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | None = None  # None: one GPU per trial where the cluster has GPUs
+    jobs: int = 1
+    storage: str = "tune_runs"
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    name: str | None = None
+    reference: str | None = None  # label of the "before" row (default: baseline, else the first arm)
+    layout: str = "methods"
+    reuse: bool = False  # reuse finished production runs of identical configurations in --storage
+
+    def arm_list(self) -> list[Arm]:
+        return [Arm(a["label"], a["method"], tuple((k, v) for k, v in a.get("fixed", {}).items()))
+                for a in self.arms]
+
+    def check(self) -> None:
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ComparisonError(message)
+
+        need(bool(self.arms), "nothing to compare: give --methods (or a recipe)")
+        labels = [a["label"] for a in self.arms]
+        need(len(set(labels)) == len(labels), f"each method (row) can be compared once, got {labels}")
+        need(self.samples >= 1, f"--samples must be >= 1, got {self.samples}")
+        need(self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}")
+        need(self.seeds is None or (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)),
+             f"--seeds must be distinct integers, got {self.seeds}")
+        need(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        need(self.reference is None or self.reference in labels,
+             f"--reference {self.reference!r} is not one of the rows {labels}")
+        for key in self.overrides:
+            need(key not in ("dataset", "data_root", "method", "seeds"),
+                 f"--set {key}=...: use --{key.replace('_', '-')}{' / --methods' if key == 'method' else ''}")
+
+    def fill_defaults(self) -> None:
+        """The name (`<compare|recipe-name>-<tuned|untuned>-<timestamp>`) and the reference row
+        (baseline, else the first row) where none was given."""
+        kind = "compare" if self.kind == "compare" else slug(self.kind)
+        self.name = self.name or f"{kind}-{'tuned' if self.tune else 'untuned'}-{timestamp()}"
+        if self.reference is None:
+            labels = [a["label"] for a in self.arms]
+            self.reference = "baseline" if "baseline" in labels else labels[0]
+
+    def study_settings(self, arm: Arm, space_file: Path, folder: Path, outer_run_id: str | None) -> StudySettings:
+        """The study of tuned row `arm`: this comparison's budget, resources and tracking, the
+        row's method and search space (`space_file`), in `folder`, nested under `outer_run_id`."""
+        return settings_from(StudySettings, self, skip=NOT_FOR_STUDIES, search_space=str(space_file),
+                             method=arm.method, name=folder.name, outer_run_id=outer_run_id)

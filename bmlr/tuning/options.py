@@ -1,0 +1,105 @@
+"""The command-line pieces every `bmlr-tune` command shares, declared once.
+
+A study (`bmlr-tune`), a surface (`bmlr-tune surface`) and a comparison (`bmlr-tune compare`,
+`bmlr-tune recipe`) take the same data, search-budget, Ray and result options; each parser
+composes the groups below and adds its own. :func:`settings_from` turns parsed options (or
+another settings object) into a settings dataclass field by field, so no command lists the
+fields again.
+
+This module imports nothing from `bmlr.tuning`: the command modules import it.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Any, TypeVar
+
+__all__ = ["HelpFormatter", "DATASETS", "command_parser", "add_data_options", "add_set_option", "add_asha_options",
+           "add_ray_options", "add_max_failures_option", "add_result_options", "add_verbose_option",
+           "settings_from"]
+
+DATASETS = "synthetic, cremad, ks, ave, avmnist, mosi, mosei"
+Settings = TypeVar("Settings")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows a default only where the help text does not already explain it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" not in text and action.default not in (None, [], False, argparse.SUPPRESS):
+            text += f" (default: {action.default})"
+        return text
+
+
+def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The parser of one `bmlr-tune` command, with :class:`HelpFormatter`."""
+    return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
+
+
+def add_data_options(group, data_root_help: str = "", search_space_help: str = "") -> None:
+    """`--dataset`, `--data-root`, `--search-space`."""
+    group.add_argument("--dataset", default="synthetic", help=f"data set ({DATASETS})")
+    group.add_argument("--data-root", help=data_root_help or "the data set's folder (default: the generated "
+                       "synthetic data set)")
+    group.add_argument("--search-space", help=search_space_help or "search-space YAML (default: "
+                       "search_spaces/<dataset>.yaml, looked up in the current folder, then in the project)")
+
+
+def add_set_option(group, help_text: str) -> None:
+    """`--set KEY=VALUE` (repeatable) into `overrides`, parsed by `bmlr.train.parse_overrides`."""
+    group.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help_text)
+
+
+def add_asha_options(group) -> None:
+    """The search budget besides the number of trials: ASHA's bounds, the seed, retries."""
+    group.add_argument("--max-epochs", type=int, help="epochs a trial trains at most (ASHA's max_t; default: the "
+                       "search space's fixed epochs). The exported YAML keeps the full fixed epochs")
+    group.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped (on "
+                       "small data sets, where an epoch is a few dozen optimizer steps, 2-4 measured better; "
+                       "docs/performance.md)")
+    group.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/factor of trials per rung")
+    group.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
+    add_max_failures_option(group)
+
+
+def add_max_failures_option(group) -> None:
+    group.add_argument("--max-failures", type=int, default=0,
+                       help="retries of a failed trial (from its last finished epoch) before it counts as failed")
+
+
+def add_ray_options(group) -> None:
+    """Trials at once, resources per trial, the Ray cluster."""
+    group.add_argument("--concurrent", type=int, help="trials at once within a study (default: as many as the "
+                       "resources allow)")
+    group.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs (and torch threads) per trial")
+    group.add_argument("--gpus-per-trial", type=float,
+                       help="GPUs per trial; fractional values share a GPU, e.g. 0.25 (default: 1 where the "
+                       "cluster has GPUs, else 0)")
+    group.add_argument("--address", help="an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: start a "
+                       "local one")
+    group.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+
+
+def add_result_options(group, storage_help: str, name_help: str, resume_help: str) -> None:
+    """Where results go: the storage folder, MLflow, the name, `--resume`."""
+    group.add_argument("--storage", default="tune_runs", help=storage_help)
+    group.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                       "sqlite:////<abs storage>/mlflow.db)")
+    group.add_argument("--experiment", help="MLflow experiment (default: bmlr-tune-<dataset>)")
+    group.add_argument("--name", help=name_help)
+    group.add_argument("--resume", action="store_true", help=resume_help)
+
+
+def add_verbose_option(group) -> None:
+    group.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
+                       help="0: summaries only, 1: Ray Tune's progress table, 2: also Ray's logs and trial output")
+
+
+def settings_from(cls: type[Settings], source: Any, skip: tuple[str, ...] = (), **values: Any) -> Settings:
+    """A `cls` (a settings dataclass) whose fields take `values`, else the attribute of the same
+    name of `source` (parsed options or another settings object) where it has one, else their
+    defaults; `skip` names fields never taken from `source`."""
+    taken = {f.name: getattr(source, f.name) for f in fields(cls)
+             if f.init and f.name not in skip and f.name not in values and hasattr(source, f.name)}
+    return cls(**taken, **values)
