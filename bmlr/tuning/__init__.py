@@ -15,7 +15,8 @@ higher ones:
 * `export`       - a trial's configuration -> a production YAML for `bmlr.train`;
 * `surface`, `plots` - alpha x beta grids and surfaces of scattered trials, the figures;
 * `report`       - the study report (best trials, importances, surface, Figures 6, 3a, 4);
-* `study`        - run (or resume) a study: checks, Ray, Tuner, export, summary;
+* `plan`, `results`, `study` - a study's settings and checks; its trial rows, winner, export
+  and summary; running (or resuming) it: data cache, MLflow parent run, Ray, the tuner;
 * `surface_study`, `staged` - the surface as a study; beta (with lr, fusion) first, then alpha;
 * `recipes`, `compare` - the paper's tables as recipes; equal-budget comparisons of methods;
 * `cli`          - `bmlr-tune` / `python tune.py` (on top: imported by nothing here).
