@@ -53,7 +53,7 @@ def seed_everything(seed: int) -> None:
 
 def encoder_spec(cfg: Config, kind: str, shape: tuple) -> tuple[str, dict]:
     """Which encoder reads which kind of input (the paper: ResNet-18 for spectrograms
-    and frames, a Transformer for sequence features)."""
+    and frames, a Transformer for sequence features; an MLP for feature vectors)."""
     blocks = (cfg.model_depth,) * 4
     if kind == "spectrogram":
         return "resnet_audio", {"in_channels": shape[0], "base_width": cfg.model_width, "blocks": blocks}
@@ -62,6 +62,8 @@ def encoder_spec(cfg: Config, kind: str, shape: tuple) -> tuple[str, dict]:
     if kind == "sequence":
         return "transformer", {"d_in": shape[-1], "d_model": cfg.model_width, "layers": cfg.model_depth,
                                "max_len": max(shape[0], 1)}
+    if kind == "vector":
+        return "mlp", {"d_in": shape[-1], "hidden": cfg.model_width, "layers": cfg.model_depth}
     raise ValueError(f"no encoder for input kind {kind!r}")
 
 

@@ -99,7 +99,7 @@ def test_resnet_rejects_bad_input():
 
 # ----------------------------------------------------------------------------- encoders
 def test_registries_list_expected_names():
-    assert ENCODERS.names() == ["resnet_audio", "resnet_visual", "transformer"]
+    assert ENCODERS.names() == ["mlp", "resnet_audio", "resnet_visual", "transformer"]
     assert FUSIONS.names() == sorted(ALL_FUSIONS)
 
 

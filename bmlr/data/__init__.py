@@ -7,6 +7,7 @@ other one way: ``types`` (errors and records) <- ``audio``, ``frames``, ``jobs``
 from __future__ import annotations
 
 from . import ave, avmnist, cremad, ks, mosi, synthetic  # noqa: F401  (registration on import)
+from . import manifest  # noqa: F401  (registration on import: dataset 'manifest')
 from .audio import SpectrogramParams, compute_spectrogram, expected_shape
 from .base import AudioVisualDataset, read_split_csv, stratified_split
 from .cache import SpectrogramStore, cache_root, params_key

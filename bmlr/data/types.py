@@ -34,6 +34,7 @@ INPUT_KINDS = {
     "spectrogram": "(1, F, T): log-magnitude STFT",
     "frames": "(T_frames, 3, H, W): ImageNet-normalised RGB frames",
     "sequence": "(L, D): feature sequence",
+    "vector": "(D,): feature vector",
 }
 
 

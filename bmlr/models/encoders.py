@@ -11,6 +11,8 @@ explicit constructor keyword arguments, so a config can build one with
 * ``transformer`` (MOSI/MOSEI, Section IV-A2): sequence ``[B, L, D_in]`` -> Linear to
   ``d_model`` + learned positional embedding -> pre-norm ``nn.TransformerEncoder``
   (``batch_first=True, norm_first=True``) with a final LayerNorm -> mean over ``L``.
+* ``mlp`` (feature vectors, e.g. precomputed embeddings): ``[B, D_in]`` -> ``layers`` x
+  (Linear -> LayerNorm -> ReLU -> Dropout) of width ``hidden`` -> ``[B, hidden]``.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from bmlr.registry import Registry
 
 from .resnet import ResNet18
 
-__all__ = ["ENCODERS", "ResNetAudioEncoder", "ResNetVisualEncoder", "TransformerEncoder"]
+__all__ = ["ENCODERS", "ResNetAudioEncoder", "ResNetVisualEncoder", "TransformerEncoder", "MLPEncoder"]
 
 ENCODERS: Registry[type[nn.Module]] = Registry("encoder")
 
@@ -125,3 +127,25 @@ class TransformerEncoder(nn.Module):
         h = self.input_proj(x) + self.pos_embedding[:, :length]
         h = self.encoder(self.dropout(h))
         return h.mean(dim=1)
+
+
+@ENCODERS.register("mlp")
+class MLPEncoder(nn.Module):
+    """``[B, d_in]`` -> ``[B, hidden]``: ``layers`` blocks of Linear -> LayerNorm -> ReLU -> Dropout
+    (feature vectors: CLIP / wav2vec embeddings, sensor vectors)."""
+
+    def __init__(self, d_in: int, hidden: int = 64, layers: int = 2, dropout: float = 0.1):
+        super().__init__()
+        if layers < 1:
+            raise ValueError(f"layers must be >= 1, got {layers}")
+        self.d_in, self.out_dim = int(d_in), int(hidden)
+        blocks: list[nn.Module] = []
+        for i in range(int(layers)):
+            blocks += [nn.Linear(d_in if i == 0 else hidden, hidden), nn.LayerNorm(hidden), nn.ReLU(),
+                       nn.Dropout(dropout)]
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 2 or x.shape[-1] != self.d_in:
+            raise ValueError(f"mlp expects [B, {self.d_in}], got {tuple(x.shape)}")
+        return self.net(x)
