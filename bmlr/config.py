@@ -121,6 +121,9 @@ def _coerce(source: str, key: str, value: Any, default: Any) -> Any:
             return None
         if not isinstance(value, str):
             raise _fail(source, key, value, "a string or null")
+        if key == "name" and ("/" in value or "\\" in value or value in ("", ".", "..")):
+            raise _fail(source, key, value, "a plain folder name (no '/', '\\', '.' or '..'): the run "
+                        "folder inside output_dir")
         return value
     if key == "adam_betas":
         if not isinstance(value, (list, tuple)) or len(value) != 2:
@@ -214,9 +217,12 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if data is None:  # an empty file (or comments only) would silently mean "all defaults"
+        raise ConfigError(f"{path}: the configuration file is empty; give at least the keys that differ from "
+                          f"the defaults (e.g. dataset, data_root, epochs)")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level")
     return from_dict({**data, **(overrides or {})}, source=str(path))

@@ -3,16 +3,22 @@
 For every seed in the config: train for `epochs`, keep the epoch with the best
 validation multimodal accuracy, then evaluate the test split once with that
 model. Writes `<output_dir>/<name>/results.json` (updated after every seed, so
-nothing finished is lost if a later seed fails) and `seed<k>/model.pt`, and
-prints the mean and standard deviation over seeds.
+nothing finished is lost if a later seed fails; `"complete": false` until every
+seed has finished) and `seed<k>/model.pt`, and prints the mean and standard
+deviation over seeds. The run folder is created once the configuration and the
+data have been checked. Ctrl-C or SIGTERM ends the run with one line saying what
+`results.json` keeps, exit status 130; bad input: `error: ...`, exit status 2.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import yaml
@@ -87,22 +93,71 @@ def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool) -> d
             "seconds": time.time() - start, "history": history}
 
 
-def train(cfg: Config, progress: bool = True) -> dict:
+def make_run_dir(cfg: Config) -> Path:
+    """Create the run's folder (see :func:`run_dir_for`); ConfigError naming `output_dir` where
+    it cannot be created (a read-only mount, a path under a file)."""
     run_dir = run_dir_for(cfg)
-    run_dir.mkdir(parents=True)
-    cfg.to_yaml(run_dir / "config.yaml")
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as err:
+        raise ConfigError(f"cannot create the run folder {run_dir} (output_dir {cfg.output_dir!r}): "
+                          f"{err.strerror or type(err).__name__}") from None
+    return run_dir
+
+
+class TrainingInterrupted(Exception):
+    """Ctrl-C or SIGTERM during training; the message says what `results.json` keeps."""
+
+
+def train(cfg: Config, progress: bool = True) -> dict:
+    """Train every seed of `cfg`. The run folder is created only once the device and the data
+    are ready (a bad data root leaves no folder). `results.json` is written at the start and
+    after every seed, with `"complete": false` until every seed has finished."""
     device = resolve_device(cfg.device)
     data = build_datasets(cfg)  # once: the data do not depend on the training seed
+    run_dir = make_run_dir(cfg)
+    cfg.to_yaml(run_dir / "config.yaml")
     print(f"run: {run_dir}\ndevice: {device}\ndata: {cfg.dataset} {data.info} "
           f"modalities {list(data.modalities)} classes {data.num_classes}", flush=True)
     results = {"config": cfg.to_dict(), "method_args": resolved_method_args(cfg.method, cfg.method_args),
-               "run_dir": str(run_dir), "seeds": []}
-    for seed in cfg.seeds:
-        results["seeds"].append(train_seed(cfg, seed, data, run_dir, progress))
-        results["summary"] = summarize(results["seeds"])
-        write_json(run_dir / "results.json", results)
+               "run_dir": str(run_dir), "complete": False, "seeds_planned": list(cfg.seeds), "seeds": []}
+    write_json(run_dir / "results.json", results)
+    try:
+        for seed in cfg.seeds:
+            results["seeds"].append(train_seed(cfg, seed, data, run_dir, progress))
+            results["summary"] = summarize(results["seeds"])
+            results["complete"] = len(results["seeds"]) == len(cfg.seeds)
+            write_json(run_dir / "results.json", results)
+    except KeyboardInterrupt:
+        done = [r["seed"] for r in results["seeds"]]
+        raise TrainingInterrupted(f"{run_dir / 'results.json'} keeps the finished seeds {done} of "
+                                  f"{list(cfg.seeds)}, marked \"complete\": false") from None
     print(format_summary(results))
     return results
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """Within the block, SIGTERM (what `timeout`, schedulers and Kubernetes send) is handled
+    like Ctrl-C: by the SIGINT handler in place when it arrives (Ray Tune's graceful stop
+    during a tuner's run, else Python's KeyboardInterrupt). The previous SIGTERM handler is
+    restored after. Off the main thread (where signals cannot be caught) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _sigterm_like_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _sigterm_like_sigint(signum, frame) -> None:
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:  # SIGINT ignored or not handled from Python (a background job of a script): still stop
+        raise KeyboardInterrupt
 
 
 def format_summary(results: dict) -> str:
@@ -121,10 +176,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
     args = parser.parse_args(argv)
     try:
-        train(run_config(args.config, args.overrides), progress=not args.no_progress)
+        with sigterm_as_ctrl_c():
+            train(run_config(args.config, args.overrides), progress=not args.no_progress)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as err:
+        print(f"interrupted: {err}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted before training started; nothing was written", file=sys.stderr)
+        return 130
     return 0
 
 

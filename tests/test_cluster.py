@@ -189,5 +189,5 @@ def test_cluster_launcher_config_is_valid_for_ray_up():
     assert "/shared" in setup and "BMLR_CACHE=/shared/cache" in setup
     start = " ".join(raw["head_start_ray_commands"])
     assert "ray start --head --port=6379" in start
-    assert "mlflow server --host 0.0.0.0 --port 5000" in start and "sqlite:////shared/mlflow/mlflow.db" in start
+    assert "mlflow server --host 127.0.0.1 --port 5000" in start and "sqlite:////shared/mlflow/mlflow.db" in start
     assert "$RAY_HEAD_IP:6379" in " ".join(raw["worker_start_ray_commands"])

@@ -55,7 +55,8 @@ def load_waveform(wav_path: str | os.PathLike, params: SpectrogramParams) -> np.
             warnings.simplefilter("ignore")  # librosa's audioread fallback warning; we re-raise below
             y, _ = librosa.load(path, sr=params.sample_rate, mono=True)
     except Exception as e:  # soundfile/audioread raise many types for a corrupt file
-        raise DataError(f"cannot read audio file {path}: {type(e).__name__}: {e}") from None
+        reason = str(e).strip() or "not a readable audio file"  # audioread's NoBackendError says nothing
+        raise DataError(f"cannot read audio file {path}: {reason} ({type(e).__name__})") from None
     if y.size == 0:
         raise DataError(f"audio file {path} has no samples")
     if not np.all(np.isfinite(y)):

@@ -22,13 +22,14 @@ import sys
 from pathlib import Path
 
 from bmlr.config import ConfigError
-from bmlr.train import parse_overrides
+from bmlr.train import parse_overrides, sigterm_as_ctrl_c
 from bmlr.tuning import tracking
 from bmlr.tuning.compare.cli import main as compare_main
 from bmlr.tuning.export import ExportError, export_run
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_max_failures_option,
                                  add_ray_options, add_result_options, add_set_option, add_verbose_option,
                                  command_parser, settings_from)
+from bmlr.tuning.ray_backend import RayStartError
 from bmlr.tuning.report import ReportError, write_report
 from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
 from bmlr.tuning.staged import run_staged
@@ -43,7 +44,34 @@ __all__ = ["EXIT_ERROR", "EXIT_NO_RESULT", "EXIT_INTERRUPTED", "study_parser", "
 EXIT_ERROR = 2
 EXIT_NO_RESULT = 1
 EXIT_INTERRUPTED = 130
-START_ERRORS = (SearchSpaceError, ConfigError, StudyError, StoreError)  # a study that cannot start: EXIT_ERROR
+# a study that cannot start: EXIT_ERROR (RayStartError: includes a resource request the cluster cannot meet)
+START_ERRORS = (SearchSpaceError, ConfigError, StudyError, StoreError, RayStartError)
+
+
+def check_storage(storage: str) -> None:
+    """StudyError where `--storage` is, or lies under, something other than a folder."""
+    path = Path(storage).expanduser().absolute()
+    for where in (path, *path.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise StudyError(f"--storage {storage}: {where} is a file, not a folder; give a folder for the "
+                                 f"study folders (it is created if missing)")
+            return
+
+
+def check_study_options(args: argparse.Namespace) -> None:
+    """Options that would be ignored are errors: the staged ones on a joint study or on
+    `--resume` (a resumed study keeps its own), `--search-space` on `--resume` (a resumed study
+    searches its own copy)."""
+    staged = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("stage2_samples", "stage1_alpha")
+              if getattr(args, k) is not None]
+    if args.resume and (staged or args.search_space):
+        given = ", ".join(staged + ([f"--search-space {args.search_space}"] if args.search_space else []))
+        raise StudyError(f"--resume continues the study with its own search space and stages; {given} would be "
+                         f"ignored: drop it (or start a new study with another --name)")
+    if staged and args.strategy != "staged":
+        raise StudyError(f"{', '.join(staged)}: only a staged study (--strategy staged) has stages; "
+                         f"drop it or add --strategy staged")
 
 
 def study_parser() -> argparse.ArgumentParser:
@@ -166,6 +194,7 @@ def surface_main(argv: list[str]) -> int:
     if args.from_trials:
         return _from_trials(args)
     try:
+        check_storage(args.storage)
         if args.resume:
             if not args.name:
                 raise StudyError("surface --resume needs the --name of the surface")
@@ -212,6 +241,9 @@ def export_main(argv: list[str]) -> int:
     uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
         Path(args.storage).expanduser())
     try:
+        if Path(args.output).is_dir():
+            raise ExportError(f"-o {args.output} is a folder; give the YAML file to write, e.g. "
+                              f"{Path(args.output) / 'best.yaml'}")
         tracking.check_reachable(uri)
         path, cfg = export_run(args.run_id, args.output, uri, epochs=args.epochs, seeds=args.seeds)
     except (ExportError, tracking.TrackingError, ConfigError) as err:
@@ -226,6 +258,8 @@ def study_main(argv: list[str]) -> int:
     """A study: joint (one search) or staged (`--strategy staged`, or resuming a staged study)."""
     args = study_parser().parse_args(argv)
     try:
+        check_study_options(args)
+        check_storage(args.storage)
         search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
         settings = settings_from(StudySettings, args, search_space=search_space,
                                  overrides=parse_overrides(args.overrides))
@@ -263,11 +297,12 @@ COMMANDS = {"export": export_main, "surface": surface_main, "report": report_mai
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("compare", "recipe"):  # equal-budget comparisons and the paper's tables
-        return compare_main(argv)  # it reads which of the two from argv[0]
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
-    return study_main(argv)
+    with sigterm_as_ctrl_c():  # SIGTERM (timeout, schedulers, Kubernetes) stops a study like Ctrl-C
+        if argv and argv[0] in ("compare", "recipe"):  # equal-budget comparisons and the paper's tables
+            return compare_main(argv)  # it reads which of the two from argv[0]
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        return study_main(argv)
 
 
 if __name__ == "__main__":

@@ -45,7 +45,12 @@ def write_config(cfg: Config, path: str | Path, header: list[str] | None = None)
     path = abs_path(path)
     lines = [f"# {line}" for line in (header or [])]
     lines.append(f"# Train it: python -m bmlr.train --config {path}")
-    return atomic_write_text(path, "\n".join(lines) + "\n" + cfg.to_yaml())
+    if path.is_dir():
+        raise ExportError(f"{path} is a folder; give the YAML file to write")
+    try:
+        return atomic_write_text(path, "\n".join(lines) + "\n" + cfg.to_yaml())
+    except OSError as err:  # a read-only folder, a path under a file: the temporary file is removed
+        raise ExportError(f"cannot write {path}: {err.strerror or type(err).__name__}") from None
 
 
 def _config_from_run(client, run) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from it); the scheduler gets a metric only where it differs from the ``tune.Tune
 
 The rest is the plumbing every Ray user here needs: the environment Ray Tune reads
 (:func:`quiet_ray`), starting or joining a cluster (:func:`ray_session`), a trainable with its
-resources (:func:`with_resources`), and the ``tune.Tuner`` itself (:func:`build_tuner`,
+resources (:func:`with_resources`, checked against the cluster by :func:`check_resources`), and the ``tune.Tuner`` itself (:func:`build_tuner`,
 :func:`restore_tuner`), so a study, a staged search and a comparison run Ray the same way.
 """
 from __future__ import annotations
@@ -17,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-__all__ = ["METRIC", "MODE", "TIME_ATTR", "RayStartError", "make_sampler", "make_searcher", "make_scheduler",
+__all__ = ["METRIC", "MODE", "TIME_ATTR", "RayStartError", "ResourceError", "LOOPBACK", "check_resources", "make_sampler", "make_searcher", "make_scheduler",
            "quiet_ray", "init_ray", "ray_session", "gpus_per_trial", "with_resources", "grid_param_space",
            "trial_dirname", "build_tuner", "restore_tuner"]
 
@@ -31,6 +33,13 @@ TIME_ATTR = "epoch"  # ASHA's time axis: our own epoch counter, correct after a 
 
 class RayStartError(RuntimeError):
     """Ray could not be started or reached; the message says where and why."""
+
+
+class ResourceError(RayStartError):
+    """A trial asks for more CPUs or GPUs than any node of the cluster has: it would wait forever."""
+
+
+LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (its GCS, raylet, workers and the driver)
 
 
 def make_sampler(kind: str = "tpe", seed: int = 0, n_startup_trials: int | None = None):
@@ -101,15 +110,43 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose >= 2,
                                   logging_level=logging.INFO if verbose >= 2 else logging.WARNING,
                                   runtime_env={"env_vars": env} if env else None)
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
             ray.init(address=address, **kwargs)
         else:  # "local": a new instance even where `ray start` left a cluster running
-            ray.init(address="local", num_cpus=num_cpus, **kwargs)
+            with _loopback_only():
+                ray.init(address="local", num_cpus=num_cpus, _node_ip_address=LOOPBACK, **kwargs)
     except Exception as err:  # Ray raises many kinds (ConnectionError, RuntimeError, ValueError...)
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise RayStartError(f"cannot start or connect to {where}: {err}") from None
+    finally:
+        _restore_sigterm_handler(sigterm)
     return True
+
+
+def _restore_sigterm_handler(handler) -> None:
+    """``ray.init`` replaces the process's SIGTERM handler (with a bare ``sys.exit``, and a C++
+    failure handler that aborts): put back the one set from Python before it (the command
+    line's SIGTERM-as-Ctrl-C, :func:`bmlr.train.sigterm_as_ctrl_c`), where there was one."""
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def _loopback_only() -> Iterator[None]:
+    """A local instance on :data:`LOOPBACK` only: Ray would otherwise replace a loopback
+    ``_node_ip_address`` with the machine's routable address (its servers then listen on every
+    interface). ``ENABLE_RAY_CLUSTER`` is the switch Ray itself uses for local-only instances
+    (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``; read when Ray is imported, so set here for the start)."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
 
 
 @contextlib.contextmanager
@@ -139,6 +176,25 @@ def gpus_per_trial(requested: float | None) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
+def check_resources(cpus: float, gpus: float) -> None:
+    """:class:`ResourceError` where no live node of the connected cluster has ``cpus`` CPUs and
+    ``gpus`` GPUs (a trial's resources must fit on one node; Ray would keep it PENDING forever).
+    Skipped on a cluster-launcher cluster (``~/ray_bootstrap_config.yaml``, the file Ray Tune
+    itself looks for): its autoscaler adds nodes as trials ask for them."""
+    import ray
+
+    if Path("~/ray_bootstrap_config.yaml").expanduser().exists():
+        return
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
+    raise ResourceError(
+        f"each trial asks for {cpus:g} CPUs and {gpus:g} GPUs (--cpus-per-trial, --gpus-per-trial), but no node of "
+        f"the Ray cluster has that much (nodes: {have}), so no trial could ever start. Ask for less, or give Ray "
+        f"more (--num-cpus; --address of a cluster with GPUs)")
+
+
 # --- the tuner ------------------------------------------------------------------------------------
 def with_resources(fn: Callable, cpus: float, gpus: float | None, **parameters: Any):
     """The function trainable ``fn`` with ``parameters`` passed by ``tune.with_parameters`` (put
@@ -146,8 +202,9 @@ def with_resources(fn: Callable, cpus: float, gpus: float | None, **parameters: 
     (``gpus`` None: :func:`gpus_per_trial`)."""
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(fn, **parameters),
-                               {"cpu": cpus, "gpu": gpus_per_trial(gpus)})
+    gpus = gpus_per_trial(gpus)
+    check_resources(cpus, gpus)
+    return tune.with_resources(tune.with_parameters(fn, **parameters), {"cpu": cpus, "gpu": gpus})
 
 
 def grid_param_space(choices: Mapping[str, Sequence[Any]], seeds: Sequence[int]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from bmlr.tuning.compare.runner import Comparison
 from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_ray_options, add_result_options,
                                  add_set_option, add_verbose_option, command_parser, settings_from)
+from bmlr.tuning.ray_backend import RayStartError
 from bmlr.tuning.recipes import TABLE1_METHODS, Arm, describe_recipes, get_recipe, method_arms
 from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
 from bmlr.tuning.store import StoreError
@@ -142,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         comparison = Comparison(comparison_settings(args, rows), resume=args.resume, command=shown, title=rows.title,
                                 notes=rows.notes)
         outcome = comparison.run(address=args.address, num_cpus=args.num_cpus, verbose=args.verbose)
-    except (ComparisonError, SearchSpaceError, ConfigError, StudyError, StoreError) as err:
-        # StudyError, StoreError: a row's study could not start
+    except (ComparisonError, SearchSpaceError, ConfigError, StudyError, StoreError, RayStartError) as err:
+        # StudyError, StoreError, RayStartError: a row's study could not start
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     if args.output:
