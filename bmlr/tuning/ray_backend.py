@@ -141,6 +141,9 @@ def _loopback_only() -> Iterator[None]:
     (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``; read when Ray is imported, so set here for the start)."""
     from ray._private import ray_constants
 
+    if not hasattr(ray_constants, "ENABLE_RAY_CLUSTER"):  # another Ray: its own default applies
+        yield
+        return
     before = ray_constants.ENABLE_RAY_CLUSTER
     ray_constants.ENABLE_RAY_CLUSTER = False
     try:
