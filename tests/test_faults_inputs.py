@@ -257,6 +257,11 @@ def test_unsatisfiable_resources_fail_before_trials(tiny, tmp_path):
         assert asked in proc.stderr and exists in proc.stderr and "Traceback" not in proc.stderr
         trials = list((tmp_path / "runs").glob("synthetic/*/ray/*/trial_*"))
         assert not trials  # no trial was created
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    parents = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(parents) == 2 and {r.info.status for r in parents} == {"FAILED"}  # none left RUNNING
 
 
 # ---------------------------------------------------------------------------------------------

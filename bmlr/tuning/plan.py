@@ -23,7 +23,7 @@ from bmlr.config import Config, ConfigError
 from bmlr.fileio import abs_path, timestamp
 from bmlr.tuning import tracking
 from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
-from bmlr.tuning.store import StoreError, StudyStore, find_study
+from bmlr.tuning.store import StoreError, StudyLock, StudyStore, find_study
 
 __all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "resume_store", "plan_study"]
 
@@ -103,10 +103,16 @@ class Plan:
     experiment_id: str
     parent_run_id: str | None = None
     resumed: bool = False
+    lock: StudyLock | None = None  # the study folder's driver lock, held until release()
 
     @property
     def store(self) -> StudyStore:
         return StudyStore(self.study_dir)
+
+    def release(self) -> None:
+        """Let another driver run (or resume) the study."""
+        if self.lock is not None:
+            self.lock.release()
 
 
 @dataclass
@@ -135,46 +141,58 @@ def resume_store(settings: StudySettings) -> StudyStore:
 
 
 def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str], None] = print,
-               space: SearchSpace | None = None) -> Plan:
+               space: SearchSpace | None = None, lock: bool = True) -> Plan:
     """Resolve paths, validate the search space (``space``, else the file
     ``settings.search_space``; a resumed study: its own copy) and the configuration, check the
-    data root and the tracking store. Nothing is written except the tracking store's folder."""
+    data root and the tracking store. Nothing is written except the tracking store's folder
+    and, with ``lock``, the study folder's driver lock: taken before the study's exists-check
+    (a resumed study: before its settings are read) and held by the returned plan until
+    ``plan.release()``; StudyBusy (a StoreError) where another driver runs the study."""
     settings.check()
     storage = abs_path(settings.storage)
     settings.storage = str(storage)
-    parent_run_id = None
-    if resume:
-        store, settings, source = _stored(settings, log)
-        study_dir, parent_run_id = store.dir, store.read_info()["parent_run_id"]
-    else:
-        source = space if space is not None else load_search_space(settings.search_space)
-        if space is None:
-            settings.search_space = str(abs_path(settings.search_space))
-    _check_data_root(settings)
-    flat, production = _resolve(settings, source)
-    max_epochs = settings.max_epochs or production.epochs
-    if settings.grace_period > max_epochs:
-        raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
-    trial_base = {**production.to_dict(), "seeds": [settings.seed], "name": None}
-    settings.name = settings.name or f"{settings.method}-{timestamp()}"
-    if not resume:
-        study_dir = abs_path(settings.folder) if settings.folder else storage / settings.dataset / settings.name
-        if StudyStore(study_dir).exists():
-            raise StudyError(f"study {study_dir} exists; continue it with --resume --name {settings.name} "
-                             f"or choose another --name")
-    uri, experiment_id = _tracking(settings, storage)
-    plan = Plan(settings=settings, study_dir=study_dir, space=flat, source_space=source, production=production,
-                trial_base=trial_base, max_epochs=max_epochs, tracking_uri=uri, experiment_id=experiment_id,
-                parent_run_id=parent_run_id, resumed=resume)
-    if parent_run_id is not None:
-        _check_parent_run(uri, parent_run_id)
-    return plan
+    held: StudyLock | None = None
+    try:
+        if resume:
+            found = resume_store(settings)
+            held = found.lock() if lock else None
+            store, settings, source = _stored(settings, log, found)
+            study_dir, parent_run_id = store.dir, store.read_info()["parent_run_id"]
+        else:
+            parent_run_id = None
+            source = space if space is not None else load_search_space(settings.search_space)
+            if space is None:
+                settings.search_space = str(abs_path(settings.search_space))
+        _check_data_root(settings)
+        flat, production = _resolve(settings, source)
+        max_epochs = settings.max_epochs or production.epochs
+        if settings.grace_period > max_epochs:
+            raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
+        trial_base = {**production.to_dict(), "seeds": [settings.seed], "name": None}
+        settings.name = settings.name or f"{settings.method}-{timestamp()}"
+        if not resume:
+            study_dir = abs_path(settings.folder) if settings.folder else storage / settings.dataset / settings.name
+            held = StudyStore(study_dir).lock() if lock else None
+            if StudyStore(study_dir).exists():  # under the lock: a second driver cannot pass it too
+                raise StudyError(f"study {study_dir} exists; continue it with --resume --name {settings.name} "
+                                 f"or choose another --name")
+        uri, experiment_id = _tracking(settings, storage)
+        plan = Plan(settings=settings, study_dir=study_dir, space=flat, source_space=source, production=production,
+                    trial_base=trial_base, max_epochs=max_epochs, tracking_uri=uri, experiment_id=experiment_id,
+                    parent_run_id=parent_run_id, resumed=resume, lock=held)
+        if parent_run_id is not None:
+            _check_parent_run(uri, parent_run_id)
+        return plan
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
 
 
-def _stored(given: StudySettings, log: Callable[[str], None]) -> tuple[StudyStore, StudySettings, SearchSpace]:
+def _stored(given: StudySettings, log: Callable[[str], None],
+            store: StudyStore) -> tuple[StudyStore, StudySettings, SearchSpace]:
     """A resumed study's store, its stored settings (a note for each the command line would
     change) and its copy of the search space."""
-    store = resume_store(given)
     try:
         settings = StudySettings(**store.settings())
     except StoreError as err:

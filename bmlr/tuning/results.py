@@ -10,6 +10,7 @@ MLflow ``run_id`` and, for a failed trial, ``error``. Test metrics do not exist 
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,11 +21,14 @@ from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.ray_backend import METRIC
 from bmlr.tuning.search_space import SearchSpace
 from bmlr.tuning.selection import SCORE, choose_best
+from bmlr.tuning.store import StudyStore
 
-__all__ = ["Row", "Chooser", "trial_rows", "sampled_values", "status_counts", "format_table", "finish"]
+__all__ = ["Row", "Chooser", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
+           "format_table", "finish"]
 
 Row = dict[str, Any]
 Chooser = Callable[[list[Row]], "Row | None"]
+STATUSES = ("completed", "stopped_early", "failed", "interrupted", "lost")  # a trial's ends, as counted
 
 
 def _trial_id(result) -> str:
@@ -33,37 +37,41 @@ def _trial_id(result) -> str:
     return Path(result.path).name.removeprefix("trial_")
 
 
-def _status(result, max_epochs: int) -> str:
+def _status(result, epochs: int, max_epochs: int) -> str:
     if result.error is not None:
         return "failed"
-    metrics = result.metrics or {}
-    if metrics.get("done"):
-        return tracking.trial_status(int(metrics.get("epoch", 0) or 0), max_epochs, errored=False)
+    if (result.metrics or {}).get("done"):
+        return tracking.trial_status(epochs, max_epochs, errored=False)
     return "interrupted"  # cut off by Ctrl-C or a lost driver: --resume continues it
 
 
-def _best_epoch(df) -> Row:
-    """The metrics of the trial's best validation epoch (none where it reported no epoch)."""
-    if df is None or not len(df) or METRIC not in df:
+def best_epoch(history: list[Row]) -> Row:
+    """The metrics of the trial's best validation epoch (the first of equals; none where it
+    reported no epoch)."""
+    scored = [h for h in history if h.get(METRIC) is not None]
+    if not scored:
         return {}
-    best = df.loc[df[METRIC].astype(float).idxmax()]
+    best = max(scored, key=lambda h: (float(h[METRIC]), -int(h["epoch"])))
     row: Row = {"best_epoch": int(best["epoch"]), SCORE: float(best[METRIC])}
-    for key in df.columns:
+    for key in sorted({k for h in history for k in h}):
         if key.startswith("val_") and key != METRIC or key == "train_loss":
-            row[key] = finite_or_none(best[key])
+            row[key] = finite_or_none(best.get(key))
     return row
 
 
-def trial_rows(grid, max_epochs: int, runs: dict[str, Any]) -> list[Row]:
+def trial_rows(grid, max_epochs: int, runs: dict[str, Any], store: StudyStore) -> list[Row]:
     """One row per trial of Ray's result grid, best first (then by trial id); ``runs``: the
-    trials' MLflow runs by trial id."""
+    trials' MLflow runs by trial id. A trial's epochs come from its whole history
+    (:meth:`~bmlr.tuning.store.StudyStore.history`: every epoch, those trained before a resume
+    included), not from what Ray saw since the last restore."""
     rows = []
     for result in grid:
         metrics = result.metrics or {}
         trial_id = _trial_id(result)
-        row: Row = {"trial_id": trial_id, "status": _status(result, max_epochs),
-                    "epochs": int(metrics.get("epoch", 0) or 0)}
-        row.update(_best_epoch(result.metrics_dataframe))
+        history = store.history(trial_id)
+        epochs = int(history[-1]["epoch"]) if history else int(metrics.get("epoch", 0) or 0)
+        row: Row = {"trial_id": trial_id, "status": _status(result, epochs, max_epochs), "epochs": epochs}
+        row.update(best_epoch(history))
         for key, value in (result.config or {}).items():
             row[f"param.{key}"] = value
         run = runs.get(trial_id)
@@ -120,24 +128,23 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
     :func:`~bmlr.tuning.selection.choose_best`), mark the MLflow runs, end the parent run and
     print the summary. An uninterrupted study's trial states are deleted (nothing to resume)."""
     client = tracking.client_for(plan.tracking_uri)
-    runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
-    rows = trial_rows(grid, plan.max_epochs, runs)
-    known = {row["trial_id"] for row in rows}
-    lost = tracking.mark_lost_runs(client, [run for trial_id, run in runs.items() if trial_id not in known])
-    runs = {trial_id: run for trial_id, run in runs.items() if trial_id in known}
-    for row in rows:  # runs of trials that were cut off: KILLED until --resume continues them
-        if row["status"] == "interrupted" and row["run_id"]:
-            client.set_tag(row["run_id"], "trial_status", "interrupted")
-            client.set_terminated(row["run_id"], "KILLED")
-    best = (chooser or choose_best)(rows)
     store = plan.store
+    runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
+    rows = trial_rows(grid, plan.max_epochs, runs, store)
+    known = {row["trial_id"] for row in rows}
+    parent_tags = client.get_run(plan.parent_run_id).data.tags
+    lost = int(parent_tags.get("trials.lost", "0")) + tracking.mark_lost_runs(
+        client, [run for trial_id, run in runs.items() if trial_id not in known])
+    runs = {trial_id: run for trial_id, run in runs.items() if trial_id in known}
+    sync_runs(client, rows, runs, store)
+    best = (chooser or choose_best)(rows)
     store.write_rows(rows)
     best_yaml = _export_best(plan, best, runs) if best is not None else None
     counts = status_counts(rows)
     if lost:
         counts["lost"] = lost
-    for status, n in counts.items():
-        client.set_tag(plan.parent_run_id, f"trials.{status}", str(n))
+    for status in sorted(set(STATUSES) | set(counts)):  # every count current, 0 where none (after a resume)
+        client.set_tag(plan.parent_run_id, f"trials.{status}", str(counts.get(status, 0)))
     client.log_artifact(plan.parent_run_id, str(store.trials_path))
     client.log_artifact(plan.parent_run_id, str(store.info_path))
     client.set_terminated(plan.parent_run_id, "KILLED" if interrupted else "FINISHED")
@@ -145,6 +152,28 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
         shutil.rmtree(store.state_dir, ignore_errors=True)
     _summary(plan, rows, counts, best_yaml, interrupted, log, top)
     return StudyOutcome(plan.study_dir, rows, best, best_yaml, plan.parent_run_id, plan.tracking_uri, interrupted)
+
+
+def sync_runs(client, rows: list[Row], runs: dict[str, Any], store: StudyStore) -> None:
+    """Make each trial's MLflow run match its row: the epochs of its history MLflow lacks
+    (the driver died before it logged them), its end state (FINISHED, FAILED; KILLED for a
+    trial cut off, until --resume continues it) and its status tags."""
+    for row in rows:
+        run = runs.get(row["trial_id"])
+        if run is None:
+            continue
+        run_id = run.info.run_id
+        steps = tracking.logged_steps(client, run_id)
+        missing = [h for h in store.history(row["trial_id"]) if int(h["epoch"]) > max(steps, default=0)]
+        if missing:
+            tracking.log_epochs(client, run_id, missing, int(time.time() * 1000))
+        status = row["status"]
+        end = {"interrupted": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
+        if run.info.status != end or run.data.tags.get("trial_status") != status or missing:
+            client.set_tag(run_id, "trial_status", status)
+            client.set_tag(run_id, "epochs_trained", str(row["epochs"]))
+            client.set_tag(run_id, "early_stopped", str(status == "stopped_early").lower())
+            client.set_terminated(run_id, end)
 
 
 def _export_best(plan: Plan, best: Row, runs: dict[str, Any]):

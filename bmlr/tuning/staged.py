@@ -34,6 +34,7 @@ resumed staged study reads a stage's record only where an earlier run wrote it.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -143,8 +144,32 @@ def run_staged(settings: StudySettings, stage2_samples: int | None = None, stage
                resume: bool = False, address: str | None = None, num_cpus: int | None = None, verbose: int = 1,
                top: int = 5, log: Callable[[str], None] = print, report: str = "fast",
                baseline_study: str | None = None) -> StudyOutcome:
-    """Run (or with `resume`, continue) a staged study; returns the outcome of the whole."""
-    run = _resume(settings, log) if resume else _start(settings, stage2_samples, stage1_alpha, log)
+    """Run (or with `resume`, continue) a staged study; returns the outcome of the whole. The
+    staged study's folder is locked for its driver from before its exists-check to the end."""
+    with contextlib.ExitStack() as held:
+        run = (_resume(settings, log, held) if resume else
+               _start(settings, stage2_samples, stage1_alpha, log, held))
+        if resume and run.store.is_finished() and run.staged.get("stage2_done") and tracking.client_for(
+                run.info["tracking_uri"]).get_run(run.info["parent_run_id"]).info.status == "FINISHED":
+            rows = run.store.read_rows()
+            log(f"study {run.store.dir} is finished ({len(rows)} trials); nothing to resume")
+            winner = next((r for r in rows if str(r["trial_id"]) == str(run.info.get("best_trial_id"))), None)
+            return StudyOutcome(run.store.dir, rows, winner, run.store.best_path, run.info["parent_run_id"],
+                                run.info["tracking_uri"], False)
+        outcome = _run_stages(run, log, address, num_cpus, verbose, top)
+        if outcome is not None:
+            return outcome
+        outcome = _finish(run, log, top)
+    if report != "none" and outcome.best is not None:
+        from bmlr.tuning.report import write_report_safely
+
+        write_report_safely(run.store.dir, baseline_study=baseline_study, train_baseline=report == "full", log=log)
+    return outcome
+
+
+def _run_stages(run: _Staged, log: Callable[[str], None], address: str | None, num_cpus: int | None, verbose: int,
+                top: int) -> StudyOutcome | None:
+    """The stages not done yet; an outcome where the staged study stops before its end."""
     uri, parent = run.info["tracking_uri"], run.info["parent_run_id"]
     client = tracking.client_for(uri)
     with ray_session(address, num_cpus, verbose):
@@ -170,12 +195,7 @@ def run_staged(settings: StudySettings, stage2_samples: int | None = None, stage
         except KeyboardInterrupt:
             client.set_terminated(parent, "KILLED")
             raise
-    outcome = _finish(run, log, top)
-    if report != "none" and outcome.best is not None:
-        from bmlr.tuning.report import write_report_safely
-
-        write_report_safely(run.store.dir, baseline_study=baseline_study, train_baseline=report == "full", log=log)
-    return outcome
+    return None
 
 
 def _run_stage(run: _Staged, stage: str, log: Callable[[str], None], **run_kwargs: Any) -> StudyOutcome:
@@ -194,8 +214,9 @@ def _run_stage(run: _Staged, stage: str, log: Callable[[str], None], **run_kwarg
     return run_study(stage_settings, resume=again, space=space, log=log, report="none", **run_kwargs)
 
 
-def _resume(settings: StudySettings, log: Callable[[str], None]) -> _Staged:
+def _resume(settings: StudySettings, log: Callable[[str], None], held: contextlib.ExitStack) -> _Staged:
     store = resume_store(settings)
+    held.enter_context(store.lock())
     try:
         info = store.read_info()
     except StoreError as err:
@@ -207,7 +228,7 @@ def _resume(settings: StudySettings, log: Callable[[str], None]) -> _Staged:
 
 
 def _start(settings: StudySettings, stage2_samples: int | None, stage1_alpha: float | None,
-           log: Callable[[str], None]) -> _Staged:
+           log: Callable[[str], None], held: contextlib.ExitStack) -> _Staged:
     """Check everything, record the stage-1 space and create the staged MLflow run."""
     settings.check()
     space = load_search_space(settings.search_space)
@@ -225,7 +246,8 @@ def _start(settings: StudySettings, stage2_samples: int | None, stage1_alpha: fl
     storage = abs_path(settings.storage)
     name = settings.name or f"{method}-staged-{timestamp()}"
     store = StudyStore(storage / settings.dataset / name)
-    if store.exists():
+    held.enter_context(store.lock())
+    if store.exists():  # under the lock: a second driver cannot pass it too
         raise StudyError(f"study {store.dir} exists; continue it with --resume --name {name} or choose another --name")
     try:
         space1 = space.with_fixed({"alpha": stage1_alpha})
@@ -234,7 +256,7 @@ def _start(settings: StudySettings, stage2_samples: int | None, stage1_alpha: fl
     base = replace(settings, name=name, method=method, storage=str(storage))
     # every check of a plain study (data root, --set keys, tracking store) before anything is written
     probe = plan_study(replace(base, samples=n1, name=f"{name}.stage1", folder=str(store.dir / "stage1")),
-                       log=lambda _m: None, space=space1)
+                       log=lambda _m: None, space=space1, lock=False)
     base = replace(base, tracking_uri=probe.tracking_uri, experiment=probe.settings.experiment,
                    data_root=probe.settings.data_root, search_space=str(abs_path(settings.search_space)))
     staged = {"stage1_alpha": stage1_alpha, "stage1_samples": n1, "stage2_samples": n2,

@@ -8,21 +8,27 @@ Study folder ``<storage>/<dataset>/<name>/``:
     search_space.yaml   the search space as used (a resumed study reuses this copy)
     ray/                Ray Tune's experiment folder (trial folders with result.json)
     state/              the Trainer state of each unfinished trial (deleted when it ends)
-    trials/             per-trial extras kept after the study (trial_<id>/val_top3.json)
+    trials/             per-trial records kept after the study: trial_<id>/history.json (every
+                        epoch the trial trained, restored epochs included) and val_top3.json
+    .driver.lock        held (flock) by the one driver running the study: its PID, host, start
     trials.csv          one row per trial, typed back on reading (numbers, booleans, None)
     best.yaml           the winner as a production configuration for bmlr.train
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from bmlr.fileio import abs_path, atomic_write_text, read_csv, read_json, write_csv, write_json
 
 __all__ = ["STUDY_FILE", "SPACE_FILE", "TRIALS_FILE", "BEST_FILE", "RAY_DIR", "STATE_DIR", "TRIALS_DIR",
-           "StoreError", "StudyStore", "find_study", "studies"]
+           "HISTORY_FILE", "LOCK_FILE", "StoreError", "StudyBusy", "StudyLock", "StudyStore", "find_study", "studies",
+           "history_path", "read_history", "write_history"]
 
 STUDY_FILE = "study.json"
 SPACE_FILE = "search_space.yaml"
@@ -30,12 +36,122 @@ TRIALS_FILE = "trials.csv"
 BEST_FILE = "best.yaml"
 RAY_DIR = "ray"
 STATE_DIR = "state"  # per-trial Trainer state of running trials (bmlr.tuning.trainable)
-TRIALS_DIR = "trials"  # per-trial extras kept after the study: trial_<id>/val_top3.json (Figure 4)
+TRIALS_DIR = "trials"  # per-trial records kept after the study: trial_<id>/history.json, val_top3.json
+HISTORY_FILE = "history.json"  # a trial's every epoch (Ray's result.json lacks those before a restore)
+LOCK_FILE = ".driver.lock"  # one driver per study (fcntl.flock; the kernel drops it with the process)
 TEXT_COLUMNS = ("trial_id", "run_id")  # identifiers that can look like numbers
 
 
 class StoreError(RuntimeError):
     """The folder is not (or not yet) the study the caller expects; the message says why."""
+
+
+class StudyBusy(StoreError):
+    """Another driver holds the study's lock (it is running or resuming the study)."""
+
+
+class StudyLock:
+    """The study folder's driver lock: ``fcntl.flock`` on ``<study>/.driver.lock``, not
+    blocking, the file holding the holder's PID, host and start time (JSON). The kernel drops
+    the lock when its process ends (Ctrl-C, SIGTERM, SIGKILL alike), so a lock is never stale.
+    A folder the lock created for a study that never got its study.json is removed again on
+    release. Needs a file system with working ``flock`` (local disks; NFS v4 and most
+    cluster file systems)."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = abs_path(folder)
+        self.path = self.folder / LOCK_FILE
+        self._fd: int | None = None
+        self._made: list[Path] = []  # the folders acquire() created, deepest first
+
+    def acquire(self) -> "StudyLock":
+        made = [p for p in [self.folder, *self.folder.parents] if not p.exists()]
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            return self._lock(made)
+        except OSError as err:
+            raise StoreError(f"cannot lock study folder {self.folder} ({self.path}: {err.strerror or err})") from None
+
+    def _lock(self, made: list[Path]) -> "StudyLock":
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise StudyBusy(self.busy_message()) from None
+            if self.path.exists() and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # its holder removed the file as it released it: lock the new one
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder).encode())
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)  # and with it the lock
+            raise
+        self._fd, self._made = fd, made
+        return self
+
+    def holder(self) -> dict[str, Any]:
+        """What the lock file says of its holder ({} while it is being written)."""
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def busy_message(self) -> str:
+        holder = {}
+        for _ in range(20):  # the holder writes its PID right after it got the lock
+            holder = self.holder()
+            if holder:
+                break
+            time.sleep(0.05)
+        who = (f"PID {holder.get('pid')} on {holder.get('host')} since {holder.get('since')}" if holder
+               else f"another driver (lock {self.path})")
+        return (f"study {self.folder} is being run by {who}; wait for that driver to end (or stop it) "
+                f"before running or resuming this study")
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        if self._made and not (self.folder / STUDY_FILE).exists():  # a study that never started
+            self.path.unlink(missing_ok=True)
+            for folder in self._made:  # leave no empty folder behind
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+        else:
+            os.ftruncate(fd, 0)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> "StudyLock":
+        return self if self._fd is not None else self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def history_path(extras_dir: str | os.PathLike, trial_id: str) -> Path:
+    return Path(extras_dir) / f"trial_{trial_id}" / HISTORY_FILE
+
+
+def write_history(path: Path, history: list[dict[str, Any]]) -> Path:
+    """A trial's per-epoch metrics (finite numbers), written atomically."""
+    return atomic_write_text(path, json.dumps(history))
+
+
+def read_history(path: Path) -> list[dict[str, Any]] | None:
+    """A trial's history.json, in epoch order (None where there is none)."""
+    if not path.is_file():
+        return None
+    try:
+        history = json.loads(path.read_text())
+    except ValueError as err:
+        raise StoreError(f"{path}: not valid JSON ({err})") from None
+    return sorted(history, key=lambda h: int(h["epoch"]))
 
 
 def studies(storage: str | os.PathLike, dataset: str) -> list["StudyStore"]:
@@ -178,9 +294,19 @@ class StudyStore:
     def _folders(self) -> list[Path]:
         return [self.dir] + (self.stage_dirs() if self.exists() else [])
 
+    def lock(self) -> StudyLock:
+        """Take the study's driver lock (StudyBusy naming the holder where another driver has
+        it); use as a context manager, or release() it."""
+        return StudyLock(self.dir).acquire()
+
     def history(self, trial_id: str) -> list[dict[str, Any]]:
-        """The trial's per-epoch results from Ray's ``result.json`` (an epoch reported twice
-        keeps its last report), in epoch order."""
+        """The trial's per-epoch results, in epoch order: its ``history.json`` (every epoch,
+        those trained before a resume included), else Ray's ``result.json`` (an epoch reported
+        twice keeps its last report; after a restore it lacks the epochs before it)."""
+        for folder in self._folders():
+            kept = read_history(history_path(folder / TRIALS_DIR, trial_id))
+            if kept is not None:
+                return kept
         for folder in self._folders():
             path = folder / RAY_DIR / f"trial_{trial_id}" / "result.json"
             if path.is_file():

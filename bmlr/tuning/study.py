@@ -33,11 +33,12 @@ from bmlr.tuning import ray_backend, tracking
 from bmlr.tuning.plan import Plan, StudyError, StudyOutcome, StudySettings, plan_study, resume_store
 from bmlr.tuning.ray_backend import METRIC, MODE, RayStartError, make_sampler, make_scheduler, make_searcher
 from bmlr.tuning.results import Chooser, finish
+from bmlr.tuning.selection import choose_best
 from bmlr.tuning.search_space import SearchSpace, project_root
 from bmlr.tuning.trainable import train_trial
 
 __all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "plan_study", "resume_store", "prepare_data",
-           "build_cache", "start_tracking", "build_tuner", "ray_session", "run_study"]
+           "build_cache", "start_tracking", "build_tuner", "ray_session", "run_study", "finished_outcome"]
 
 After = Callable[[Plan, StudyOutcome, Callable[[str], None]], Any]
 
@@ -132,7 +133,8 @@ def _callback(plan: Plan):
     return tracking.MLflowTrialLogger(
         tracking_uri=plan.tracking_uri, experiment_id=plan.experiment_id, parent_run_id=plan.parent_run_id,
         base_config=plan.trial_base, max_epochs=plan.max_epochs, export_epochs=plan.production.epochs,
-        export_seeds=plan.production.seeds, study=plan.settings.name, state_dir=str(plan.store.state_dir))
+        export_seeds=plan.production.seeds, study=plan.settings.name, state_dir=str(plan.store.state_dir),
+        extras_dir=str(plan.store.extras_dir))
 
 
 def build_tuner(plan: Plan, verbose: int):
@@ -181,13 +183,42 @@ def run_study(settings: StudySettings, resume: bool = False, address: str | None
     passes its best-cell rule, and a surface study needs one). `after(plan, outcome, log)`:
     called when the study has finished, uninterrupted, before the report (a surface's grid
     files)."""
-    plan = plan_study(settings, resume=resume, log=log, space=space)
-    if plan.settings.kind == "surface" and chooser is None:
-        raise StudyError(f"{plan.study_dir} is an alpha x beta surface: run or resume it with `bmlr-tune surface` "
-                         f"(bmlr.tuning.surface_study.run_surface)")
-    outcome = _run(plan, address, num_cpus, verbose, top, log, chooser)
-    if outcome.interrupted:
-        return outcome
+    plan = plan_study(settings, resume=resume, log=log, space=space)  # holds the study's driver lock
+    try:
+        if plan.settings.kind == "surface" and chooser is None:
+            raise StudyError(f"{plan.study_dir} is an alpha x beta surface: run or resume it with `bmlr-tune "
+                             f"surface` (bmlr.tuning.surface_study.run_surface)")
+        finished = finished_outcome(plan, chooser, log) if plan.resumed else None
+        if finished is not None:
+            return finished
+        outcome = _run(plan, address, num_cpus, verbose, top, log, chooser)
+        if outcome.interrupted:
+            return outcome
+        return _after(plan, outcome, after, report, baseline_study, log)
+    finally:
+        plan.release()
+
+
+def finished_outcome(plan: Plan, chooser: Chooser | None, log: Callable[[str], None]) -> StudyOutcome | None:
+    """A resumed study that has finished (its trials table holds only ended trials and its
+    parent run is FINISHED, which `finish` sets only when every trial has ended): said, and its outcome as recorded; nothing is changed. None where
+    there is something to resume."""
+    store = plan.store
+    if not store.trials_path.is_file():
+        return None
+    rows = store.read_rows()
+    if any(r.get("status") == "interrupted" for r in rows):
+        return None
+    if tracking.client_for(plan.tracking_uri).get_run(plan.parent_run_id).info.status != "FINISHED":
+        return None
+    log(f"study {plan.study_dir} is finished ({len(rows)} trials); nothing to resume")
+    best = (chooser or choose_best)(rows)
+    return StudyOutcome(plan.study_dir, rows, best, store.best_path if store.best_path.is_file() else None,
+                        plan.parent_run_id, plan.tracking_uri, False)
+
+
+def _after(plan: Plan, outcome: StudyOutcome, after: After | None, report: str, baseline_study: str | None,
+           log: Callable[[str], None]) -> StudyOutcome:
     if after is not None:
         after(plan, outcome, log)
     if report != "none" and outcome.best is not None:
@@ -208,7 +239,7 @@ def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, to
     log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
         f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  MLflow: {plan.tracking_uri} "
         f"parent run {plan.parent_run_id}")
-    with ray_session(address, num_cpus, verbose):
+    with ray_session(address, num_cpus, verbose), _ends_parent_on_start_error(plan):
         tuner = build_tuner(plan, verbose)
         try:
             grid = tuner.fit()
@@ -219,3 +250,14 @@ def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, to
             raise
         done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
         return finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
+
+
+@contextlib.contextmanager
+def _ends_parent_on_start_error(plan: Plan) -> Iterator[None]:
+    """A tuner that cannot start (a resource request the cluster cannot meet) ends the
+    study's parent run FAILED instead of leaving it RUNNING; the error goes on."""
+    try:
+        yield
+    except RayStartError:
+        tracking.client_for(plan.tracking_uri).set_terminated(plan.parent_run_id, "FAILED")
+        raise

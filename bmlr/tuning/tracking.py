@@ -12,8 +12,10 @@ decides exactly what is logged and where:
   the sampled keys and the whole trial configuration as params (its `epochs` is the
   production run's, the learning-rate schedule's horizon; param `max_epochs` is where
   the trial stops), `config.yaml` (that configuration) as an artifact, one metric point per
-  epoch (step = epoch), its final status (FINISHED / FAILED / KILLED) and tags
-  `trial_status` (completed, stopped_early, failed, interrupted, lost),
+  epoch (step = epoch, never logged twice; epochs a killed driver missed come from the
+  trial's `history.json`), its final status (FINISHED / FAILED / KILLED) and tags
+  `trial_status` (completed, stopped_early, failed, interrupted; lost: deleted, see
+  :func:`mark_lost_runs`),
   `early_stopped` (true when ASHA stopped it before `--max-epochs`),
   `epochs_trained`, `error` for failed trials and `best_trial` (true on the best).
   Tags `export.epochs` / `export.seeds` hold the production settings, so
@@ -24,6 +26,8 @@ so it holds only plain data and opens its MLflow client lazily.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import socket
 import time
@@ -31,12 +35,13 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from ray.tune import Callback
 
 from bmlr.tuning.search_space import to_flat_params
+from bmlr.tuning.store import history_path, read_history
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -104,7 +109,32 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store: an exclusive ``fcntl.flock`` on ``.mlflow.lock`` beside the database,
+    so that two drivers starting on a fresh storage do not both create (migrate) it; MLflow's
+    migration is not safe to run twice at once. Other stores: nothing."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):]).parent / ".mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def get_or_create_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if new (a SQLite store's first use, which creates the
+    database, under :func:`store_lock`)."""
+    with store_lock(uri):
+        return _get_or_create_experiment(uri, name)
+
+
+def _get_or_create_experiment(uri: str, name: str) -> str:
     client = client_for(uri)
     try:
         experiment = client.get_experiment_by_name(name)
@@ -166,7 +196,7 @@ class MLflowTrialLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict,
                  max_epochs: int, export_epochs: int, export_seeds: list[int], study: str,
-                 state_dir: str | None = None):
+                 state_dir: str | None = None, extras_dir: str | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -176,6 +206,7 @@ class MLflowTrialLogger(Callback):
         self.export_seeds = list(export_seeds)
         self.study = study
         self.state_dir = state_dir
+        self.extras_dir = extras_dir  # the trials' history.json files (bmlr.tuning.store.history_path)
         self._reset()
 
     def _reset(self) -> None:
@@ -247,27 +278,50 @@ class MLflowTrialLogger(Callback):
 
         run_id = self.run_for(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
-        self._last_epoch[trial.trial_id] = epoch
+        self._last_epoch[trial.trial_id] = max(epoch, self._last_epoch.get(trial.trial_id, 0))
         if epoch <= self._last_step.get(run_id, 0):
             return  # already logged before the study was interrupted
+        # epochs trained before a restore that MLflow missed (the driver died before it logged
+        # them) come from the trial's history.json, the rest from this result
+        earlier = [h for h in self._history(trial.trial_id) if self._last_step.get(run_id, 0) < h["epoch"] < epoch]
         ts = _now_ms()
         metrics = [Metric(k, float(v), ts, epoch) for k, v in result.items()
                    if k not in RAY_KEYS and k != "epoch" and isinstance(v, (int, float))
                    and not isinstance(v, bool)]
         if "time_this_iter_s" in result:
             metrics.append(Metric("epoch_seconds", float(result["time_this_iter_s"]), ts, epoch))
+        log_epochs(self.client, run_id, earlier, ts)
         for i in range(0, len(metrics), 500):
             self.client.log_batch(run_id, metrics=metrics[i:i + 500])
         self._last_step[run_id] = epoch
 
+    def _history(self, trial_id: str) -> list[dict[str, Any]]:
+        if not self.extras_dir:
+            return []
+        return read_history(history_path(self.extras_dir, trial_id)) or []
+
     def _last_epoch_of(self, trial) -> int | None:
+        """The last epoch the trial trained: its history.json, else what it reported."""
+        history = self._history(trial.trial_id)
+        if history:
+            return int(history[-1]["epoch"])
         if trial.trial_id in self._last_epoch:
             return self._last_epoch[trial.trial_id]
         last = trial.last_result or {}
         return int(last["epoch"]) if "epoch" in last else None
 
+    def _log_missing(self, trial, run_id: str) -> None:
+        """The epochs of the trial's history.json MLflow lacks (a trial restored after its last
+        epoch reports nothing again)."""
+        last = self._last_step.get(run_id, 0)
+        missing = [h for h in self._history(trial.trial_id) if h["epoch"] > last]
+        if missing:
+            log_epochs(self.client, run_id, missing, _now_ms())
+            self._last_step[run_id] = int(missing[-1]["epoch"])
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
+        self._log_missing(trial, run_id)
         last_epoch = self._last_epoch_of(trial)
         status = trial_status(last_epoch, self.max_epochs, errored=False)
         self.client.set_tag(run_id, "trial_status", status)
@@ -299,6 +353,7 @@ class MLflowTrialLogger(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_for(trial)
+        self._log_missing(trial, run_id)
         self.client.set_tag(run_id, "trial_status", "failed")
         self.client.set_tag(run_id, "early_stopped", "false")
         self.client.set_tag(run_id, "epochs_trained", str(self._last_epoch_of(trial) or 0))
@@ -341,17 +396,33 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, An
             return runs
 
 
+def log_epochs(client, run_id: str, history: list[dict[str, Any]], ts: int) -> None:
+    """Log epochs of a trial's history (dicts of finite numbers with ``epoch``) at step = epoch."""
+    from mlflow.entities import Metric
+
+    metrics = [Metric(k, float(v), ts, int(h["epoch"])) for h in history for k, v in h.items()
+               if k != "epoch" and isinstance(v, (int, float)) and not isinstance(v, bool)]
+    for i in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[i:i + 500])
+
+
+def logged_steps(client, run_id: str, key: str = "val_acc") -> list[int]:
+    """The steps of the run's metric ``key``, as logged (a step logged twice appears twice)."""
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
 def mark_lost_runs(client, runs: list[Any]) -> int:
     """Tag the runs of trials Ray never saved (started just before a killed driver, after Ray's
-    last snapshot; their configuration was sampled again as a new trial) as lost and KILLED.
-    Returns how many there are."""
+    last snapshot; Ray samples a new trial in their place) as lost, end them KILLED and delete
+    them (MLflow's soft delete: the study's runs are its trials, none twice; `mlflow runs
+    restore --run-id` brings one back). Returns how many there are."""
     for run in runs:
-        if run.data.tags.get("trial_status") != "lost":
-            client.set_tag(run.info.run_id, "trial_status", "lost")
-            client.set_tag(run.info.run_id, "note", "the driver died before Ray saved this trial; its "
-                                                    "configuration was sampled again as a new trial")
-            client.set_tag(run.info.run_id, "best_trial", "false")
-            client.set_terminated(run.info.run_id, "KILLED")
+        client.set_tag(run.info.run_id, "trial_status", "lost")
+        client.set_tag(run.info.run_id, "note", "the driver died before Ray saved this trial; Ray sampled "
+                                                "a new trial in its place")
+        client.set_tag(run.info.run_id, "best_trial", "false")
+        client.set_terminated(run.info.run_id, "KILLED")
+        client.delete_run(run.info.run_id)
     return len(runs)
 
 

@@ -7,6 +7,9 @@ study's budget (`max_epochs`, ASHA's `max_t`): a trial is the first epochs of th
 reports the flat metrics with `ray.tune.report` (the selection metric is `val_acc`) and
 then saves `Trainer.state_dict()` (model, optimizer, scheduler, epoch, best epoch,
 history and every random state) to `<study>/state/trial_<id>.pt`, written atomically.
+Before the report it writes the trial's whole history (every epoch, those trained before a
+restore included) to `<study>/trials/trial_<id>/history.json`: the study's record of the
+trial's epochs (Ray's result.json only holds what was reported since the last restore).
 A trial that Ray retries after a failure, or that a resumed study starts again, loads
 that file and continues with the next epoch; the Trainer's shuffling depends only on
 (seed, epoch) and the random states are restored, so it sees the same batches it would
@@ -33,6 +36,7 @@ from typing import Any
 
 from bmlr.fileio import atomic_path, atomic_write_text
 from bmlr.tuning.ray_backend import METRIC
+from bmlr.tuning.store import history_path, write_history
 
 
 def report_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -96,9 +100,10 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     `tune.with_parameters`, a small dict: no data, no model), its `epochs` the production
     run's (the schedule's horizon). The trial trains `max_epochs` epochs of that run (None:
     all of them; a budget beyond the production epochs stretches the horizon to it, since a
-    schedule must not run past its end). With `extras_dir`, the validation top-3 counts of
-    the best epoch so far are kept in `<extras_dir>/trial_<id>/val_top3.json` (for the study
-    report's Figure 4)."""
+    schedule must not run past its end). With `extras_dir`, the trial's whole history is kept
+    in `<extras_dir>/trial_<id>/history.json` (written before each report) and the validation
+    top-3 counts of the best epoch so far in `<extras_dir>/trial_<id>/val_top3.json` (for the
+    study report's Figure 4)."""
     import torch
     from ray import tune
 
@@ -119,6 +124,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
         reported = report_metrics(metrics)
         if extras_dir and trainer.best_epoch == trainer.epoch:  # before the report: ASHA may stop us there
             save_val_top3(trainer, val_top3_path(extras_dir, trial_id))
+        if extras_dir:  # every epoch, restored ones included: Ray's result.json starts at the restore
+            write_history(history_path(extras_dir, trial_id), [report_metrics(m) for m in trainer.history])
         # report first: if the trial dies before the save, the epoch is redone and re-reported
         # (MLflow skips epochs it has), rather than saved but never reported
         tune.report(reported)
