@@ -14,11 +14,12 @@ import argparse
 from dataclasses import fields
 from typing import Any, TypeVar
 
-__all__ = ["HelpFormatter", "DATASETS", "command_parser", "add_data_options", "add_set_option", "add_asha_options",
+from bmlr.data import DATASETS
+
+__all__ = ["HelpFormatter", "command_parser", "add_data_options", "add_set_option", "add_asha_options",
            "add_ray_options", "add_max_failures_option", "add_result_options", "add_verbose_option",
            "settings_from"]
 
-DATASETS = "synthetic, cremad, ks, ave, avmnist, mosi, mosei"
 Settings = TypeVar("Settings")
 
 
@@ -39,7 +40,8 @@ def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def add_data_options(group, data_root_help: str = "", search_space_help: str = "") -> None:
     """`--dataset`, `--data-root`, `--search-space`."""
-    group.add_argument("--dataset", default="synthetic", help=f"data set ({DATASETS})")
+    group.add_argument("--dataset", default="synthetic",
+                       help=f"data set ({', '.join(DATASETS.names())}; manifest: your own, docs/data.md)")
     group.add_argument("--data-root", help=data_root_help or "the data set's folder (default: the generated "
                        "synthetic data set)")
     group.add_argument("--search-space", help=search_space_help or "search-space YAML (default: "
