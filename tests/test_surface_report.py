@@ -155,6 +155,11 @@ def test_staged_export_is_the_stage2_winner(staged_study, tiny):
         run = client.get_run(stage_info["parent_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == info["parent_run_id"]
         assert run.data.tags["bmlr.role"] == stage
+    # one winner marked among both stages' trial runs; the staged run's score is a tag, not a metric
+    trial_runs = [client.get_run(r["run_id"]) for r in rows]
+    assert [r.info.run_id for r in trial_runs if r.info.run_name.startswith("★ ")] == [winner["run_id"]]
+    staged_run = client.get_run(info["parent_run_id"])
+    assert "best_val_acc" not in staged_run.data.metrics and float(staged_run.data.tags["best_score"]) > 0
     out = tiny["base"] / "exported.yaml"
     assert cli.main(["export", "--run-id", info["parent_run_id"], "-o", str(out), "--tracking-uri", _uri(tiny)]) == 0
     assert load_config(out) == cfg

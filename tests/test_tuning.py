@@ -7,9 +7,12 @@ everything they start is stopped by its process id afterwards.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -230,6 +233,108 @@ def test_relative_sqlite_uri_is_rejected(tiny, tmp_path, capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# export: finding the store, creating nothing
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("how", ["default", "env", "flag"])
+def test_export_without_a_store_creates_nothing(tmp_path, monkeypatch, capsys, how):
+    monkeypatch.chdir(tmp_path)
+    missing = f"sqlite:///{tmp_path / 'elsewhere' / 'mlflow.db'}"
+    argv = ["export", "--run-id", "0" * 32, "-o", "x.yaml"]
+    if how == "env":
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", missing)
+    if how == "flag":
+        argv += ["--tracking-uri", missing]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no MLflow store at" in err
+    assert all(name in err for name in ("--tracking-uri", "--storage", "MLFLOW_TRACKING_URI")), err
+    assert {"default": "tune_runs/mlflow.db", "env": "MLFLOW_TRACKING_URI", "flag": "--tracking-uri"}[how] in err
+    assert _files(tmp_path) == []  # no database file, no folder
+
+
+def _store_with_trial(storage: Path) -> tuple[str, str]:
+    from bmlr.tuning import tracking
+
+    uri = tracking.default_tracking_uri(storage)
+    tracking.check_reachable(uri)
+    experiment = tracking.get_or_create_experiment(uri, "export-test")
+    client = _client(uri)
+    run = client.create_run(experiment, tags={"trial_id": "t1", "study": "s", "export.epochs": "3",
+                                              "export.seeds": "[4, 5]"})
+    client.log_text(run.info.run_id, yaml.safe_dump({"dataset": "synthetic", "beta": 0.37}), "config.yaml")
+    return uri, run.info.run_id
+
+
+def test_export_finds_the_run_through_storage_and_environment(tmp_path, monkeypatch, capsys):
+    uri, run_id = _store_with_trial(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["export", "--run-id", run_id, "-o", "a.yaml", "--storage", "runs"]) == 0
+    cfg = load_config(tmp_path / "a.yaml")
+    assert cfg.beta == pytest.approx(0.37) and cfg.epochs == 3 and cfg.seeds == [4, 5]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert cli.main(["export", "--run-id", run_id, "-o", "b.yaml"]) == 0
+    assert load_config(tmp_path / "b.yaml").beta == pytest.approx(0.37)
+    assert cli.main(["export", "--run-id", "0" * 32, "-o", "c.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert "not found" in err and "--tracking-uri" in err and not (tmp_path / "c.yaml").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# how the runs read in the MLflow UI
+def test_trial_run_names_show_the_sampled_values_compactly():
+    from bmlr.tuning.run_view import compact, trial_run_name
+
+    assert [compact(v) for v in (1.3612, 0.6149, 1.7e-3, 0.0, 123456.0, 5, True, "sum")] == \
+        ["1.36", "0.615", "1.7e-3", "0", "1.23e5", "5", "true", "sum"]
+    sampled = {"lr": 0.0017, "fusion": "concat", "beta": 0.6149, "alpha": 1.3612}
+    assert trial_run_name(sampled, ["alpha", "beta", "lr", "fusion"]) == "a=1.36 b=0.615 lr=1.7e-3 concat"
+    assert trial_run_name({"alpha": 1.0, "seed": 2}, ["alpha"]) == "a=1 seed=2"  # unlisted keys follow
+
+
+def test_the_best_run_is_marked_and_described_once(tmp_path):
+    from bmlr.tuning import run_view, tracking
+
+    uri = tracking.default_tracking_uri(tmp_path)
+    experiment = tracking.get_or_create_experiment(uri, "names")
+    client = _client(uri)
+    ids = [client.create_run(experiment, run_name=f"a={i}").info.run_id for i in range(3)]
+    run_view.mark_best(client, [client.get_run(i) for i in ids], ids[1], "won: 0.9 at epoch 3")
+    run_view.mark_best(client, [client.get_run(i) for i in ids], ids[2], "won: 0.95 at epoch 2")  # a resume
+    runs = [client.get_run(i) for i in ids]
+    assert [r.info.run_name for r in runs] == ["a=0", "a=1", "★ a=2"]
+    assert [r.data.tags["best_trial"] for r in runs] == ["false", "false", "true"]
+    assert [r.data.tags.get("mlflow.note.content") for r in runs] == [None, None, "won: 0.95 at epoch 2"]
+
+
+def test_summary_links_to_the_runs_table_and_the_parent_run():
+    from bmlr.tuning.run_view import ui_lines
+
+    lines = ui_lines("sqlite:////data/runs/mlflow.db", "3", "abc")
+    assert "mlflow ui --backend-store-uri sqlite:////data/runs/mlflow.db" in lines[0]
+    assert lines[1].endswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning")
+    assert lines[2].endswith("http://127.0.0.1:5000/#/experiments/3/runs/abc")
+    served = ui_lines("http://10.0.0.5:8080/", "3", "abc")
+    assert len(served) == 2 and "mlflow ui" not in " ".join(served)
+    assert served[0].endswith("http://10.0.0.5:8080/#/experiments/3/runs?workflowType=machine_learning")
+
+
+def test_report_best_trials_table_carries_the_mlflow_run_ids():
+    from bmlr.tuning.report import best_trials_table
+
+    rows = [{"trial_id": "t1", "status": "completed", "epochs": 4, "best_epoch": 3, "best_val_acc": 0.5,
+             "run_id": "r1", "param.beta": 0.3},
+            {"trial_id": "t2", "status": "completed", "epochs": 4, "best_epoch": 2, "best_val_acc": 0.7,
+             "run_id": "r2", "param.beta": 0.5},
+            {"trial_id": "t3", "status": "failed", "epochs": 1, "run_id": None, "param.beta": 0.9}]
+    head, body = best_trials_table(rows, ["audio", "visual"], top=5)
+    column = head.index("MLflow run")
+    assert [line[column] for line in body] == ["r2", "r1", "-"]
+
+
+# ---------------------------------------------------------------------------------------------
 # end to end: one study, several checks
 @pytest.fixture(scope="module")
 def asha_study(tiny):
@@ -238,11 +343,14 @@ def asha_study(tiny):
     storage = tiny["base"] / "asha-runs"
     space = _space(tiny["base"] / "asha.yaml", ASHA_SPACE)
     start = time.time()
-    rc = cli.main(_args(tiny, storage, space, "--samples", "9", "--max-epochs", "4", "--grace-period", "1",
-                        "--reduction-factor", "2", "--name", "asha", "--seed", ASHA_SEED))
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        rc = cli.main(_args(tiny, storage, space, "--samples", "9", "--max-epochs", "4", "--grace-period", "1",
+                            "--reduction-factor", "2", "--name", "asha", "--seed", ASHA_SEED))
+    print(out.getvalue())
     study_dir = storage / "synthetic" / "asha"
     return {"rc": rc, "dir": study_dir, "uri": f"sqlite:///{storage.resolve()}/mlflow.db",
-            "seconds": time.time() - start}
+            "seconds": time.time() - start, "out": out.getvalue()}
 
 
 @pytest.mark.slow
@@ -272,6 +380,17 @@ def test_study_logs_parent_and_nested_runs_to_mlflow(asha_study):
     assert len(children) == 9 and len({r.data.tags["trial_id"] for r in children}) == 9
     best = [r for r in children if r.data.tags.get("best_trial") == "true"]
     assert len(best) == 1 and tags["best_run_id"] == best[0].info.run_id
+    # readable runs: named by the sampled values (search-space order), the winner marked and described
+    assert best[0].info.run_name.startswith("★ b=") and "validation accuracy" in best[0].data.tags["mlflow.note.content"]
+    assert [r for r in children if r.info.run_name.startswith("★")] == best
+    assert all(re.fullmatch(r"(★ )?b=\S+ a=\S+ lr=\S+ (concat|sum)", r.info.run_name) for r in children), \
+        [r.info.run_name for r in children]
+    assert "best_val_acc" not in parent.data.metrics and float(tags["best_score"]) > 0  # not sorted among trials
+    # the summary: how to open the store, then links to the classic runs table and the parent run
+    ui = f"http://127.0.0.1:5000/#/experiments/{info['experiment_id']}"
+    assert f"mlflow ui --backend-store-uri {asha_study['uri']}" in asha_study["out"]
+    assert f"runs table: {ui}/runs?workflowType=machine_learning" in asha_study["out"]
+    assert f"parent run: {ui}/runs/{parent.info.run_id}" in asha_study["out"]
     for run in children:
         t = run.data.tags
         assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}

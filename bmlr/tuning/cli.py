@@ -25,7 +25,7 @@ from bmlr.config import ConfigError
 from bmlr.train import parse_overrides, sigterm_as_ctrl_c
 from bmlr.tuning import tracking
 from bmlr.tuning.compare.cli import main as compare_main
-from bmlr.tuning.export import ExportError, export_run
+from bmlr.tuning.export import ExportError, check_store, export_run
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_max_failures_option,
                                  add_ray_options, add_result_options, add_set_option, add_verbose_option,
                                  command_parser, settings_from)
@@ -230,7 +230,8 @@ def export_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id", required=True, help="MLflow run id of a trial (or of a study)")
     p.add_argument("-o", "--output", required=True, help="YAML file to write")
     p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite in --storage")
-    p.add_argument("--storage", default="tune_runs", help="where the default SQLite store lives")
+    p.add_argument("--storage", default="tune_runs", help="the study's --storage folder: its mlflow.db is the store "
+                   "when neither --tracking-uri nor $MLFLOW_TRACKING_URI is given (never created here)")
     p.add_argument("--epochs", type=int, help="production epochs (default: the study's fixed epochs)")
     p.add_argument("--seeds", type=int, nargs="+", help="production seeds (default: the study's fixed seeds)")
     return p
@@ -238,13 +239,17 @@ def export_parser() -> argparse.ArgumentParser:
 
 def export_main(argv: list[str]) -> int:
     args = export_parser().parse_args(argv)
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(
-        Path(args.storage).expanduser())
+    if args.tracking_uri:
+        uri, source = args.tracking_uri, "--tracking-uri"
+    elif os.environ.get("MLFLOW_TRACKING_URI"):
+        uri, source = os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    else:
+        uri, source = tracking.default_tracking_uri(Path(args.storage).expanduser()), f"--storage {args.storage}"
     try:
         if Path(args.output).is_dir():
             raise ExportError(f"-o {args.output} is a folder; give the YAML file to write, e.g. "
                               f"{Path(args.output) / 'best.yaml'}")
-        tracking.check_reachable(uri)
+        check_store(uri, source)  # never opens (so never creates) a SQLite file that is not there
         path, cfg = export_run(args.run_id, args.output, uri, epochs=args.epochs, seeds=args.seeds)
     except (ExportError, tracking.TrackingError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -20,7 +20,11 @@ import yaml
 from bmlr.config import FIELD_NAMES, Config, ConfigError, from_dict
 from bmlr.fileio import abs_path, atomic_write_text
 
-__all__ = ["ExportError", "production_config", "write_config", "export_run"]
+__all__ = ["ExportError", "production_config", "write_config", "export_run", "check_store"]
+
+# where a user finds the store of a study, named by every "cannot find it" message
+STORE_HINT = ("pass the study's store with --tracking-uri (e.g. sqlite:////abs/path/tune_runs/mlflow.db or "
+              "http://127.0.0.1:5000), --storage <the study's --storage folder> or MLFLOW_TRACKING_URI")
 
 
 class ExportError(RuntimeError):
@@ -51,6 +55,22 @@ def write_config(cfg: Config, path: str | Path, header: list[str] | None = None)
         return atomic_write_text(path, "\n".join(lines) + "\n" + cfg.to_yaml())
     except OSError as err:  # a read-only folder, a path under a file: the temporary file is removed
         raise ExportError(f"cannot write {path}: {err.strerror or type(err).__name__}") from None
+
+
+def check_store(uri: str, source: str) -> None:
+    """ExportError where the store ``uri`` (named by ``source``: an option or a variable) cannot
+    hold the run: a SQLite file that does not exist (opening it would create an empty one) or a
+    relative SQLite path; TrackingError where a server does not answer. Creates nothing."""
+    from bmlr.tuning import tracking
+
+    if uri.startswith("sqlite:"):
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path.startswith("/"):
+            raise ExportError(f"tracking URI {uri} ({source}): use an absolute path, sqlite:////abs/path/mlflow.db")
+        if not Path(path).is_file():
+            raise ExportError(f"no MLflow store at {path} ({source}); {STORE_HINT}")
+    else:
+        tracking.check_reachable(uri)
 
 
 def _config_from_run(client, run) -> dict[str, Any]:
@@ -84,7 +104,8 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str, epochs: int | No
     try:
         run = client.get_run(run_id)
     except MlflowException as err:
-        raise ExportError(f"run {run_id!r} not found at {tracking_uri} ({err})") from None
+        raise ExportError(f"run {run_id!r} not found at {tracking_uri} ({err}); if the study logged "
+                          f"elsewhere, {STORE_HINT}") from None
     tags = run.data.tags
     if "best_run_id" in tags and "trial_id" not in tags:  # a study's parent run: its best trial
         print(f"run {run_id} is the study {tags.get('study', '')!r}; exporting its best trial "

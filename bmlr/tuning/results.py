@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmlr.fileio import finite_or_none
-from bmlr.tuning import tracking
+from bmlr.tuning import run_view, tracking
 from bmlr.tuning.export import production_config, write_config
 from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.ray_backend import METRIC
@@ -24,7 +24,7 @@ from bmlr.tuning.selection import SCORE, choose_best
 from bmlr.tuning.store import StudyStore
 
 __all__ = ["Row", "Chooser", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
-           "format_table", "finish"]
+           "format_table", "winner_note", "finish"]
 
 Row = dict[str, Any]
 Chooser = Callable[[list[Row]], "Row | None"]
@@ -190,13 +190,19 @@ def _export_best(plan: Plan, best: Row, runs: dict[str, Any]):
               f"production: {cfg.epochs} epochs, seeds {cfg.seeds}"]
     best_yaml = write_config(cfg, plan.store.best_path, header)
     client = tracking.client_for(plan.tracking_uri)
-    for trial_id, run in runs.items():
-        client.set_tag(run.info.run_id, "best_trial", str(trial_id == best["trial_id"]).lower())
+    run_view.mark_best(client, runs.values(), best["run_id"], winner_note(best, f"study {s.name}"))
     client.set_tag(plan.parent_run_id, "best_run_id", best["run_id"] or "")
     client.set_tag(plan.parent_run_id, "best_trial_id", best["trial_id"])
-    client.log_metric(plan.parent_run_id, "best_val_acc", best[SCORE])
+    client.set_tag(plan.parent_run_id, "best_score", f"{best[SCORE]:.6g}")  # a tag: the parent is no trial
     client.log_artifact(plan.parent_run_id, str(best_yaml))
     return best_yaml
+
+
+def winner_note(best: Row, where: str) -> str:
+    """The winner's run description: why it won."""
+    return (f"**Best trial** of {where}: validation accuracy {best[SCORE]:.4f} at epoch {best.get('best_epoch')} "
+            f"of {best.get('epochs')} trained ({best.get('status')}), the highest of the study's trials "
+            f"(ties: fewer epochs to reach it, then trial id; test never read). Trial {best['trial_id']}.")
 
 
 def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, interrupted: bool,
@@ -210,6 +216,8 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
     else:
         log("no trial finished successfully: nothing exported")
     log(f"MLflow: {plan.tracking_uri}  experiment {s.experiment!r}  parent run {plan.parent_run_id}")
+    for line in run_view.ui_lines(plan.tracking_uri, plan.experiment_id, plan.parent_run_id):
+        log(line)
     if interrupted:
         log(f"the study was interrupted; continue it with: bmlr-tune --dataset {s.dataset} "
             f"--storage {s.storage} --name {s.name} --resume")

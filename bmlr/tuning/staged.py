@@ -43,9 +43,9 @@ from typing import Any, Callable
 from bmlr.config import ConfigError, load_config
 from bmlr.fileio import abs_path, atomic_write_text, timestamp
 from bmlr.methods import METHODS
-from bmlr.tuning import tracking
+from bmlr.tuning import run_view, tracking
 from bmlr.tuning.export import write_config
-from bmlr.tuning.results import format_table
+from bmlr.tuning.results import format_table, winner_note
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, project_root
 from bmlr.tuning.selection import SCORE, choose_best, score
 from bmlr.tuning.store import StoreError, StudyStore
@@ -337,7 +337,7 @@ def _finish(run: _Staged, log: Callable[[str], None], top: int) -> StudyOutcome:
     run.info.update(best_trial_id=str(winner["trial_id"]), best_run_id=winner.get("run_id"),
                     best_val_acc=winner[SCORE], epochs_trained=epochs[1] + epochs[2])
     run.save()
-    _log_winner(run, winner, epochs[1] + epochs[2], best_yaml)
+    _log_winner(run, winner, rows, epochs[1] + epochs[2], best_yaml)
     stage1_best = next(r for r in rows if r["stage"] == 1 and r["stage2_candidate"])
     log(f"\nstaged study {store.dir}: stage 1 best {stage1_best[SCORE]:.4f} (trial "
         f"{stage1_best['trial_id']}, alpha {staged['stage1_alpha']}), stage-2 winner "
@@ -348,13 +348,15 @@ def _finish(run: _Staged, log: Callable[[str], None], top: int) -> StudyOutcome:
     return StudyOutcome(store.dir, rows, winner, best_yaml, run.info["parent_run_id"], run.info["tracking_uri"], False)
 
 
-def _log_winner(run: _Staged, winner: Row, epochs: int, best_yaml: Path) -> None:
+def _log_winner(run: _Staged, winner: Row, rows: list[Row], epochs: int, best_yaml: Path) -> None:
     parent = run.info["parent_run_id"]
     client = tracking.client_for(run.info["tracking_uri"])
     client.set_tag(parent, "best_run_id", winner.get("run_id") or "")
     client.set_tag(parent, "best_trial_id", str(winner["trial_id"]))
     client.set_tag(parent, "best_stage", str(winner["stage"]))
-    client.log_metric(parent, "best_val_acc", float(winner[SCORE]))
+    client.set_tag(parent, "best_score", f"{float(winner[SCORE]):.6g}")  # a tag: the parent is no trial
+    stage_runs = [client.get_run(r["run_id"]) for r in rows if r.get("run_id")]  # one marked winner in all
+    run_view.mark_best(client, stage_runs, winner.get("run_id"), winner_note(winner, f"staged study {run.base.name}"))
     client.log_metric(parent, "epochs_trained", float(epochs))
     for path in (best_yaml, run.store.trials_path, run.store.info_path, run.space_record("stage1"),
                  run.space_record("stage2")):

@@ -134,7 +134,7 @@ def _callback(plan: Plan):
         tracking_uri=plan.tracking_uri, experiment_id=plan.experiment_id, parent_run_id=plan.parent_run_id,
         base_config=plan.trial_base, max_epochs=plan.max_epochs, export_epochs=plan.production.epochs,
         export_seeds=plan.production.seeds, study=plan.settings.name, state_dir=str(plan.store.state_dir),
-        extras_dir=str(plan.store.extras_dir))
+        extras_dir=str(plan.store.extras_dir), order=list(plan.space.params))
 
 
 def build_tuner(plan: Plan, verbose: int):

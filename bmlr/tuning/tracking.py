@@ -7,8 +7,10 @@ decides exactly what is logged and where:
   the study folder so `--resume` keeps logging into it): tags `dataset`,
   `method`, `search_space`, `git_commit`, `study`; the study settings as params;
   at the end the search space, `best.yaml` and `trials.csv` as artifacts, the
-  best trial's run id as tag `best_run_id` and its score as metric `best_val_acc`.
-* nested run per trial (tag `mlflow.parentRunId`, which the MLflow UI nests):
+  best trial's run id as tag `best_run_id` and its score as tag `best_score` (no metric: the
+  parent never sorts among its trials).
+* nested run per trial (tag `mlflow.parentRunId`, which the MLflow UI nests), named by what
+  was sampled (:func:`bmlr.tuning.run_view.trial_run_name`; the winner's name marked):
   the sampled keys and the whole trial configuration as params (its `epochs` is the
   production run's, the learning-rate schedule's horizon; param `max_epochs` is where
   the trial stops), `config.yaml` (that configuration) as an artifact, one metric point per
@@ -17,7 +19,8 @@ decides exactly what is logged and where:
   `trial_status` (completed, stopped_early, failed, interrupted; lost: deleted, see
   :func:`mark_lost_runs`),
   `early_stopped` (true when ASHA stopped it before `--max-epochs`),
-  `epochs_trained`, `error` for failed trials and `best_trial` (true on the best).
+  `epochs_trained`, `error` for failed trials and `best_trial` (true on the best, which
+  also gets a description, `mlflow.note.content`, saying why it won).
   Tags `export.epochs` / `export.seeds` hold the production settings, so
   `bmlr-tune export --run-id` rebuilds a production YAML from any trial run.
 
@@ -40,6 +43,7 @@ from typing import Any, Iterator
 import yaml
 from ray.tune import Callback
 
+from bmlr.tuning.run_view import trial_run_name
 from bmlr.tuning.search_space import to_flat_params
 from bmlr.tuning.store import history_path, read_history
 
@@ -196,7 +200,7 @@ class MLflowTrialLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict,
                  max_epochs: int, export_epochs: int, export_seeds: list[int], study: str,
-                 state_dir: str | None = None, extras_dir: str | None = None):
+                 state_dir: str | None = None, extras_dir: str | None = None, order: list[str] | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -207,6 +211,7 @@ class MLflowTrialLogger(Callback):
         self.study = study
         self.state_dir = state_dir
         self.extras_dir = extras_dir  # the trials' history.json files (bmlr.tuning.store.history_path)
+        self.order = list(order or [])  # the searched keys in the search space's order (run names)
         self._reset()
 
     def _reset(self) -> None:
@@ -223,7 +228,7 @@ class MLflowTrialLogger(Callback):
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update({"order": [], **state})  # a callback pickled before run names had no order
         self._reset()
 
     @property
@@ -247,7 +252,7 @@ class MLflowTrialLogger(Callback):
         run_id = self.find_run(trial_id)
         if run_id is None:
             run = self.client.create_run(
-                self.experiment_id, run_name=f"trial_{trial_id}",
+                self.experiment_id, run_name=trial_run_name(dict(trial.config), self.order),
                 tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id,
                       "study": self.study, "trial_status": "running",
                       "export.epochs": str(self.export_epochs),

@@ -21,16 +21,17 @@ def table_order(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def best_trials_table(rows: list[dict[str, Any]], modalities: list[str], top: int) -> tuple[list[str], list[list]]:
     """The `top` trials in the selection rule's order (trials without a score after them):
-    status, epochs, the scores at each trial's best epoch, and its searched parameters."""
+    its MLflow run id (for `tune.py export --run-id`), status, epochs, the scores at each trial's
+    best epoch, and its searched parameters."""
     params: list[str] = []
     for r in rows:
         params.extend(k for k in r if k.startswith("param.") and k not in params and k != "param.seeds")
     extra = ["stage"] if any("stage" in r for r in rows) else []
-    head = (["#", "trial", *extra, "status", "epochs", "best epoch", "val acc %", "macro-F1 %"]
+    head = (["#", "trial", "MLflow run", *extra, "status", "epochs", "best epoch", "val acc %", "macro-F1 %"]
             + [f"{u} acc %" for u in modalities] + ["imbalance"] + [p.removeprefix("param.") for p in params])
     body = []
     for i, r in enumerate(table_order(rows)[:top], 1):
-        body.append([i, r["trial_id"], *[r.get("stage", "") for _ in extra], r.get("status"), val(r.get("epochs")),
+        body.append([i, r["trial_id"], r.get("run_id") or "-", *[r.get("stage", "") for _ in extra], r.get("status"), val(r.get("epochs")),
                      val(r.get("best_epoch")), pct(r.get("best_val_acc")), pct(r.get("val_macro_f1"))]
                     + [pct(r.get(f"val_acc_{u}")) for u in modalities]
                     + [val(finite_or_none(r.get("val_imbalance_ratio")))] + [val(r.get(p)) for p in params])
@@ -42,4 +43,5 @@ def add_best_trials(page: Page, ctx: Context, top: int) -> None:
     head, body = best_trials_table(ctx.study.rows, ctx.modalities, top)
     page.table(head, body)
     page.p("`val acc` is a trial's best validation accuracy over its epochs; the other metrics are taken at that "
-           "epoch. `imbalance` is the first modality's accuracy over the second's (the paper's A/V ratio).")
+           "epoch. `imbalance` is the first modality's accuracy over the second's (the paper's A/V ratio). "
+           "`MLflow run` is the trial's run id: `tune.py export --run-id <it> -o chosen.yaml` exports it.")

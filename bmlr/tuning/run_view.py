@@ -1,0 +1,82 @@
+"""How a study's runs read in the MLflow UI: a trial run's name (what was sampled), the
+winner's marker and description, and where to look (the `mlflow ui` command, the links to
+the experiment's runs table and the parent run).
+
+A leaf module: plain strings, and an MLflow client passed in where runs are changed.
+"""
+from __future__ import annotations
+
+import math
+import urllib.parse
+from typing import Any, Iterable
+
+__all__ = ["BEST_MARK", "NOTE_TAG", "compact", "trial_run_name", "plain_name", "mark_best", "ui_lines"]
+
+BEST_MARK = "★ "  # leads the best trial's run name
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
+SHORT_KEYS = {"alpha": "a", "beta": "b"}  # the paper's two reshaping knobs, by their one-letter names
+UI_PORT = 5000  # `mlflow ui`'s default port
+
+
+def compact(value: Any) -> str:
+    """A value in a few characters: floats to 3 significant digits, small or large ones as
+    ``1.7e-3``; booleans as true/false; anything else as ``str``."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if not isinstance(value, float) or not math.isfinite(value):
+        return str(value)
+    if value == 0 or 1e-2 <= abs(value) < 1e4:
+        return f"{value:.3g}"
+    mantissa, exponent = f"{value:.2e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def trial_run_name(sampled: dict[str, Any], order: Iterable[str] = ()) -> str:
+    """A trial run's name from its sampled values, keys in ``order`` first (the search space's),
+    e.g. ``a=1.36 b=0.61 lr=1.7e-3 concat``: a text choice shows as its value alone."""
+    order = list(order)
+    keys = [k for k in order if k in sampled] + [k for k in sampled if k not in order]
+    parts = []
+    for key in keys:
+        value = sampled[key]
+        parts.append(value if isinstance(value, str) else f"{SHORT_KEYS.get(key, key)}={compact(value)}")
+    return " ".join(parts) or "trial"
+
+
+def plain_name(name: str | None) -> str:
+    """A run name without the best's marker."""
+    name = name or ""
+    return name[len(BEST_MARK):] if name.startswith(BEST_MARK) else name
+
+
+def mark_best(client, runs: Iterable[Any], best_run_id: str | None, note: str) -> None:
+    """Mark the run ``best_run_id`` among ``runs`` (MLflow Run objects) as the winner: its name
+    led by :data:`BEST_MARK`, ``note`` as its description, tag ``best_trial`` true. Any other run
+    loses an earlier marker and description (a resumed study's winner can change)."""
+    for run in runs:
+        run_id, name = run.info.run_id, run.info.run_name or ""
+        is_best = run_id == best_run_id
+        client.set_tag(run_id, "best_trial", str(is_best).lower())
+        if is_best:
+            if not name.startswith(BEST_MARK):
+                client.update_run(run_id, name=BEST_MARK + name)
+            client.set_tag(run_id, NOTE_TAG, note)
+        elif name.startswith(BEST_MARK):
+            client.update_run(run_id, name=plain_name(name))
+            if NOTE_TAG in run.data.tags:
+                client.delete_tag(run_id, NOTE_TAG)
+
+
+def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[str]:
+    """How to open the study in the MLflow UI: for a SQLite store the `mlflow ui` command and
+    links on its default port; for a server, links on the server."""
+    parsed = urllib.parse.urlparse(tracking_uri)
+    if parsed.scheme in ("http", "https"):
+        base, lines = tracking_uri.rstrip("/"), []
+    else:
+        base = f"http://127.0.0.1:{UI_PORT}"
+        lines = [f"  open it: mlflow ui --backend-store-uri {tracking_uri}   (then the links below)"]
+    experiment = f"{base}/#/experiments/{experiment_id}"
+    return lines + [f"  runs table: {experiment}/runs?workflowType=machine_learning",
+                    f"  parent run: {experiment}/runs/{parent_run_id}"]
