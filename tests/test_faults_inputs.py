@@ -25,6 +25,8 @@ from bmlr import train as train_cli
 from bmlr.config import from_dict
 from bmlr.tuning import cli
 
+from process_helpers import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # the default store in --storage
 TINY_FIXED = {"model_width": 4, "model_depth": 1, "image_size": 32, "frames": 2, "batch_size": 16,
@@ -45,21 +47,6 @@ def tiny(tmp_path_factory):
 def _env(**extra: str) -> dict:
     return dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
                 PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 40) -> None:
-    """Stop a process we started (and its process group: it was started in its own session)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of our own process group only
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait(10)
 
 
 def _space(path: Path, doc: dict = SPACE) -> Path:
@@ -232,7 +219,7 @@ def test_interrupted_training_exits_130_and_marks_results_incomplete(tiny, tmp_p
         proc.send_signal(sig)
         assert proc.wait(60) == 130, log.read_text()[-3000:]
     finally:
-        _stop(proc)
+        stop_process(proc)
     text = log.read_text()
     assert "Traceback" not in text and "KeyboardInterrupt" not in text
     last = text.strip().splitlines()[-1]
@@ -369,7 +356,7 @@ def sigterm_study(tiny, tmp_path_factory):
         driver.send_signal(signal.SIGTERM)
         code = driver.wait(120)
     finally:
-        _stop(driver)
+        stop_process(driver)
     parent = MlflowClient(tracking_uri=info["tracking_uri"]).get_run(info["parent_run_id"])
     return {"code": code, "log": log.read_text(), "parent": parent, "listeners": listeners}
 

@@ -29,6 +29,8 @@ import yaml
 from bmlr.config import load_config
 from bmlr.tuning import cli
 
+from process_helpers import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 os.environ.pop("MLFLOW_TRACKING_URI", None)  # these tests exercise the default store in --storage
@@ -55,21 +57,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, timeout: float = 40) -> None:
-    """Stop a process we started (and its process group: it was started in its own session)."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # leftovers of our own process group only
-    except (ProcessLookupError, PermissionError):
-        pass
-    proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -486,7 +473,7 @@ def test_interrupted_study_resumes_without_rerunning_finished_trials(tiny, tmp_p
         driver.send_signal(signal.SIGINT)  # Ctrl-C
         assert driver.wait(120) == cli.EXIT_INTERRUPTED, (tmp_path / "driver.log").read_text()[-3000:]
     finally:
-        _stop(driver)
+        stop_process(driver)
 
     before = {}
     _, client, parent, children = _study_runs(uri, study_dir)
@@ -590,5 +577,5 @@ def test_study_on_a_ray_start_cluster_logging_to_an_mlflow_server(tiny, tmp_path
         assert load_config(out) == load_config(study_dir / "best.yaml")
     finally:
         for proc in procs:
-            _stop(proc)
+            stop_process(proc)
         shutil.rmtree(temp_dir, ignore_errors=True)
