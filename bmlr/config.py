@@ -22,11 +22,14 @@ import yaml
 from bmlr.fileio import atomic_write_text
 
 __all__ = ["Config", "ConfigError", "FIELD_NAMES", "METHOD_ARGS_PREFIX", "OPTIMIZERS", "SCHEDULES", "DEVICES",
-           "field_kind", "fold_method_args", "from_dict", "load_config", "validate"]
+           "SOURCE_KEYS", "field_kind", "fold_method_args", "from_dict", "load_config", "validate"]
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("none", "step", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
+# what a `source` mapping may name: the MLflow store, experiment and run of the trial an exported
+# configuration reproduces, the run's name, its study and trial id, and the study's parent run
+SOURCE_KEYS = ("tracking_uri", "experiment_id", "run_id", "run_name", "study", "trial_id", "parent_run_id")
 
 
 class ConfigError(ValueError):
@@ -74,6 +77,10 @@ class Config:
     compile: bool = False  # torch.compile the encoders in place (the first steps compile; CPU needs a C++ compiler)
     output_dir: str = "runs"
     name: str | None = None
+    # where an exported configuration came from (keys: SOURCE_KEYS): written by bmlr-tune (best.yaml,
+    # export --run-id) and `bmlr.train --from-run`; bmlr.train logs to that MLflow store and links its
+    # run to the trial. Ignored by training; None = not from a study
+    source: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         validate(self)
@@ -135,6 +142,8 @@ def _coerce(source: str, key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, (list, tuple)) or not value:
             raise _fail(source, key, value, "a non-empty list of integers")
         return [_coerce_scalar(source, key, v, 0) for v in value]
+    if key == "source":
+        return _coerce_source(source, value)
     if key == "method_args":
         if value is None:
             return {}
@@ -142,6 +151,19 @@ def _coerce(source: str, key: str, value: Any, default: Any) -> Any:
             raise _fail(source, key, value, "a mapping")
         return dict(value)
     return _coerce_scalar(source, key, value, default)
+
+
+def _coerce_source(where: str, value: Any) -> dict[str, str] | None:
+    """A `source` mapping: None, or some of SOURCE_KEYS to strings (numbers as text, nulls dropped)."""
+    if value is None:
+        return None
+    expected = f"null or a mapping of some of {', '.join(SOURCE_KEYS)} to strings"
+    if not isinstance(value, dict) or any(k not in SOURCE_KEYS for k in value):
+        raise _fail(where, "source", value, expected)
+    for item in value.values():
+        if isinstance(item, bool) or not (item is None or isinstance(item, (str, int))):
+            raise _fail(where, "source", value, expected)
+    return {k: str(v) for k, v in value.items() if v is not None}
 
 
 def _coerce_scalar(source: str, key: str, value: Any, default: Any) -> Any:

@@ -8,11 +8,19 @@ seed has finished) and `seed<k>/model.pt`, and prints the mean and standard
 deviation over seeds. The run folder is created once the configuration and the
 data have been checked. Ctrl-C or SIGTERM ends the run with one line saying what
 `results.json` keeps, exit status 130; bad input: `error: ...`, exit status 2.
+
+`--from-run <MLflow run id>` trains a trial chosen in the MLflow UI (a study's run: its
+best trial) with its configuration as trained and the study's production epochs and seeds.
+The run is logged to MLflow (`bmlr.production_tracking`: one run, a nested run per seed)
+where a store is known: `--tracking-uri`, `$MLFLOW_TRACKING_URI`, or the study that exported
+the configuration (its `source`); `--no-mlflow` turns that off. A store that cannot be used
+stops the run before training, exit status 2.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -28,6 +36,8 @@ from bmlr.data import DataError, build_datasets
 from bmlr.engine import Trainer, mean_std, resolve_device
 from bmlr.fileio import write_json
 from bmlr.methods import resolved_method_args
+from bmlr.mlflow_store import TrackingError, check_store, default_tracking_uri, fetch_trial
+from bmlr.production_tracking import ProductionRun, Target, Untracked, check_target, open_run, resolve_target
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -47,6 +57,36 @@ def run_config(path: str | None, overrides: list[str]) -> Config:
     without one) with the `--set` overrides applied."""
     parsed = parse_overrides(overrides)
     return load_config(path, parsed) if path else from_dict(parsed, source="--set")
+
+
+def store_of(tracking_uri: str | None, storage: str) -> tuple[str, str]:
+    """The store to read a run from and what named it: ``tracking_uri`` (the flag), else
+    ``$MLFLOW_TRACKING_URI``, else the SQLite store of the study's ``storage`` folder."""
+    if tracking_uri:
+        return tracking_uri, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    return default_tracking_uri(Path(storage).expanduser()), f"--storage {storage}"
+
+
+def config_from_run(run_id: str, overrides: list[str], tracking_uri: str | None = None,
+                    storage: str = "tune_runs") -> Config:
+    """The production configuration of MLflow run ``run_id`` (a trial, or a study's run: its
+    best trial): the trial's configuration as trained (its `threads` included), the study's
+    production epochs and seeds, ``source`` naming the run, then the ``--set`` overrides.
+    Never creates a store; TrackingError naming the run and the store where it cannot be read."""
+    uri, origin = store_of(tracking_uri, storage)
+    try:
+        check_store(uri, origin)
+    except TrackingError as err:
+        raise TrackingError(f"--from-run {run_id}: {err}") from None
+    trial = fetch_trial(uri, run_id)
+    data = {**trial.config, "name": None, "source": trial.source}
+    if trial.epochs is not None:
+        data["epochs"] = trial.epochs
+    if trial.seeds is not None:
+        data["seeds"] = trial.seeds
+    return from_dict({**data, **parse_overrides(overrides)}, source=f"MLflow run {trial.run_id} at {uri}")
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -77,20 +117,31 @@ def epoch_line(seed: int, metrics: dict[str, float], epochs: int) -> str:
             f"val acc {m['val_acc']:.4f} f1 {m['val_macro_f1']:.4f} {accs} {reshaped}")
 
 
-def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool) -> dict:
+def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool,
+               job: ProductionRun | Untracked | None = None) -> dict:
     """Train one seed for `cfg.epochs`, keep its best validation epoch, test that model once
-    and save it to `<run_dir>/seed<k>/model.pt`; returns the seed's results."""
+    and save it to `<run_dir>/seed<k>/model.pt`; returns the seed's results. ``job`` (MLflow)
+    hears the seed's epochs, test metrics and checkpoint."""
+    job = job or Untracked()
+    job.seed_started(seed)
+
+    def on_epoch(metrics: dict[str, float]) -> None:
+        print(epoch_line(seed, metrics, cfg.epochs), flush=True)
+        job.epoch(seed, metrics)
+
     trainer = Trainer(cfg, seed, data=data, progress=progress)
     start = time.time()
-    history = trainer.fit(on_epoch=lambda m: print(epoch_line(seed, m, cfg.epochs), flush=True))
+    history = trainer.fit(on_epoch=on_epoch)
     trainer.load_best()
     test = trainer.evaluate("test")  # the only time this run reads test
     seed_dir = run_dir / f"seed{seed}"
     seed_dir.mkdir(parents=True, exist_ok=True)
     torch.save({"model": trainer.best_model_state, "config": cfg.to_dict(), "seed": seed,
                 "class_names": trainer.data.class_names, "best_epoch": trainer.best_epoch}, seed_dir / "model.pt")
-    return {"seed": seed, "best_epoch": trainer.best_epoch, "val": trainer.best_val, "test": test,
-            "seconds": time.time() - start, "history": history}
+    result = {"seed": seed, "best_epoch": trainer.best_epoch, "val": trainer.best_val, "test": test,
+              "seconds": time.time() - start, "history": history}
+    job.seed_finished(seed, result, seed_dir / "model.pt")
+    return result
 
 
 def make_run_dir(cfg: Config) -> Path:
@@ -109,22 +160,43 @@ class TrainingInterrupted(Exception):
     """Ctrl-C or SIGTERM during training; the message says what `results.json` keeps."""
 
 
-def train(cfg: Config, progress: bool = True) -> dict:
-    """Train every seed of `cfg`. The run folder is created only once the device and the data
-    are ready (a bad data root leaves no folder). `results.json` is written at the start and
-    after every seed, with `"complete": false` until every seed has finished."""
+def train(cfg: Config, progress: bool = True, target: Target | None = None,
+          config_file: str | None = None) -> dict:
+    """Train every seed of `cfg`. The run folder is created only once the device, the data and
+    the MLflow store (``target``; None: no MLflow) are ready (a bad data root or a store that
+    refuses leaves no folder). `results.json` is written at the start and after every seed,
+    with `"complete": false` until every seed has finished."""
     device = resolve_device(cfg.device)
     data = build_datasets(cfg)  # once: the data do not depend on the training seed
-    run_dir = make_run_dir(cfg)
-    cfg.to_yaml(run_dir / "config.yaml")
-    print(f"run: {run_dir}\ndevice: {device}\ndata: {cfg.dataset} {data.info} "
-          f"modalities {list(data.modalities)} classes {data.num_classes}", flush=True)
-    results = {"config": cfg.to_dict(), "method_args": resolved_method_args(cfg.method, cfg.method_args),
-               "run_dir": str(run_dir), "complete": False, "seeds_planned": list(cfg.seeds), "seeds": []}
-    write_json(run_dir / "results.json", results)
+    job = open_run(target, cfg, config_file)
+    results: dict[str, Any] = {"seeds": []}
+    status = "FAILED"  # what the MLflow run ends as unless training finishes or is interrupted
+    try:
+        run_dir = make_run_dir(cfg)
+        job.folder(run_dir)
+        cfg.to_yaml(run_dir / "config.yaml")
+        print(f"run: {run_dir}\ndevice: {device}\ndata: {cfg.dataset} {data.info} "
+              f"modalities {list(data.modalities)} classes {data.num_classes}", flush=True)
+        results = {"config": cfg.to_dict(), "method_args": resolved_method_args(cfg.method, cfg.method_args),
+                   "run_dir": str(run_dir), "complete": False, "seeds_planned": list(cfg.seeds), "seeds": []}
+        write_json(run_dir / "results.json", results)
+        _train_seeds(cfg, data, run_dir, progress, job, results)
+        status = "FINISHED"
+    except (KeyboardInterrupt, TrainingInterrupted):
+        status = "KILLED"
+        raise
+    finally:
+        job.end(results, Path(results["run_dir"]) / "results.json" if "run_dir" in results else None, status)
+    print(format_summary(results))
+    return results
+
+
+def _train_seeds(cfg: Config, data, run_dir: Path, progress: bool, job: ProductionRun | Untracked,
+                 results: dict[str, Any]) -> None:
+    """Every seed, `results.json` rewritten after each; TrainingInterrupted on Ctrl-C."""
     try:
         for seed in cfg.seeds:
-            results["seeds"].append(train_seed(cfg, seed, data, run_dir, progress))
+            results["seeds"].append(train_seed(cfg, seed, data, run_dir, progress, job))
             results["summary"] = summarize(results["seeds"])
             results["complete"] = len(results["seeds"]) == len(cfg.seeds)
             write_json(run_dir / "results.json", results)
@@ -132,8 +204,6 @@ def train(cfg: Config, progress: bool = True) -> dict:
         done = [r["seed"] for r in results["seeds"]]
         raise TrainingInterrupted(f"{run_dir / 'results.json'} keeps the finished seeds {done} of "
                                   f"{list(cfg.seeds)}, marked \"complete\": false") from None
-    print(format_summary(results))
-    return results
 
 
 @contextlib.contextmanager
@@ -168,17 +238,41 @@ def format_summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bmlr-train", description=__doc__.splitlines()[0])
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--config", help="YAML configuration (default: all defaults, the synthetic data set)")
+    what.add_argument("--from-run", metavar="RUN_ID", help="train the MLflow run's trial (a study's run: its best "
+                      "trial) with the study's production epochs and seeds, e.g. one chosen in the MLflow UI")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one configuration key (repeatable), e.g. --set epochs=5")
+    p.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
+    g = p.add_argument_group("MLflow")
+    g.add_argument("--tracking-uri", help="MLflow store to log to (and read --from-run from); default: "
+                   "$MLFLOW_TRACKING_URI, else the store of the study the configuration came from")
+    g.add_argument("--storage", default="tune_runs", help="with --from-run and no other store: the study's --storage "
+                   "folder, whose mlflow.db holds the run (never created here)")
+    g.add_argument("--experiment", help="MLflow experiment (default: the study's, else bmlr-train-<dataset>)")
+    g.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bmlr-train", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help="YAML configuration (default: all defaults, the synthetic data set)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one configuration key (repeatable), e.g. --set epochs=5")
-    parser.add_argument("--no-progress", action="store_true", help="no per-batch progress bar")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     try:
         with sigterm_as_ctrl_c():
-            train(run_config(args.config, args.overrides), progress=not args.no_progress)
-    except (ConfigError, DataError) as err:
+            if args.from_run:
+                cfg = config_from_run(args.from_run, args.overrides, args.tracking_uri, args.storage)
+            else:
+                cfg = run_config(args.config, args.overrides)
+            target = resolve_target(cfg, args.tracking_uri, args.experiment, args.no_mlflow)
+            if target is None and args.experiment and not args.no_mlflow:
+                raise ConfigError("--experiment: no MLflow store known; pass --tracking-uri or set MLFLOW_TRACKING_URI")
+            if target is not None:
+                check_target(target)  # before the data are read: a store that refuses fails fast
+            train(cfg, progress=not args.no_progress, target=target,
+                  config_file=args.config or (args.from_run and f"--from-run {args.from_run}"))
+    except (ConfigError, DataError, TrackingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except TrainingInterrupted as err:

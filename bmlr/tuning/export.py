@@ -4,27 +4,25 @@ A trial trains `--max-epochs` epochs with the study's one seed; the production r
 trains the full `epochs` with all `seeds` of the search space's `fixed` part (the
 `export.epochs` / `export.seeds` tags of the trial's MLflow run) and evaluates the
 test split once per seed. Everything else is the trial's configuration as trained.
+The YAML's `source` names the store, experiment, run, study and trial it reproduces, so
+that `bmlr.train` logs the production run to that store with tags linking to the trial.
 
     bmlr-tune export --run-id <MLflow run id> -o best.yaml [--tracking-uri URI]
 
-A study's parent run id exports the study's best trial.
+A study's parent run id exports the study's best trial. (`python -m bmlr.train --from-run
+<run id>` trains it without the file; both read the run through `bmlr.mlflow_store`.)
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from bmlr.config import FIELD_NAMES, Config, ConfigError, from_dict
+from bmlr.config import SOURCE_KEYS, Config, ConfigError, from_dict
 from bmlr.fileio import abs_path, atomic_write_text
+from bmlr.mlflow_store import BEST_MARK, STORE_HINT, TrackingError, check_store, fetch_trial
 
-__all__ = ["ExportError", "production_config", "write_config", "export_run", "check_store"]
-
-# where a user finds the store of a study, named by every "cannot find it" message
-STORE_HINT = ("pass the study's store with --tracking-uri (e.g. sqlite:////abs/path/tune_runs/mlflow.db or "
-              "http://127.0.0.1:5000), --storage <the study's --storage folder> or MLFLOW_TRACKING_URI")
+__all__ = ["ExportError", "production_config", "source_of", "write_config", "export_run", "check_store",
+           "STORE_HINT"]
 
 
 class ExportError(RuntimeError):
@@ -32,10 +30,12 @@ class ExportError(RuntimeError):
 
 
 def production_config(trial_config: dict[str, Any], epochs: int | None = None,
-                      seeds: list[int] | None = None) -> Config:
-    """The trial's configuration with the production ``epochs`` and ``seeds`` (where given)
-    and no run name."""
+                      seeds: list[int] | None = None, source: dict[str, Any] | None = None) -> Config:
+    """The trial's configuration with the production ``epochs`` and ``seeds`` (where given),
+    no run name and ``source`` (see :func:`source_of`; None keeps the trial's own)."""
     data = dict(trial_config)
+    if source is not None:
+        data["source"] = source
     if epochs is not None:
         data["epochs"] = int(epochs)
     if seeds is not None:
@@ -48,7 +48,9 @@ def write_config(cfg: Config, path: str | Path, header: list[str] | None = None)
     """``cfg`` as a YAML file for ``bmlr.train`` (atomically), ``header`` lines as comments."""
     path = abs_path(path)
     lines = [f"# {line}" for line in (header or [])]
-    lines.append(f"# Train it: python -m bmlr.train --config {path}")
+    uri = (cfg.source or {}).get("tracking_uri")
+    lines.append(f"# Train it: python -m bmlr.train --config {path}"
+                 + (f"  (logs to MLflow at {uri}; --no-mlflow: not logged)" if uri else ""))
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give the YAML file to write")
     try:
@@ -57,74 +59,38 @@ def write_config(cfg: Config, path: str | Path, header: list[str] | None = None)
         raise ExportError(f"cannot write {path}: {err.strerror or type(err).__name__}") from None
 
 
-def check_store(uri: str, source: str) -> None:
-    """ExportError where the store ``uri`` (named by ``source``: an option or a variable) cannot
-    hold the run: a SQLite file that does not exist (opening it would create an empty one) or a
-    relative SQLite path; TrackingError where a server does not answer. Creates nothing."""
-    from bmlr.tuning import tracking
-
-    if uri.startswith("sqlite:"):
-        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
-        if not path.startswith("/"):
-            raise ExportError(f"tracking URI {uri} ({source}): use an absolute path, sqlite:////abs/path/mlflow.db")
-        if not Path(path).is_file():
-            raise ExportError(f"no MLflow store at {path} ({source}); {STORE_HINT}")
-    else:
-        tracking.check_reachable(uri)
-
-
-def _config_from_run(client, run) -> dict[str, Any]:
-    """The trial's configuration: its `config.yaml` artifact, else its params (a run whose
-    artifact store cannot give the file)."""
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            local = client.download_artifacts(run.info.run_id, "config.yaml", folder)
-            data = yaml.safe_load(Path(local).read_text())
-        except (MlflowException, OSError, yaml.YAMLError):  # no such artifact, or not readable as YAML
-            data = None
-    if isinstance(data, dict):
-        return data
-    params = {k: yaml.safe_load(v) for k, v in run.data.params.items() if k in FIELD_NAMES}
-    if not params:
-        raise ExportError(f"run {run.info.run_id} has neither a config.yaml artifact nor configuration params; "
-                          f"is it a bmlr-tune trial run?")
-    return params
+def source_of(**where: Any) -> dict[str, str]:
+    """A Config ``source`` from keyword arguments named as :data:`bmlr.config.SOURCE_KEYS`
+    (tracking_uri, experiment_id, run_id, run_name, study, trial_id, parent_run_id); empty
+    values are left out and a run name loses the best trial's marker."""
+    unknown = sorted(set(where) - set(SOURCE_KEYS))
+    if unknown:
+        raise TypeError(f"source_of: unknown key(s) {unknown}; expected some of {SOURCE_KEYS}")
+    if where.get("run_name"):
+        where["run_name"] = str(where["run_name"]).removeprefix(BEST_MARK)
+    return {k: str(v) for k, v in where.items() if v not in (None, "")}
 
 
 def export_run(run_id: str, out: str | Path, tracking_uri: str, epochs: int | None = None,
                seeds: list[int] | None = None) -> tuple[Path, Config]:
     """Write the production YAML of trial run ``run_id`` (a study's run: its best trial) to
     ``out``; epochs and seeds default to the run's ``export.*`` tags."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient(tracking_uri=tracking_uri)
     try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        raise ExportError(f"run {run_id!r} not found at {tracking_uri} ({err}); if the study logged "
-                          f"elsewhere, {STORE_HINT}") from None
-    tags = run.data.tags
-    if "best_run_id" in tags and "trial_id" not in tags:  # a study's parent run: its best trial
-        print(f"run {run_id} is the study {tags.get('study', '')!r}; exporting its best trial "
-              f"{tags['best_run_id']}")
-        run = client.get_run(tags["best_run_id"])
-        tags = run.data.tags
-    trial_config = _config_from_run(client, run)
-    if epochs is None and "export.epochs" in tags:
-        epochs = int(tags["export.epochs"])
-    if seeds is None and "export.seeds" in tags:
-        seeds = yaml.safe_load(tags["export.seeds"])
+        trial = fetch_trial(tracking_uri, run_id, log=print)
+    except TrackingError as err:
+        raise ExportError(str(err)) from None
     try:
-        cfg = production_config(trial_config, epochs, seeds)
+        cfg = production_config(trial.config, epochs if epochs is not None else trial.epochs,
+                                seeds if seeds is not None else trial.seeds, trial.source)
     except ConfigError as err:
-        raise ExportError(f"run {run.info.run_id}: {err}") from None
-    val = run.data.metrics.get("best_val_acc")
-    header = [f"Exported by bmlr-tune from MLflow run {run.info.run_id}"
-              + (f" (study {tags['study']}, trial {tags.get('trial_id', '?')})" if "study" in tags else ""),
-              f"tracking URI: {tracking_uri}"]
+        raise ExportError(f"run {trial.run_id}: {err}") from None
+    src = trial.source
+    header = [f"Exported by bmlr-tune from MLflow run {trial.run_id}"
+              + (f" (study {src['study']}, trial {src.get('trial_id', '?')})" if "study" in src else ""),
+              f"tracking URI: {tracking_uri}",
+              f"Or without this file: python -m bmlr.train --from-run {trial.run_id} --tracking-uri {tracking_uri}"]
+    val = trial.metrics.get("best_val_acc")
     if val is not None:
-        header.append(f"trial's best validation accuracy: {val:.4f} (epochs trained: {tags.get('epochs_trained', '?')})")
+        header.append(f"trial's best validation accuracy: {val:.4f} (epochs trained: "
+                      f"{trial.tags.get('epochs_trained', '?')})")
     return write_config(cfg, out, header), cfg

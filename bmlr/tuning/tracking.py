@@ -29,25 +29,21 @@ so it holds only plain data and opens its MLflow client lazily.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
-import socket
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 from ray.tune import Callback
 
+# the store's helpers live below bmlr.tuning (bmlr.train uses them too); re-exported here
+from bmlr.mlflow_store import (EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, TrackingError, artifact_location_for,
+                               check_reachable, client_for, default_tracking_uri, get_or_create_experiment,
+                               store_lock)  # noqa: F401
 from bmlr.tuning.run_view import trial_run_name
 from bmlr.tuning.search_space import to_flat_params
 from bmlr.tuning.store import history_path, read_history
-
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 # Keys Ray adds to every result: not metrics of ours.
 RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "trial_id", "date",
@@ -57,98 +53,6 @@ RAY_KEYS = {"timestamp", "checkpoint_dir_name", "done", "training_iteration", "t
 # Ray snapshots the experiment every few seconds (TUNE_GLOBAL_CHECKPOINT_S, set by the study);
 # a trial's state file is kept this long after the trial ended.
 STATE_GRACE_S = 60.0
-
-
-class TrackingError(RuntimeError):
-    """The tracking server or store cannot be used."""
-
-
-def default_tracking_uri(storage: Path) -> str:
-    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
-
-
-def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast (no retry loop) when an HTTP tracking server does not answer, and
-    when a SQLite store's folder cannot be created."""
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme in ("http", "https"):
-        url = uri.rstrip("/") + "/health"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                response.read(64)
-        except urllib.error.HTTPError as err:
-            if err.code >= 500:
-                raise TrackingError(f"tracking server {uri} answered {err.code} to {url}") from None
-            # a server without /health (a proxy, Databricks): it answered, so it is reachable
-        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
-            reason = getattr(err, "reason", err)
-            raise TrackingError(f"tracking server {uri} is not reachable ({reason}); start it "
-                                f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`) or pass another "
-                                f"--tracking-uri") from None
-    elif parsed.scheme == "sqlite":
-        path = uri[len("sqlite:///"):]
-        if not path.startswith("/"):
-            raise TrackingError(f"tracking URI {uri}: use an absolute path, sqlite:////abs/path/mlflow.db "
-                                f"(trials and the MLflow UI run in other folders)")
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise TrackingError(f"tracking URI {uri}: cannot create {Path(path).parent} ({err})") from None
-    elif parsed.scheme in ("", "file"):
-        raise TrackingError(f"tracking URI {uri!r}: MLflow's plain file store is not supported here; "
-                            f"use sqlite:////abs/path/mlflow.db or an http(s) tracking server")
-
-
-def artifact_location_for(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts. For a SQLite store: beside the database
-    (MLflow's default `./mlruns` would depend on the current folder); servers decide."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-    return None
-
-
-def client_for(uri: str):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=uri)
-
-
-@contextlib.contextmanager
-def store_lock(uri: str) -> Iterator[None]:
-    """For a SQLite store: an exclusive ``fcntl.flock`` on ``.mlflow.lock`` beside the database,
-    so that two drivers starting on a fresh storage do not both create (migrate) it; MLflow's
-    migration is not safe to run twice at once. Other stores: nothing."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(uri[len("sqlite:///"):]).parent / ".mlflow.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def get_or_create_experiment(uri: str, name: str) -> str:
-    """The experiment's id, created if new (a SQLite store's first use, which creates the
-    database, under :func:`store_lock`)."""
-    with store_lock(uri):
-        return _get_or_create_experiment(uri, name)
-
-
-def _get_or_create_experiment(uri: str, name: str) -> str:
-    client = client_for(uri)
-    try:
-        experiment = client.get_experiment_by_name(name)
-        if experiment is None:
-            return client.create_experiment(name, artifact_location=artifact_location_for(uri))
-        if experiment.lifecycle_stage == "deleted":
-            client.restore_experiment(experiment.experiment_id)
-        return experiment.experiment_id
-    except Exception as err:  # any store error: report before a trial starts
-        raise TrackingError(f"tracking URI {uri}: cannot open experiment {name!r} ({err})") from None
 
 
 def git_commit(root: Path) -> str | None:
@@ -200,7 +104,8 @@ class MLflowTrialLogger(Callback):
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict,
                  max_epochs: int, export_epochs: int, export_seeds: list[int], study: str,
-                 state_dir: str | None = None, extras_dir: str | None = None, order: list[str] | None = None):
+                 state_dir: str | None = None, extras_dir: str | None = None, order: list[str] | None = None,
+                 confirms: dict[str, str | None] | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -212,6 +117,9 @@ class MLflowTrialLogger(Callback):
         self.state_dir = state_dir
         self.extras_dir = extras_dir  # the trials' history.json files (bmlr.tuning.store.history_path)
         self.order = list(order or [])  # the searched keys in the search space's order (run names)
+        # a confirmation stage (bmlr.tuning.confirm): trial config `name` -> the run of the search
+        # trial it confirms, under which its runs nest
+        self.confirms = dict(confirms or {})
         self._reset()
 
     def _reset(self) -> None:
@@ -228,7 +136,7 @@ class MLflowTrialLogger(Callback):
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"order": [], **state})  # a callback pickled before run names had no order
+        self.__dict__.update({"order": [], "confirms": {}, **state})  # pickled before run names / confirmations
         self._reset()
 
     @property
@@ -238,25 +146,38 @@ class MLflowTrialLogger(Callback):
         return self._client
 
     # --- runs ---------------------------------------------------------------------
-    def find_run(self, trial_id: str) -> str | None:
+    def find_run(self, trial_id: str, parent_run_id: str | None = None) -> str | None:
+        parent = parent_run_id or self.parent_run_id
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent_run_id}' and tags.trial_id = '{trial_id}'",
+            filter_string=f"tags.`mlflow.parentRunId` = '{parent}' and tags.trial_id = '{trial_id}'",
             max_results=1)
         return runs[0].info.run_id if runs else None
+
+    def new_run(self, trial) -> tuple[str, dict[str, str]]:
+        """A new trial run's name and tags: nested under the study's parent run, named by what
+        was sampled; a confirmation's run nested under the trial it confirms."""
+        config = dict(trial.config)
+        tags = {"mlflow.parentRunId": self.parent_run_id, "trial_id": trial.trial_id, "study": self.study,
+                "trial_status": "running", "export.epochs": str(self.export_epochs),
+                "export.seeds": yaml.safe_dump(self.export_seeds, default_flow_style=True).strip()}
+        name = str(config.get("name") or "")
+        if name not in self.confirms:
+            return trial_run_name(config, self.order), tags
+        confirmed = name.removeprefix("confirm-")
+        tags.update({"confirmation_of": confirmed, "bmlr.role": "confirmation", "seed": str(config["seeds"][0])})
+        if self.confirms[name]:
+            tags["mlflow.parentRunId"] = self.confirms[name]
+        return f"confirm {confirmed} seed {config['seeds'][0]}", tags
 
     def run_for(self, trial) -> str:
         trial_id = trial.trial_id
         if trial_id in self._runs:
             return self._runs[trial_id]
-        run_id = self.find_run(trial_id)
+        run_id = self.find_run(trial_id, self.confirms.get(str(dict(trial.config).get("name") or "")))
         if run_id is None:
-            run = self.client.create_run(
-                self.experiment_id, run_name=trial_run_name(dict(trial.config), self.order),
-                tags={"mlflow.parentRunId": self.parent_run_id, "trial_id": trial_id,
-                      "study": self.study, "trial_status": "running",
-                      "export.epochs": str(self.export_epochs),
-                      "export.seeds": yaml.safe_dump(self.export_seeds, default_flow_style=True).strip()})
+            name, tags = self.new_run(trial)
+            run = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
             run_id = run.info.run_id
             config = {**self.base_config, **dict(trial.config)}
             # `epochs` is the production run's (the schedule's horizon); the trial stops after max_epochs

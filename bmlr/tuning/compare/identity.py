@@ -15,7 +15,7 @@ __all__ = ["RUNTIME_KEYS", "RESULTS_FILE", "run_key", "load_results", "is_comple
            "find_reusable"]
 
 # Config keys that do not change what is trained: left out of a run's identity (--reuse)
-RUNTIME_KEYS = ("name", "output_dir", "threads", "num_workers", "cache_dir")
+RUNTIME_KEYS = ("name", "output_dir", "threads", "num_workers", "cache_dir", "source")
 RESULTS_FILE = "results.json"  # written by bmlr.train in the run folder
 
 

@@ -92,7 +92,8 @@ class _Running:
 def _start(job: Job, env: dict[str, str], log: Callable[[str], None]) -> _Running:
     out = job.log_path.open("w")
     job.started(log)
-    proc = subprocess.Popen([sys.executable, "-m", "bmlr.train", "--config", str(job.config_path), "--no-progress"],
+    proc = subprocess.Popen([sys.executable, "-m", "bmlr.train", "--config", str(job.config_path), "--no-progress",
+                             "--no-mlflow"],
                             stdout=out, stderr=subprocess.STDOUT, env=env, cwd=str(project_root()))
     return _Running(job, proc, out, time.time())
 

@@ -1,0 +1,214 @@
+"""The MLflow store, for production training and tuning alike: checking that a store can be
+used before anything runs, opening an experiment, and reading back a trial's configuration.
+
+Kept in `bmlr/` (below `bmlr.tuning`, which re-exports these names from
+`bmlr.tuning.tracking` and `bmlr.tuning.export`) so that `python -m bmlr.train` logs to and
+reads from a study's store without importing Ray. MLflow is imported inside the functions:
+training without tracking never loads it.
+
+* :func:`check_reachable` fails fast where a server does not answer (no retry loop) and
+  creates a new SQLite store's folder; :func:`check_store` is for a store that must already
+  exist (one named by a study or a run id): it never creates a database file.
+* :func:`fetch_trial` reads a trial run's configuration as trained (its `config.yaml`
+  artifact, else its params), its production epochs and seeds (tags `export.epochs`,
+  `export.seeds`) and where it came from (a Config `source` mapping); a study's parent run
+  (tag `best_run_id`) stands for its best trial.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from bmlr.config import FIELD_NAMES
+
+__all__ = ["TrackingError", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "STORE_HINT", "BEST_MARK", "TrialRun",
+           "default_tracking_uri", "check_reachable", "check_store", "artifact_location_for", "client_for",
+           "store_lock", "get_or_create_experiment", "fetch_trial"]
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+# MLflow 3's experiment type: its UI opens a "custom model development" experiment on the runs table
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# where a user finds the store of a study, named by every "cannot find it" message
+STORE_HINT = ("pass the study's store with --tracking-uri (e.g. sqlite:////abs/path/tune_runs/mlflow.db or "
+              "http://127.0.0.1:5000), --storage <the study's --storage folder> or MLFLOW_TRACKING_URI")
+BEST_MARK = "★ "  # leads the run name of a study's best trial (bmlr.tuning.run_view marks it)
+
+
+class TrackingError(RuntimeError):
+    """The tracking server or store cannot be used, or a run cannot be read from it."""
+
+
+def default_tracking_uri(storage: Path) -> str:
+    """The SQLite store of a study's ``--storage`` folder (an absolute path)."""
+    return f"sqlite:///{Path(storage).resolve() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (no retry loop) when an HTTP tracking server does not answer, and
+    when a SQLite store's folder cannot be created."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                response.read(64)
+        except urllib.error.HTTPError as err:
+            if err.code >= 500:
+                raise TrackingError(f"tracking server {uri} answered {err.code} to {url}") from None
+            # a server without /health (a proxy, Databricks): it answered, so it is reachable
+        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(f"tracking server {uri} is not reachable ({reason}); start it "
+                                f"(e.g. `mlflow server --host 127.0.0.1 --port 5000`) or pass another "
+                                f"--tracking-uri") from None
+    elif parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):]
+        if not path.startswith("/"):
+            raise TrackingError(f"tracking URI {uri}: use an absolute path, sqlite:////abs/path/mlflow.db "
+                                f"(trials and the MLflow UI run in other folders)")
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"tracking URI {uri}: cannot create {Path(path).parent} ({err})") from None
+    elif parsed.scheme in ("", "file"):
+        raise TrackingError(f"tracking URI {uri!r}: MLflow's plain file store is not supported here; "
+                            f"use sqlite:////abs/path/mlflow.db or an http(s) tracking server")
+
+
+def check_store(uri: str, source: str, hint: str = STORE_HINT) -> None:
+    """TrackingError where the existing store ``uri`` (named by ``source``: an option, a
+    variable, a file) cannot be used: a SQLite file that does not exist (opening it would
+    create an empty one), a relative SQLite path, a server that does not answer. ``hint``
+    says where else to look. Creates nothing."""
+    if uri.startswith("sqlite:"):
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path.startswith("/"):
+            raise TrackingError(f"tracking URI {uri} ({source}): use an absolute path, sqlite:////abs/path/mlflow.db")
+        if not Path(path).is_file():
+            raise TrackingError(f"no MLflow store at {path} ({source}); {hint}")
+    else:
+        check_reachable(uri)
+
+
+def artifact_location_for(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts. For a SQLite store: beside the database
+    (MLflow's default `./mlruns` would depend on the current folder); servers decide."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
+
+
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+@contextlib.contextmanager
+def store_lock(uri: str) -> Iterator[None]:
+    """For a SQLite store: an exclusive ``fcntl.flock`` on ``.mlflow.lock`` beside the database,
+    so that two drivers starting on a fresh storage do not both create (migrate) it; MLflow's
+    migration is not safe to run twice at once. Other stores: nothing."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):]).parent / ".mlflow.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def get_or_create_experiment(uri: str, name: str) -> str:
+    """The experiment's id, created if new (a SQLite store's first use, which creates the
+    database, under :func:`store_lock`)."""
+    with store_lock(uri):
+        return _get_or_create_experiment(uri, name)
+
+
+def _get_or_create_experiment(uri: str, name: str) -> str:
+    client = client_for(uri)
+    try:
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:  # tagged so that the MLflow UI opens it on model training, not GenAI
+            return client.create_experiment(name, artifact_location=artifact_location_for(uri),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        if experiment.lifecycle_stage == "deleted":
+            client.restore_experiment(experiment.experiment_id)
+        return experiment.experiment_id
+    except Exception as err:  # any store error: report before a trial starts
+        raise TrackingError(f"tracking URI {uri}: cannot open experiment {name!r} ({err})") from None
+
+
+@dataclass
+class TrialRun:
+    """A trial run read back: its configuration as trained, the production epochs and seeds
+    its study set (None where the run has no such tag), a Config ``source`` naming it, and the
+    run's metrics (last values) and tags."""
+    run_id: str
+    config: dict[str, Any]
+    epochs: int | None
+    seeds: list[int] | None
+    source: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+
+def fetch_trial(uri: str, run_id: str, log: Callable[[str], None] = print) -> TrialRun:
+    """The trial run ``run_id`` of the store ``uri`` (a study's parent run: its best trial,
+    said through ``log``). TrackingError naming the run and the store where it cannot be read."""
+    from mlflow.exceptions import MlflowException
+
+    client = client_for(uri)
+    try:
+        run = client.get_run(run_id)
+        tags = run.data.tags
+        if "best_run_id" in tags and "trial_id" not in tags:  # a study's parent run: its best trial
+            log(f"run {run_id} is the study {tags.get('study', '')!r}; taking its best trial {tags['best_run_id']}")
+            run = client.get_run(tags["best_run_id"])
+    except MlflowException as err:
+        raise TrackingError(f"run {run_id!r} not found at {uri} ({err}); if the study logged "
+                            f"elsewhere, {STORE_HINT}") from None
+    tags = run.data.tags
+    seeds = yaml.safe_load(tags["export.seeds"]) if "export.seeds" in tags else None
+    epochs = int(tags["export.epochs"]) if "export.epochs" in tags else None
+    source = {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id,
+              "run_name": (run.info.run_name or "").removeprefix(BEST_MARK) or None, "study": tags.get("study"),
+              "trial_id": tags.get("trial_id"), "parent_run_id": tags.get("mlflow.parentRunId")}
+    return TrialRun(run.info.run_id, _config_from_run(client, run), epochs, seeds,
+                    {k: v for k, v in source.items() if v}, dict(run.data.metrics), dict(tags))
+
+
+def _config_from_run(client, run) -> dict[str, Any]:
+    """The trial's configuration: its `config.yaml` artifact, else its params (a run whose
+    artifact store cannot give the file)."""
+    from mlflow.exceptions import MlflowException
+
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            local = client.download_artifacts(run.info.run_id, "config.yaml", folder)
+            data = yaml.safe_load(Path(local).read_text())
+        except (MlflowException, OSError, yaml.YAMLError):  # no such artifact, or not readable as YAML
+            data = None
+    if isinstance(data, dict):
+        return data
+    params = {k: yaml.safe_load(v) for k, v in run.data.params.items() if k in FIELD_NAMES and k != "source"}
+    if not params:
+        raise TrackingError(f"run {run.info.run_id} has neither a config.yaml artifact nor configuration params; "
+                            f"is it a bmlr-tune trial run?")
+    return params
