@@ -1,21 +1,29 @@
 """How a study's runs read in the MLflow UI: a trial run's name (what was sampled), the
-winner's marker and description, and where to look (the `mlflow ui` command, the links to
-the experiment's runs table and the parent run).
+winner's marker and description, the study's runs-table view (saved in the experiment as an
+MLflow UI shared view), and where to look (the `mlflow ui` command, the links to that view and
+the parent run).
 
 A leaf module: plain strings, and an MLflow client passed in where runs are changed.
 """
 from __future__ import annotations
 
+import json
 import math
 import urllib.parse
 from typing import Any, Iterable
 
-__all__ = ["BEST_MARK", "NOTE_TAG", "compact", "trial_run_name", "plain_name", "mark_best", "ui_lines"]
+__all__ = ["BEST_MARK", "NOTE_TAG", "VIEW_TAG_PREFIX", "compact", "trial_run_name", "plain_name", "mark_best",
+           "table_view", "save_table_view", "view_key", "ui_lines"]
 
 BEST_MARK = "★ "  # leads the best trial's run name
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 SHORT_KEYS = {"alpha": "a", "beta": "b"}  # the paper's two reshaping knobs, by their one-letter names
 UI_PORT = 5000  # `mlflow ui`'s default port
+# the MLflow UI's shared views: an experiment tag holding the view as JSON, opened by the runs
+# table's `viewStateShareKey` URL parameter (what the UI's own "Share" button writes)
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+RUN_NAME_COLUMN = "attributes.`Run Name`"
+STATUS_TAGS = ("trial_status", "epochs_trained")
 
 
 def compact(value: Any) -> str:
@@ -68,9 +76,35 @@ def mark_best(client, runs: Iterable[Any], best_run_id: str | None, note: str) -
                 client.delete_tag(run_id, NOTE_TAG)
 
 
-def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[str]:
+def view_key(parent_run_id: str) -> str:
+    """The share key of a study's runs-table view (one per parent run)."""
+    return f"bmlr-{parent_run_id}"
+
+
+def table_view(parent_run_id: str, sampled: Iterable[str], score: str) -> dict[str, Any]:
+    """The study's runs table as the MLflow UI's view state: its trials only (the parent's
+    nested runs), best ``score`` first, the columns the score, the sampled keys in the search
+    space's order and the trials' status, the run-name column wide enough for the names."""
+    columns = ([f"metrics.`{score}`"] + [f"params.`{key}`" for key in sampled]
+               + [f"tags.`{tag}`" for tag in STATUS_TAGS])
+    return {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+            "orderByKey": f"metrics.`{score}`", "orderByAsc": False,
+            "selectedColumns": columns, "columnOrder": [RUN_NAME_COLUMN, *columns],
+            "columnWidths": {RUN_NAME_COLUMN: 340}}
+
+
+def save_table_view(client, experiment_id: str, parent_run_id: str, sampled: Iterable[str], score: str) -> str:
+    """Save :func:`table_view` as the experiment's shared view for this study; returns its key."""
+    key = view_key(parent_run_id)
+    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key,
+                              json.dumps(table_view(parent_run_id, sampled, score)))
+    return key
+
+
+def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str, view: str | None = None) -> list[str]:
     """How to open the study in the MLflow UI: for a SQLite store the `mlflow ui` command and
-    links on its default port; for a server, links on the server."""
+    links on its default port; for a server, links on the server. The runs-table link opens
+    the classic (model training) table, in the shared view ``view`` where one was saved."""
     parsed = urllib.parse.urlparse(tracking_uri)
     if parsed.scheme in ("http", "https"):
         base, lines = tracking_uri.rstrip("/"), []
@@ -78,5 +112,5 @@ def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str) -> list[
         base = f"http://127.0.0.1:{UI_PORT}"
         lines = [f"  open it: mlflow ui --backend-store-uri {tracking_uri}   (then the links below)"]
     experiment = f"{base}/#/experiments/{experiment_id}"
-    return lines + [f"  runs table: {experiment}/runs?workflowType=machine_learning",
-                    f"  parent run: {experiment}/runs/{parent_run_id}"]
+    table = f"{experiment}/runs?workflowType=machine_learning" + (f"&viewStateShareKey={view}" if view else "")
+    return lines + [f"  runs table: {table}", f"  parent run: {experiment}/runs/{parent_run_id}"]
