@@ -180,18 +180,25 @@ def test_report_renders_and_references_every_figure(which, request, tiny):
     report = study["dir"] / "report"
     md = (report / "report.md").read_text()
     refs = _image_refs(md)
-    pngs = sorted(p.name for p in report.glob("*.png"))
-    assert sorted(refs) == pngs  # every figure referenced, every reference a file
-    expected = {"importances.png", "learning_curves.png", "reshaped_counts.png", "top3_per_class.png"}
+    optuna_dir = study["dir"] / "optuna"  # Optuna's views, beside the report (the parent run's optuna/)
+    own = sorted(p.name for p in report.glob("*.png"))
+    pngs = own + sorted(f"../optuna/{p.name}" for p in optuna_dir.glob("*.png"))
+    assert sorted(refs) == sorted(pngs)  # every figure referenced, every reference a file
+    expected = {"learning_curves.png", "reshaped_counts.png", "top3_per_class.png", "../optuna/param_importances.png",
+                "../optuna/optimization_history.png", "../optuna/parallel_coordinate.png", "../optuna/slice.png",
+                "../optuna/contour_alpha_beta.png"}
     expected |= ({"surface_3d.png", "surface_heatmap.png"} if which == "surface_study" else
                  {"surface_from_trials_3d.png", "surface_from_trials_heatmap.png"})
-    if "importances.png" not in pngs:  # e.g. two stage-1 trials: too few; the page says so instead
-        expected.discard("importances.png")
+    if "../optuna/param_importances.png" not in pngs:  # e.g. two stage-1 trials: too few; the page says so instead
+        expected.discard("../optuna/param_importances.png")
         assert "Not computed: it needs at least 3 finished trials" in md
+    if which == "staged_study":  # stage 1 holds alpha at its default: no alpha x beta contour, and the page says why
+        expected.discard("../optuna/contour_alpha_beta.png")
+        assert "not drawn: alpha was not searched" in md
     assert set(pngs) == expected
     for name in pngs:
         _assert_png(report / name)
-    for section in ("Best trials", "Hyperparameter importances", "surface", "Learning curves",
+    for section in ("Best trials", "Hyperparameter importances", "Optuna's views of the study", "surface", "Learning curves",
                     "Reshaped training samples", "Top-3 predicted classes"):
         assert section in md
     html = (report / "report.html").read_text()
@@ -199,7 +206,9 @@ def test_report_renders_and_references_every_figure(which, request, tiny):
     info = json.loads((study["dir"] / "study.json").read_text())
     client = MlflowClient(tracking_uri=_uri(tiny))
     logged = {a.path for a in client.list_artifacts(info["parent_run_id"], "report")}
-    assert {"report/report.md", "report/report.html"} | {f"report/{p}" for p in pngs} <= logged
+    assert {"report/report.md", "report/report.html"} | {f"report/{p}" for p in own} <= logged
+    logged = {a.path for a in client.list_artifacts(info["parent_run_id"], "optuna")}
+    assert logged == {f"optuna/{p.name}" for p in optuna_dir.glob("*.png")}
     if which == "staged_study":  # --report full: the baseline counterpart was trained, same seed and epochs
         counterpart = json.loads((report / "baseline_counterpart.json").read_text())
         assert counterpart["config"]["method"] == "baseline" and counterpart["config"]["seeds"] == [1]

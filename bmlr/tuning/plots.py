@@ -2,16 +2,19 @@
 
 Every function takes plain numbers (no Ray, no MLflow), writes one PNG and returns its
 path. Each figure has a title, axis labels with units and a legend or colour bar, so it
-reads on its own:
+reads on its own. Optuna draws its own views of a study (history, parallel coordinates,
+slice, contour, importances: `bmlr.tuning.report.optuna_figures`); these are the figures
+Optuna has no counterpart for:
 
 * `surface_3d`        - the paper's Figure 5: validation accuracy over beta, one layer per alpha
 * `surface_heatmap`   - the same grid as an annotated heat map (every cell's value written in it)
-* `importances`       - Optuna's hyperparameter importances (horizontal bars)
 * `learning_curves`   - the paper's Figure 6: multimodal and per-modality validation accuracy
                         per epoch, without and with BMLR
 * `reshaped_counts`   - the paper's Figure 3a: reshaped training samples per modality per epoch
 * `top3_matrices`     - the paper's Figure 4: per true class, how often each class is among the
                         top-3 predictions of each modality's head
+* `confirmation`      - the confirmation stage: each candidate's search score (one seed) beside
+                        its seeds' values and their mean +- std (the winner's curse in one look)
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ _EXTRA = ["#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 DPI = 130
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -53,8 +56,14 @@ def _save(fig, path: str | Path) -> Path:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=DPI, bbox_inches="tight")
     finally:
-        _plt().close(fig)
+        pyplot().close(fig)
     return Path(path)
+
+
+def save_figure(fig, path: str | Path) -> Path:
+    """A figure drawn elsewhere (e.g. by Optuna) written as every figure here is: a whole PNG
+    at this module's resolution; the figure is closed."""
+    return _save(fig, path)
 
 
 def fmt_value(value: float) -> str:
@@ -65,17 +74,25 @@ def fmt_value(value: float) -> str:
 
 
 # --- the alpha x beta surface ---------------------------------------------------------------------
+def best_cell_label(value: float, alpha: float, beta: float) -> str:
+    """The legend text of a grid's best cell: its value (%) and its alpha and beta."""
+    return f"best cell: {value:.1f}% at \u03b1={fmt_value(alpha)}, \u03b2={fmt_value(beta)}"
+
+
 def surface_3d(alphas: Sequence[float], betas: Sequence[float], values: np.ndarray, path: str | Path,
                title: str, subtitle: str = "", z_label: str = "validation accuracy (%)",
                points: Sequence[tuple[float, float, float]] | None = None,
-               layer_label: str = "\u03b1 = {}", best: tuple[int, int] | None = None) -> Path:
+               layer_label: str = "\u03b1 = {}", best: tuple[int, int] | None = None,
+               best_trial: tuple[float, float, float] | None = None, best_label: str | None = None) -> Path:
     """Multi-layer surface as in the paper's Figure 5: x = beta, y = alpha (log scale, one
     layer per alpha), z = value. Each layer is the curve over beta with its area shaded down
     to the floor; a light mesh joins the layers; the best cell is marked and labelled.
     `values` is [len(alphas), len(betas)] (NaN: no value). `points` (alpha, beta, value) are
     drawn as dots (the individual trials of a study's scattered surface). `best` (i, j): the
-    cell to mark (default: the largest value)."""
-    plt = _plt()
+    cell to mark (default: the largest value). `best_trial` (alpha, beta, value): where a
+    binned surface's best trial really lies (marked there instead of at its bin's centre),
+    `best_label` its legend text (default: the cell's values)."""
+    plt = pyplot()
     from mpl_toolkits.mplot3d.art3d import Poly3DCollection
 
     values = np.asarray(values, dtype=float)
@@ -118,10 +135,9 @@ def surface_3d(alphas: Sequence[float], betas: Sequence[float], values: np.ndarr
                    depthshade=False, label="individual trials")
     if finite.size:
         i, j = best if best is not None else np.unravel_index(np.nanargmax(values), values.shape)
-        ax.scatter([betas[j]], [ys[i]], [values[i, j]], s=140, facecolors="none", edgecolors="red",
-                   linewidths=2, depthshade=False,
-                   label=f"best cell: {values[i, j]:.1f}% at \u03b1={fmt_value(alphas[i])}, "
-                         f"\u03b2={fmt_value(betas[j])}")
+        a, b, z = best_trial if best_trial is not None else (alphas[i], betas[j], values[i, j])
+        ax.scatter([b], [np.log2(a)], [z], s=140, facecolors="none", edgecolors="red", linewidths=2,
+                   depthshade=False, label=best_label or best_cell_label(values[i, j], alphas[i], betas[j]))
     ax.set_xlabel("\u03b2 (reshaping threshold, unitless)", labelpad=10)
     ax.set_ylabel("\u03b1 (temperature scale, log axis)", labelpad=10)
     ax.set_zlabel(z_label, labelpad=8)
@@ -140,11 +156,12 @@ def surface_heatmap(alphas: Sequence[float], betas: Sequence[float], values: np.
                     title: str, subtitle: str = "", cells: Sequence[Sequence[str]] | None = None,
                     colour_label: str = "validation accuracy (%)", empty: str = "no value",
                     best: tuple[int, int] | None = None, alpha_ticks: Sequence[str] | None = None,
-                    beta_ticks: Sequence[str] | None = None) -> Path:
+                    beta_ticks: Sequence[str] | None = None, best_label: str | None = None) -> Path:
     """The grid as a heat map: rows alpha (smallest at the bottom), columns beta, each cell
     annotated with its value (and `cells[i][j]` below it, e.g. '± 1.2' or 'n = 3'); the best
-    cell is outlined in red; cells without a value are grey and say `empty`."""
-    plt = _plt()
+    cell is outlined in red and labelled `best_label` (default: the cell's values); cells
+    without a value are grey and say `empty`."""
+    plt = pyplot()
     values = np.asarray(values, dtype=float)
     n_a, n_b = values.shape
     fig, ax = plt.subplots(figsize=(max(6.5, 1.05 * n_b + 3.0), max(4.0, 0.75 * n_a + 2.4)))
@@ -172,8 +189,7 @@ def surface_heatmap(alphas: Sequence[float], betas: Sequence[float], values: np.
     if finite.size:
         i, j = best if best is not None else np.unravel_index(np.nanargmax(values), values.shape)
         ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="red", linewidth=2.5,
-                                   label=f"best: {values[i, j]:.1f}% at \u03b1={fmt_value(alphas[i])}, "
-                                         f"\u03b2={fmt_value(betas[j])}"))
+                                   label=best_label or best_cell_label(values[i, j], alphas[i], betas[j])))
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), fontsize=9, frameon=False)
     ax.set_xticks(range(n_b))
     ax.set_xticklabels(beta_ticks or [fmt_value(b) for b in betas], fontsize=9 if beta_ticks else None)
@@ -186,25 +202,6 @@ def surface_heatmap(alphas: Sequence[float], betas: Sequence[float], values: np.
 
 
 # --- study report figures ---------------------------------------------------------------------------
-def importances(values: dict[str, float], path: str | Path, title: str, subtitle: str = "") -> Path:
-    """Horizontal bars, most important on top, each labelled with its share."""
-    plt = _plt()
-    items = sorted(values.items(), key=lambda kv: kv[1])
-    fig, ax = plt.subplots(figsize=(7.5, 0.55 * len(items) + 2.0))
-    names = [k for k, _ in items]
-    shares = [100 * float(v) for _, v in items]
-    bars = ax.barh(names, shares, color="#3b75af", label="importance (fANOVA)")
-    for bar, share in zip(bars, shares):
-        ax.text(bar.get_width() + 1, bar.get_y() + bar.get_height() / 2, f"{share:.1f}%", va="center", fontsize=9)
-    ax.set_xlim(0, max(shares + [1]) * 1.18 + 2)
-    ax.set_xlabel("share of the variance of validation accuracy explained (%)")
-    ax.set_ylabel("hyperparameter")
-    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.grid(axis="x", alpha=0.3)
-    return _save(fig, path)
-
-
 def _acc_series(history: list[dict[str, Any]], key: str) -> tuple[list[int], list[float]]:
     xs, ys = [], []
     for h in history:
@@ -220,7 +217,7 @@ def learning_curves(panels: Sequence[dict[str, Any]], modalities: Sequence[str],
     multimodal validation accuracy and every modality's own head's validation accuracy per
     epoch; the best epoch is marked. `panels`: dicts with `title`, `history` (per-epoch dicts
     with `epoch`, `val_acc`, `val_acc_<modality>`) and optional `best_epoch`."""
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(6.2 * len(panels), 4.6), sharey=True, squeeze=False)
     for ax, panel in zip(axes[0], panels):
         history = panel["history"]
@@ -253,7 +250,7 @@ def reshaped_counts(history: list[dict[str, Any]], modalities: Sequence[str], n_
     """Per epoch, how many training samples had their label reshaped, per modality (solid),
     and how many of those reshaped targets have a top class other than the label (dotted).
     A right-hand axis gives the same counts as a share of the training set."""
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8.5, 4.8))
     drawn = False
     for k, u in enumerate(modalities):
@@ -298,7 +295,7 @@ def top3_matrices(data: dict[str, Any], heads: Sequence[str], path: str | Path, 
     class's validation samples with the column's class among their top-3 predictions (the
     diagonal is the top-3 accuracy; off-diagonal mass shows the class relations the head
     learned). Cells are annotated where the classes are few enough to read."""
-    plt = _plt()
+    plt = pyplot()
     names = list(data["class_names"])
     support = np.asarray(data["support"], dtype=float)
     n = len(names)
@@ -332,4 +329,51 @@ def top3_matrices(data: dict[str, Any], heads: Sequence[str], path: str | Path, 
     bar = fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
     bar.set_label("% of the true class's validation samples")
     fig.suptitle(title + "\n(yellow squares: the true class; epoch of the best validation accuracy)", fontsize=11)
+    return _save(fig, path)
+
+
+# --- the confirmation stage -----------------------------------------------------------------------
+def confirmation(candidates: Sequence[dict[str, Any]], path: str | Path, title: str, subtitle: str = "") -> Path:
+    """One column per candidate (in the search's order), values in %: on the left its search
+    score (hollow square, bar +- one standard error where known), on the right each
+    confirmation seed's value (dots) and their mean (filled circle, bar +- one standard
+    deviation), joined by a grey line, so a drop from search to confirmation (the winner's curse)
+    reads at a glance. The winner's label is starred. `candidates`: dicts with `label`,
+    `search` and `search_se` (fractions, None where unknown), `seeds` (the seeds' values,
+    fractions) and `winner` (bool)."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(candidates) + 2.5), 4.8))
+    offset = 0.17
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:  # each legend entry once, whichever candidate draws it first
+        new = label not in labelled
+        labelled.add(label)
+        return label if new else None
+
+    for x, c in enumerate(candidates):
+        seeds = [100 * float(v) for v in c["seeds"]]
+        mean = float(np.mean(seeds)) if seeds else None
+        std = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else 0.0
+        if c.get("search") is not None:
+            se = 100 * float(c["search_se"]) if c.get("search_se") is not None else 0.0
+            ax.errorbar([x - offset], [100 * float(c["search"])], yerr=[se], fmt="s", mfc="white", mec="#3b75af",
+                        ecolor="#3b75af", capsize=4, markersize=8, label=once("search score (one seed) \u00b1 SE"))
+            if mean is not None:
+                ax.plot([x - offset, x + offset], [100 * float(c["search"]), mean], color="#999999", linewidth=1,
+                        zorder=1)
+        if seeds:
+            ax.scatter([x + offset] * len(seeds), seeds, s=22, color="#d95f02", alpha=0.9, zorder=5,
+                       label=once("confirmation: each seed"))
+            ax.errorbar([x + offset], [mean], yerr=[std], fmt="o", color="#222222", capsize=5, markersize=8,
+                        zorder=4, label=once("confirmation: mean \u00b1 std"))
+    ax.set_xticks(range(len(candidates)))
+    ax.set_xticklabels([("\u2605 " if c.get("winner") else "") + str(c["label"]) for c in candidates], fontsize=9)
+    ax.set_xlim(-0.6, len(candidates) - 0.4)
+    ax.set_xlabel("candidate (search trial, in the search's order; \u2605 the confirmed winner)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
     return _save(fig, path)

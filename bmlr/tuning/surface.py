@@ -31,13 +31,13 @@ from bmlr import fileio
 from bmlr.fileio import finite_or_none
 from bmlr.tuning import plots
 from bmlr.tuning.search_space import SearchSpaceError, load_search_space
-from bmlr.tuning.selection import choose_best_group, is_candidate, score
+from bmlr.tuning.selection import choose_best, choose_best_group, is_candidate, score
 from bmlr.tuning.store import StoreError, StudyStore
 
 __all__ = ["SURFACE_CSV", "FROM_TRIALS_CSV", "IMAGES", "GRID_KEYS", "DEFAULT_GRID_SIZE", "SurfaceError",
            "round_sig", "spread", "axis_range", "grid_values", "cells", "cell_key", "best_cell_row", "read_csv",
            "matrix", "best_index", "draw_grid", "describe_grid", "format_grid", "binned", "draw_binned",
-           "surface_from_study"]
+           "best_trial_label", "surface_from_study"]
 
 SURFACE_CSV = "surface.csv"
 FROM_TRIALS_CSV = "surface_from_trials.csv"
@@ -46,7 +46,7 @@ GRID_KEYS = ("alpha", "beta")
 DEFAULT_GRID_SIZE = (3, 5)
 # used when the search space searches neither key (the paper's Figure 5 spans similar values)
 FALLBACK_RANGES = {"alpha": (0.25, 4.0, True), "beta": (0.1, 0.9, False)}
-TEXT_COLUMNS = ("trial_ids", "run_ids", "seed_values")  # space-separated identifiers, kept as text
+TEXT_COLUMNS = ("trial_ids", "run_ids", "seed_values", "best_trial_id")  # space-separated identifiers, kept as text
 
 
 class SurfaceError(RuntimeError):
@@ -262,6 +262,7 @@ def binned(rows: list[dict[str, Any]], space=None, n_alpha: int = 3, n_beta: int
                       if (a_edges[i] <= t[0] <= a_edges[i + 1] if i == len(a_edges) - 2 else a_edges[i] <= t[0] < a_edges[i + 1])
                       and (b_edges[j] <= t[1] <= b_edges[j + 1] if j == len(b_edges) - 2 else b_edges[j] <= t[1] < b_edges[j + 1])]
             vals = [t[2] for t in inside]
+            top = choose_best([t[3] for t in inside])
             centre_a = math.sqrt(a_edges[i] * a_edges[i + 1]) if a_log else (a_edges[i] + a_edges[i + 1]) / 2
             centre_b = math.sqrt(b_edges[j] * b_edges[j + 1]) if b_log else (b_edges[j] + b_edges[j + 1]) / 2
             out.append({"alpha": round_sig(centre_a), "beta": round_sig(centre_b),
@@ -269,7 +270,10 @@ def binned(rows: list[dict[str, Any]], space=None, n_alpha: int = 3, n_beta: int
                         "beta_low": b_edges[j], "beta_high": b_edges[j + 1], "trials": len(vals),
                         "val_acc_max": max(vals) if vals else None,
                         "val_acc_mean": float(np.mean(vals)) if vals else None,
-                        "trial_ids": " ".join(str(t[3]["trial_id"]) for t in inside)})
+                        "trial_ids": " ".join(str(t[3]["trial_id"]) for t in inside),
+                        "best_trial_id": top["trial_id"] if top else None,
+                        "best_alpha": cell_key(top)[0] if top else None,
+                        "best_beta": cell_key(top)[1] if top else None})
     points = [(t[0], t[1], 100.0 * t[2]) for t in trials]
     return out, points
 
@@ -293,11 +297,24 @@ def draw_binned(bins: list[dict[str, Any]], points, out_dir: Path, title: str, s
             ranges[key].append(f"{plots.fmt_value(round_sig(b[f'{key}_low']))}\u2013"
                                f"{plots.fmt_value(round_sig(b[f'{key}_high']))}")
     best = best_index(alphas, betas, values)
+    top = next((b for b in bins if best is not None and (b["alpha"], b["beta"]) == (alphas[best[0]], betas[best[1]])),
+               None)
+    trial = (top["best_alpha"], top["best_beta"], 100.0 * top["val_acc_max"]) if top else None
+    label = best_trial_label(top) if top else None
     return [plots.surface_3d(alphas, betas, values, out_dir / f"{prefix}3d.png", title, subtitle, points=points,
-                             layer_label="\u03b1 bin \u2248 {} (best trial per \u03b2 bin)", best=best),
+                             layer_label="\u03b1 bin \u2248 {} (best trial per \u03b2 bin)", best=best,
+                             best_trial=trial, best_label=label),
             plots.surface_heatmap(alphas, betas, values, out_dir / f"{prefix}heatmap.png", title, subtitle,
                                   cells=notes, colour_label="best validation accuracy in the bin (%)",
-                                  empty="no trial", best=best, alpha_ticks=ranges["alpha"], beta_ticks=ranges["beta"])]
+                                  empty="no trial", best=best, alpha_ticks=ranges["alpha"], beta_ticks=ranges["beta"],
+                                  best_label=label)]
+
+
+def best_trial_label(bin_row: dict[str, Any]) -> str:
+    """The legend text of a binned surface's best bin: its best trial's own score and sampled
+    alpha and beta (not the bin's centre, which no trial need have)."""
+    return (f"best trial {bin_row['best_trial_id']}: {100.0 * bin_row['val_acc_max']:.1f}% at "
+            f"\u03b1={plots.fmt_value(bin_row['best_alpha'])}, \u03b2={plots.fmt_value(bin_row['best_beta'])}")
 
 
 

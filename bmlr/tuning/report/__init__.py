@@ -7,9 +7,17 @@ Every study writes it at its end (`--report full|fast|none`). It holds, from the
 alone (validation only; test is never read), one module per section, as Optuna keeps one
 module per figure in `optuna/visualization/`:
 
-1. `best_trials`  - the best trials table;
-2. `importances`  - Optuna's hyperparameter importances (fANOVA over the finished trials' best
-   validation accuracy; for a staged study, stage 1's);
+1. `best_trials`  - the best trials table: each trial's score by the study's rule beside its
+   binomial standard error (`scoring` names the rule and the noise for every section);
+   `confirmation` - where the study ran a confirmation stage (`confirmation.csv`): each
+   candidate's search score beside its mean +- std over new seeds, the winner starred, as a
+   table and a figure, with the seeds, epochs and cost;
+2. `importances`  - Optuna's hyperparameter importances (fANOVA over the finished trials'
+   scores; for a staged study, stage 1's): Optuna's figure and a table;
+   `optuna_figures` - Optuna's views of the study (optimization history, parallel
+   coordinates, slice, contour of alpha x beta), drawn by `optuna.visualization.matplotlib`
+   into `<study>/optuna/` and logged to the MLflow parent run under `optuna/`; both read
+   the study `optuna_study` rebuilds from the finished trials and the search space;
 3. `surface`      - the alpha x beta surface: the grid of a surface study
    (`bmlr.tuning.surface`), else the study's scattered trials binned;
 4. `curves`       - learning curves (the paper's Figure 6): multimodal and per-modality
@@ -25,16 +33,19 @@ module per figure in `optuna/visualization/`:
    best validation accuracy.
 
 `summary` writes the paragraphs above them, `page` renders the page, `study_view` reads the
-study folder (through `bmlr.tuning.store`; the best trial by `bmlr.tuning.selection`) and
-`build` puts the sections together.
+study folder (through `bmlr.tuning.store`; the best trial by `bmlr.tuning.selection`, or the
+confirmation's winner) and `build` puts the sections together.
 """
 from bmlr.tuning.report.baseline import baseline_counterpart
 from bmlr.tuning.report.best_trials import best_trials_table
 from bmlr.tuning.report.build import log_to_mlflow, write_report, write_report_safely
+from bmlr.tuning.report.confirmation import confirmation_table
 from bmlr.tuning.report.importances import param_importances
+from bmlr.tuning.report.optuna_study import optuna_study
 from bmlr.tuning.report.page import Page
 from bmlr.tuning.report.study_view import REPORT_DIR, Context, ReportError, StudyView
 from bmlr.tuning.report.top3 import top3_table
 
 __all__ = ["REPORT_DIR", "ReportError", "StudyView", "Context", "Page", "write_report", "write_report_safely",
-           "log_to_mlflow", "param_importances", "best_trials_table", "top3_table", "baseline_counterpart"]
+           "log_to_mlflow", "param_importances", "optuna_study", "best_trials_table", "confirmation_table", "top3_table",
+           "baseline_counterpart"]

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from bmlr.tuning import tracking
 from bmlr.tuning.report.best_trials import add_best_trials
+from bmlr.tuning.report.confirmation import add_confirmation
 from bmlr.tuning.report.curves import add_learning_curves
 from bmlr.tuning.report.importances import add_importances
+from bmlr.tuning.report.optuna_figures import OPTUNA_DIR, add_optuna_views, figure_paths, study_inputs
 from bmlr.tuning.report.page import Page
 from bmlr.tuning.report.reshaped import add_reshaped
 from bmlr.tuning.report.study_view import REPORT_DIR, Context, Log
@@ -22,10 +24,11 @@ __all__ = ["write_report", "write_report_safely", "log_to_mlflow"]
 PAGE_FILES = (".md", ".html", ".png")  # what the study's MLflow run gets under report/
 
 
-def _clear(out: Path) -> None:
-    """The report folder, without the figures of an earlier report (a figure may not recur)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.png"):
+def _clear(ctx: Context) -> None:
+    """The report folder, without the figures of an earlier report (a figure may not recur);
+    the same for Optuna's figures beside it."""
+    ctx.out.mkdir(parents=True, exist_ok=True)
+    for old in [*ctx.out.glob("*.png"), *figure_paths(ctx.study.dir / OPTUNA_DIR)]:
         old.unlink()
 
 
@@ -36,11 +39,14 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
     `train_baseline` trains the best trial's baseline counterpart. Raises ReportError where the
     folder is not a finished study or no trial finished."""
     ctx = Context.open(study_dir, log)
-    _clear(ctx.out)
+    _clear(ctx)
     page = Page()
     add_summary(page, ctx)
     add_best_trials(page, ctx, top)
-    add_importances(page, ctx)
+    add_confirmation(page, ctx)
+    inputs = study_inputs(ctx)
+    add_importances(page, ctx, inputs)
+    add_optuna_views(page, ctx, inputs)
     add_surface(page, ctx)
     add_learning_curves(page, ctx, baseline_study, train_baseline)
     add_reshaped(page, ctx)
@@ -53,12 +59,16 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
 
 
 def log_to_mlflow(ctx: Context) -> None:
-    """Copy the page and its figures to the study's MLflow parent run under `report/`; a
+    """Copy the page and its figures to the study's MLflow parent run under `report/`, and
+    Optuna's figures under `optuna/` (where the MLflow UI shows them on the parent run); a
     failure is said in the log (the files are on disk; MLflow holds a copy)."""
     uri, run_id = ctx.study.info.get("tracking_uri"), ctx.study.info.get("parent_run_id")
     if uri and run_id:
         files = [p for p in sorted(ctx.out.iterdir()) if p.suffix in PAGE_FILES]
         tracking.log_artifacts_safely(uri, run_id, files, REPORT_DIR, ctx.log)
+        optuna_files = figure_paths(ctx.study.dir / OPTUNA_DIR)
+        if optuna_files:
+            tracking.log_artifacts_safely(uri, run_id, optuna_files, OPTUNA_DIR, ctx.log)
 
 
 def write_report_safely(study_dir: str | Path, log: Log = print, **kwargs) -> Path | None:

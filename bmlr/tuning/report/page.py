@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import html
+import os
 from pathlib import Path
 from typing import Any
 
@@ -70,7 +71,8 @@ class Page:
         return [b[1] for b in self.blocks if b[0] == "img"]
 
     def markdown(self, base: Path) -> str:
-        """The page as Markdown; images are linked relative to `base` (the report folder)."""
+        """The page as Markdown; images are linked relative to `base` (the report folder; Optuna's
+        figures beside it as `../optuna/<name>.png`, the same layout as the MLflow run's artifacts)."""
         out = []
         for b in self.blocks:
             if b[0] == "h":
@@ -82,7 +84,7 @@ class Page:
                 out.append("|" + "---|" * len(b[1]))
                 out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in b[2]]
             elif b[0] == "img":
-                out.append(f"![{b[2]}]({b[1].relative_to(base).as_posix()})")
+                out.append(f"![{b[2]}]({Path(os.path.relpath(b[1], base)).as_posix()})")
             out.append("")
         return "\n".join(out)
 
