@@ -306,6 +306,23 @@ def test_summary_links_to_the_runs_table_and_the_parent_run():
     served = ui_lines("http://10.0.0.5:8080/", "3", "abc")
     assert len(served) == 2 and "mlflow ui" not in " ".join(served)
     assert served[0].endswith("http://10.0.0.5:8080/#/experiments/3/runs?workflowType=machine_learning")
+    viewed = ui_lines("http://10.0.0.5:8080/", "3", "abc", view="bmlr-abc")
+    assert viewed[0].endswith("/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=bmlr-abc")
+
+
+def test_the_study_view_lists_its_trials_best_first_with_the_sampled_columns(tmp_path):
+    from bmlr.tuning import run_view
+
+    client = _client(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    key = run_view.save_table_view(client, experiment, "p1", ["beta", "alpha", "lr"], "best_val_acc")
+    assert key == "bmlr-p1"
+    view = json.loads(client.get_experiment(experiment).tags["mlflow.sharedViewState.bmlr-p1"])
+    assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'p1'"
+    assert (view["orderByKey"], view["orderByAsc"]) == ("metrics.`best_val_acc`", False)
+    assert view["selectedColumns"][:4] == ["metrics.`best_val_acc`", "params.`beta`", "params.`alpha`",
+                                           "params.`lr`"]
+    assert view["columnOrder"][0] == "attributes.`Run Name`" and view["columnOrder"][1:] == view["selectedColumns"]
 
 
 def test_report_best_trials_table_carries_the_mlflow_run_ids():
@@ -376,7 +393,11 @@ def test_study_logs_parent_and_nested_runs_to_mlflow(asha_study):
     # the summary: how to open the store, then links to the classic runs table and the parent run
     ui = f"http://127.0.0.1:5000/#/experiments/{info['experiment_id']}"
     assert f"mlflow ui --backend-store-uri {asha_study['uri']}" in asha_study["out"]
-    assert f"runs table: {ui}/runs?workflowType=machine_learning" in asha_study["out"]
+    assert f"runs table: {ui}/runs?workflowType=machine_learning&viewStateShareKey=bmlr-{parent.info.run_id}" \
+        in asha_study["out"]
+    experiment = client.get_experiment(info["experiment_id"])
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # "model training"
+    assert f"mlflow.sharedViewState.bmlr-{parent.info.run_id}" in experiment.tags
     assert f"parent run: {ui}/runs/{parent.info.run_id}" in asha_study["out"]
     for run in children:
         t = run.data.tags

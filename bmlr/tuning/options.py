@@ -6,7 +6,8 @@ composes the groups below and adds its own. :func:`settings_from` turns parsed o
 another settings object) into a settings dataclass field by field, so no command lists the
 fields again.
 
-This module imports nothing from `bmlr.tuning`: the command modules import it.
+This module imports nothing from `bmlr.tuning` but the leaf `scores` (the `--score` grammar):
+the command modules import it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from bmlr.data import DATASETS
+from bmlr.tuning.scores import SCORE_HELP
 
 __all__ = ["HelpFormatter", "command_parser", "add_data_options", "add_set_option", "add_asha_options",
            "add_ray_options", "add_max_failures_option", "add_result_options", "add_verbose_option",
@@ -62,6 +64,12 @@ def add_asha_options(group) -> None:
                        "docs/performance.md)")
     group.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/factor of trials per rung")
     group.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
+    group.add_argument("--score", help=f"a trial's score, which Optuna, ASHA's rungs, the trials table and the "
+                       f"export all use: {SCORE_HELP} (default: the search space's `score:`, else best)")
+    group.add_argument("--confirm", type=int, default=0, metavar="K",
+                       help="after the search, train the top K distinct configurations again with new seeds "
+                       "(--confirm-seeds) at the production epochs and export the best mean (default 0: off)")
+    group.add_argument("--confirm-seeds", type=int, default=3, metavar="S", help="seeds of the confirmation")
     add_max_failures_option(group)
 
 

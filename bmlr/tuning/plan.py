@@ -22,6 +22,7 @@ from typing import Any, Callable
 from bmlr.config import Config, ConfigError
 from bmlr.fileio import abs_path, timestamp
 from bmlr.tuning import tracking
+from bmlr.tuning.scores import ScoreError, ScoreRule, parse_score
 from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
 from bmlr.tuning.store import StoreError, StudyLock, StudyStore, find_study
 
@@ -29,7 +30,7 @@ __all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "resume_store"
 
 # the settings --resume takes from the stored study, with a note where the command line differs
 RESUME_KEEPS = ("samples", "max_epochs", "grace_period", "reduction_factor", "seed", "method", "data_root",
-                "tracking_uri", "experiment", "overrides")
+                "tracking_uri", "experiment", "overrides", "score", "confirm", "confirm_seeds")
 
 
 class StudyError(RuntimeError):
@@ -57,6 +58,9 @@ class StudySettings:
     name: str | None = None  # None: <method>-<timestamp>
     seed: int = 0
     max_failures: int = 0
+    score: str | None = None  # the trial score rule (bmlr.tuning.scores); None: the space's, else "best"
+    confirm: int = 0  # the confirmation stage (bmlr.tuning.confirm): how many top configurations; 0: none
+    confirm_seeds: int = 3  # the new training seeds each of them gets
     overrides: dict[str, Any] = field(default_factory=dict)  # --set key=value
     # how the trials are chosen: "search" (Optuna TPE + ASHA) or "surface" (every combination of
     # the search space's choice entries, times `grid_seeds`, each trained to the end: no ASHA)
@@ -83,7 +87,20 @@ class StudySettings:
         need(self.gpus_per_trial is None or self.gpus_per_trial >= 0,
              f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
         need(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
+        need(self.confirm == 0 or self.confirm >= 2, f"--confirm must be 0 (none) or >= 2 configurations, got "
+                                                     f"{self.confirm}")
+        need(self.confirm_seeds >= 1, f"--confirm-seeds must be >= 1, got {self.confirm_seeds}")
         need(self.kind in ("search", "surface"), f"unknown study kind {self.kind!r}")
+        try:
+            parse_score(self.score) if self.score is not None else None
+        except ScoreError as err:
+            raise StudyError(str(err)) from None
+
+    @property
+    def rule(self) -> ScoreRule:
+        """The trial score rule (resolved by :func:`plan_study`: the command line's, else the
+        search space's, else ``best``)."""
+        return parse_score(self.score)
 
 
 @dataclass
@@ -168,7 +185,10 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
         max_epochs = settings.max_epochs or production.epochs
         if settings.grace_period > max_epochs:
             raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
-        trial_base = {**production.to_dict(), "seeds": [settings.seed], "name": None}
+        if not production.threads:  # the thread count the trial runs with, recorded: numbers depend on it
+            production.threads = max(1, int(settings.cpus_per_trial))
+        # a trial has no source run (a base from an exported best.yaml would carry an older one)
+        trial_base = {**production.to_dict(), "seeds": [settings.seed], "name": None, "source": None}
         settings.name = settings.name or f"{settings.method}-{timestamp()}"
         if not resume:
             study_dir = abs_path(settings.folder) if settings.folder else storage / settings.dataset / settings.name
@@ -230,6 +250,8 @@ def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, 
     if "method" in space.params:
         raise SearchSpaceError(f"{space.source}: search.method: the method is chosen with --method")
     flat = space.for_method(settings.method)  # its methods.<name> section; no budget on keys it ignores
+    settings.score = parse_score(settings.score or space.score, "--score" if settings.score else
+                                 f"{space.source}: score").name
     fixed = {**settings.overrides, "dataset": settings.dataset, "method": settings.method}
     if settings.data_root:
         fixed["data_root"] = settings.data_root

@@ -26,7 +26,7 @@ __all__ = ["METRIC", "MODE", "TIME_ATTR", "RayStartError", "ResourceError", "LOO
            "quiet_ray", "init_ray", "ray_session", "gpus_per_trial", "with_resources", "grid_param_space",
            "trial_dirname", "build_tuner", "restore_tuner"]
 
-METRIC = "val_acc"  # validation multimodal accuracy of the current epoch
+METRIC = "score"  # the trial's score so far (bmlr.tuning.scores: its rule over the validation accuracies)
 MODE = "max"
 TIME_ATTR = "epoch"  # ASHA's time axis: our own epoch counter, correct after a restore too
 

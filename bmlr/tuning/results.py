@@ -3,12 +3,16 @@ winner (:mod:`bmlr.tuning.selection`, or a caller's rule) exported as ``best.yam
 runs marked, and the summary printed.
 
 A row: ``trial_id``, ``status`` (completed, stopped_early, failed, interrupted), ``epochs``,
-the metrics of the trial's best validation epoch (``best_epoch``, ``best_val_acc``, the other
-``val_*`` values and ``train_loss``), ``param.<key>`` for each key Ray passed the trial, its
-MLflow ``run_id`` and, for a failed trial, ``error``. Test metrics do not exist here.
+its ``score`` (the study's score rule, :mod:`bmlr.tuning.scores`) and ``score_se`` (the
+binomial standard error of an accuracy that high on the validation split's size), the
+metrics of the epoch at which the score is reached (``best_epoch``, the ``val_*`` values and
+``train_loss``), ``best_val_acc`` (the highest validation accuracy at any epoch),
+``param.<key>`` for each key Ray passed the trial, its MLflow ``run_id`` and, for a failed
+trial, ``error``. Test metrics do not exist here.
 """
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from pathlib import Path
@@ -16,15 +20,15 @@ from typing import Any, Callable
 
 from bmlr.fileio import finite_or_none
 from bmlr.tuning import run_view, tracking
-from bmlr.tuning.export import production_config, write_config
+from bmlr.tuning.export import production_config, source_of, write_config
 from bmlr.tuning.plan import Plan, StudyOutcome
-from bmlr.tuning.ray_backend import METRIC
+from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, ScoreRule, parse_score
 from bmlr.tuning.search_space import SearchSpace
-from bmlr.tuning.selection import SCORE, choose_best
+from bmlr.tuning.selection import SCORE, choose_best, noise_note, score, standard_error
 from bmlr.tuning.store import StudyStore
 
 __all__ = ["Row", "Chooser", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
-           "format_table", "winner_note", "finish"]
+           "format_table", "winner_note", "score_text", "export_best", "finish"]
 
 Row = dict[str, Any]
 Chooser = Callable[[list[Row]], "Row | None"]
@@ -45,21 +49,29 @@ def _status(result, epochs: int, max_epochs: int) -> str:
     return "interrupted"  # cut off by Ctrl-C or a lost driver: --resume continues it
 
 
-def best_epoch(history: list[Row]) -> Row:
-    """The metrics of the trial's best validation epoch (the first of equals; none where it
-    reported no epoch)."""
-    scored = [h for h in history if h.get(METRIC) is not None]
+def best_epoch(history: list[Row], rule: ScoreRule = ScoreRule("best"), n_val: int | None = None) -> Row:
+    """The trial's score by ``rule`` and the metrics of the epoch at which it is reached
+    (the first of equals; nothing where it reported no epoch); ``score_se`` where the
+    validation split's size ``n_val`` is known."""
+    scored = [h for h in history if h.get(VAL_ACC) is not None]
     if not scored:
         return {}
-    best = max(scored, key=lambda h: (float(h[METRIC]), -int(h["epoch"])))
-    row: Row = {"best_epoch": int(best["epoch"]), SCORE: float(best[METRIC])}
+    accs = [float(h[VAL_ACC]) for h in scored]
+    epoch = rule.epoch(accs)
+    if epoch is None:
+        return {}
+    at = scored[epoch - 1]
+    row: Row = {"best_epoch": int(at["epoch"]), SCORE: rule.value(accs), "score_rule": rule.name,
+                "best_val_acc": max(accs)}
+    row["score_se"] = standard_error(row[SCORE], n_val)
     for key in sorted({k for h in history for k in h}):
-        if key.startswith("val_") and key != METRIC or key == "train_loss":
-            row[key] = finite_or_none(best.get(key))
+        if key.startswith("val_") or key == "train_loss":
+            row[key] = finite_or_none(at.get(key))
     return row
 
 
-def trial_rows(grid, max_epochs: int, runs: dict[str, Any], store: StudyStore) -> list[Row]:
+def trial_rows(grid, max_epochs: int, runs: dict[str, Any], store: StudyStore, rule: ScoreRule,
+               n_val: int | None = None) -> list[Row]:
     """One row per trial of Ray's result grid, best first (then by trial id); ``runs``: the
     trials' MLflow runs by trial id. A trial's epochs come from its whole history
     (:meth:`~bmlr.tuning.store.StudyStore.history`: every epoch, those trained before a resume
@@ -71,7 +83,7 @@ def trial_rows(grid, max_epochs: int, runs: dict[str, Any], store: StudyStore) -
         history = store.history(trial_id)
         epochs = int(history[-1]["epoch"]) if history else int(metrics.get("epoch", 0) or 0)
         row: Row = {"trial_id": trial_id, "status": _status(result, epochs, max_epochs), "epochs": epochs}
-        row.update(best_epoch(history))
+        row.update(best_epoch(history, rule, n_val))
         for key, value in (result.config or {}).items():
             row[f"param.{key}"] = value
         run = runs.get(trial_id)
@@ -102,9 +114,9 @@ def format_table(rows: list[Row], top: int = 5) -> str:
     params = [k for k in (rows[0] if rows else {}) if k.startswith("param.")]
     for row in rows:
         params.extend(k for k in row if k.startswith("param.") and k not in params)
-    cols = ["trial_id", "status", "epochs", SCORE, "val_macro_f1", "val_imbalance_ratio"] + params
-    heads = [c.removeprefix("param.").replace(SCORE, "val_acc").replace("val_imbalance_ratio", "imbalance")
-             for c in cols]
+    cols = ["trial_id", "status", "epochs", SCORE, "score_se", "val_macro_f1", "val_imbalance_ratio"] + params
+    names = {"score_se": "+-se", "val_imbalance_ratio": "imbalance"}
+    heads = [names.get(c, c.removeprefix("param.")) for c in cols]
 
     def cell(value: Any) -> str:
         if value is None:
@@ -130,7 +142,8 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
     client = tracking.client_for(plan.tracking_uri)
     store = plan.store
     runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
-    rows = trial_rows(grid, plan.max_epochs, runs, store)
+    n_val = (store.data_info().get("sizes") or {}).get("val")
+    rows = trial_rows(grid, plan.max_epochs, runs, store, plan.settings.rule, n_val)
     known = {row["trial_id"] for row in rows}
     parent_tags = client.get_run(plan.parent_run_id).data.tags
     lost = int(parent_tags.get("trials.lost", "0")) + tracking.mark_lost_runs(
@@ -139,7 +152,7 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
     sync_runs(client, rows, runs, store)
     best = (chooser or choose_best)(rows)
     store.write_rows(rows)
-    best_yaml = _export_best(plan, best, runs) if best is not None else None
+    best_yaml = export_best(plan, best, runs) if best is not None else None
     counts = status_counts(rows)
     if lost:
         counts["lost"] = lost
@@ -176,21 +189,26 @@ def sync_runs(client, rows: list[Row], runs: dict[str, Any], store: StudyStore) 
             client.set_terminated(run_id, end)
 
 
-def _export_best(plan: Plan, best: Row, runs: dict[str, Any]):
-    """``best.yaml`` (the production configuration with the winner's sampled values) and the
-    MLflow tags that name the winner."""
+def export_best(plan: Plan, best: Row, runs: dict[str, Any], confirmation: list[str] = ()):
+    """``best.yaml`` (the production configuration with the winner's sampled values; the
+    ``confirmation`` lines, where a confirmation chose it, in its header and the winner's MLflow
+    description) and the MLflow tags that name the winner. ``runs``: the trials' MLflow runs."""
     s = plan.settings
     sampled = sampled_values(best, plan.space)
-    cfg = production_config({**plan.production.to_dict(), **sampled})
+    trial_run = runs.get(best["trial_id"])
+    source = source_of(tracking_uri=plan.tracking_uri, experiment_id=plan.experiment_id, run_id=best["run_id"],
+                       run_name=trial_run.info.run_name if trial_run else None, study=s.name,
+                       trial_id=best["trial_id"], parent_run_id=plan.parent_run_id)
+    cfg = production_config({**plan.production.to_dict(), **sampled}, source=source)  # bmlr.train logs beside it
     header = [f"Best trial of study {s.name} ({s.dataset}, method {s.method}):",
-              f"trial {best['trial_id']}, MLflow run {best['run_id']}, validation accuracy "
-              f"{best[SCORE]:.4f} at epoch {best['best_epoch']} of {best['epochs']} "
+              f"trial {best['trial_id']}, MLflow run {best['run_id']}, {score_text(best)} "
               f"(study seed {s.seed}; test never read)",
               "sampled: " + ", ".join(f"{k}={v}" for k, v in sampled.items()),
-              f"production: {cfg.epochs} epochs, seeds {cfg.seeds}"]
+              f"production: {cfg.epochs} epochs, seeds {cfg.seeds}", *confirmation]
     best_yaml = write_config(cfg, plan.store.best_path, header)
     client = tracking.client_for(plan.tracking_uri)
-    run_view.mark_best(client, runs.values(), best["run_id"], winner_note(best, f"study {s.name}"))
+    note = winner_note(best, f"study {s.name}") + ("\n\n" + "\n".join(confirmation) if confirmation else "")
+    run_view.mark_best(client, runs.values(), best["run_id"], note)
     client.set_tag(plan.parent_run_id, "best_run_id", best["run_id"] or "")
     client.set_tag(plan.parent_run_id, "best_trial_id", best["trial_id"])
     client.set_tag(plan.parent_run_id, "best_score", f"{best[SCORE]:.6g}")  # a tag: the parent is no trial
@@ -198,11 +216,20 @@ def _export_best(plan: Plan, best: Row, runs: dict[str, Any]):
     return best_yaml
 
 
+def score_text(row: Row) -> str:
+    """A row's score as a phrase: ``score 0.8333 +- 0.0340 (best: ... at epoch 7 of 12 trained)``."""
+    value = score(row)
+    se = finite_or_none(row.get("score_se"))
+    rule = parse_score(row.get("score_rule") or DEFAULT_SCORE, "trials table: score_rule")
+    return (f"score {value:.4f}" + (f" +- {se:.4f}" if se is not None else "")
+            + f" ({rule.name}: {rule.describe()}, reached at epoch {row.get('best_epoch')} of {row.get('epochs')} trained)")
+
+
 def winner_note(best: Row, where: str) -> str:
     """The winner's run description: why it won."""
-    return (f"**Best trial** of {where}: validation accuracy {best[SCORE]:.4f} at epoch {best.get('best_epoch')} "
-            f"of {best.get('epochs')} trained ({best.get('status')}), the highest of the study's trials "
-            f"(ties: fewer epochs to reach it, then trial id; test never read). Trial {best['trial_id']}.")
+    return (f"**Best trial** of {where}: {score_text(best)}, {best.get('status')}; the highest of the study's "
+            f"trials (ties: fewer epochs to reach it, then trial id; +- one binomial standard error on the "
+            f"validation split; test never read). Trial {best['trial_id']}.")
 
 
 def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, interrupted: bool,
@@ -210,13 +237,19 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
     s = plan.settings
     log(f"\nstudy {plan.study_dir}  trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if rows:
-        log(f"best trials by validation accuracy (of {len(rows)}):\n" + format_table(rows, top))
+        rule = s.rule
+        log(f"best trials by score, {rule.name}: {rule.describe()} (of {len(rows)}):\n" + format_table(rows, top))
+        noise = noise_note(rows, top)
+        if noise:
+            log(noise)
     if best_yaml is not None:
         log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {best_yaml}")
     else:
         log("no trial finished successfully: nothing exported")
     log(f"MLflow: {plan.tracking_uri}  experiment {s.experiment!r}  parent run {plan.parent_run_id}")
-    for line in run_view.ui_lines(plan.tracking_uri, plan.experiment_id, plan.parent_run_id):
+    view = run_view.save_table_view(tracking.client_for(plan.tracking_uri), plan.experiment_id, plan.parent_run_id,
+                                    plan.space.params, SCORE)
+    for line in run_view.ui_lines(plan.tracking_uri, plan.experiment_id, plan.parent_run_id, view):
         log(line)
     if interrupted:
         log(f"the study was interrupted; continue it with: bmlr-tune --dataset {s.dataset} "

@@ -14,12 +14,13 @@ from typing import Any, Mapping, Sequence
 
 from bmlr.config import FIELD_NAMES, ConfigError, field_kind, from_dict
 from bmlr.methods import METHOD_SPECIFIC_KEYS, METHODS, arg_kinds
+from bmlr.tuning.scores import ScoreError, parse_score
 from bmlr.tuning.search_space_types import (KINDS, METHOD_ARGS, NOT_SEARCHABLE, MethodSection, Param, SearchSpace,
                                             SearchSpaceError)
 
 __all__ = ["SECTIONS", "METHOD_SECTIONS", "parse_search_space", "grid_space"]
 
-SECTIONS = ("search", "fixed", "methods")
+SECTIONS = ("search", "fixed", "methods", "score")
 METHOD_SECTIONS = ("search", "fixed")
 
 
@@ -261,7 +262,13 @@ def parse_search_space(data: Any, source: str = "<search space>", text: str = ""
         raise SearchSpaceError(f"{source}: search: every entry is a constant; nothing to search")
     all_fixed = _validate_values(source, "", fixed, constants, params, {})
     sections = {str(m): _parse_method_section(source, m, doc, all_fixed, params) for m, doc in methods.items()}
-    return SearchSpace(params=params, fixed=all_fixed, source=source, text=text, methods=sections)
+    score = data.get("score")
+    if score is not None:
+        try:
+            score = parse_score(str(score), f"{source}: score").name
+        except ScoreError as err:
+            raise SearchSpaceError(str(err)) from None
+    return SearchSpace(params=params, fixed=all_fixed, source=source, text=text, methods=sections, score=score)
 
 
 def grid_space(values: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], source: str,

@@ -106,6 +106,7 @@ class SearchSpace:
     text: str = ""  # the file's text, logged as an artifact
     methods: dict[str, MethodSection] = field(default_factory=dict)
     dropped: tuple[str, ...] = ()  # shared keys for_method left out (the method ignores them)
+    score: str | None = None  # the trial score rule (`score:`, bmlr.tuning.scores); None: the default
 
     def optuna_space(self) -> dict:
         """`{key: optuna distribution}` in file order (OptunaSearch's `space`)."""
@@ -146,7 +147,8 @@ class SearchSpace:
         fixed.update(section.fixed)
         fixed["method"] = method
         dropped = tuple(k for k in self.params if k in ignored)
-        flat = SearchSpace(params=params, fixed=fixed, source=f"{self.source} [method {method}]", dropped=dropped)
+        flat = SearchSpace(params=params, fixed=fixed, source=f"{self.source} [method {method}]", dropped=dropped,
+                           score=self.score)
         # (a flat space with nothing to search still gives the untuned configuration; a study of it
         # is refused where it is built: bmlr.tuning.compare.arm_space)
         flat.text = flat.to_yaml(header=[f"The search space of method {method!r}, from {self.source}."]
@@ -166,7 +168,7 @@ class SearchSpace:
         except ConfigError as err:
             raise SearchSpaceError(str(err)) from None
         out = SearchSpace(params=params, fixed=fixed, source=self.source, methods=dict(self.methods),
-                          dropped=self.dropped)
+                          dropped=self.dropped, score=self.score)
         out.text = out.to_yaml(header=[f"From {self.source}, with {', '.join(f'{k}={v}' for k, v in values.items())}."])
         return out
 
@@ -207,7 +209,8 @@ class SearchSpace:
             out += [f"{indent}  {k}: {flow(v)}" for k, v in fixed.items()]
             return out
 
-        lines = [f"# {line}" for line in (header or [])] + block(self.params, self.fixed, "")
+        lines = [f"# {line}" for line in (header or [])] + ([f"score: {self.score}"] if self.score else [])
+        lines += block(self.params, self.fixed, "")
         if self.methods:
             lines.append("methods:")
             for name, sec in self.methods.items():

@@ -39,7 +39,9 @@ STATE_DIR = "state"  # per-trial Trainer state of running trials (bmlr.tuning.tr
 TRIALS_DIR = "trials"  # per-trial records kept after the study: trial_<id>/history.json, val_top3.json
 HISTORY_FILE = "history.json"  # a trial's every epoch (Ray's result.json lacks those before a restore)
 LOCK_FILE = ".driver.lock"  # one driver per study (fcntl.flock; the kernel drops it with the process)
-TEXT_COLUMNS = ("trial_id", "run_id")  # identifiers that can look like numbers
+CONFIRM_DIR = "confirm"  # the confirmation stage's Ray experiment (bmlr.tuning.confirm)
+CONFIRMATION_FILE = "confirmation.csv"  # its rows: candidate x seed
+TEXT_COLUMNS = ("trial_id", "run_id", "candidate")  # identifiers that can look like numbers
 
 
 class StoreError(RuntimeError):
@@ -289,6 +291,24 @@ class StudyStore:
 
     def write_rows(self, rows: list[dict[str, Any]]) -> Path:
         return write_csv(rows, self.trials_path)
+
+    # --- the confirmation stage --------------------------------------------------------------
+    @property
+    def confirm_ray_dir(self) -> Path:
+        return self.dir / CONFIRM_DIR
+
+    @property
+    def confirmation_path(self) -> Path:
+        return self.dir / CONFIRMATION_FILE
+
+    def write_confirmation(self, rows: list[dict[str, Any]]) -> Path:
+        return write_csv(rows, self.confirmation_path)
+
+    def read_confirmation(self) -> list[dict[str, Any]]:
+        """The confirmation's rows (candidate, seed, status, best_val_acc), [] where none ran."""
+        if not self.confirmation_path.is_file():
+            return []
+        return read_csv(self.confirmation_path, text_columns=TEXT_COLUMNS)
 
     # --- per-trial files -------------------------------------------------------------------
     def _folders(self) -> list[Path]:

@@ -27,9 +27,11 @@ import time
 from dataclasses import asdict
 from typing import Any, Callable, Iterator
 
-from bmlr.config import Config, from_dict
+from bmlr.config import Config, ConfigError, from_dict
 from bmlr.data import DataError, build_datasets
 from bmlr.tuning import ray_backend, tracking
+from bmlr.tuning.config_drift import config_drift, describe_drift
+from bmlr.tuning.confirm import confirm
 from bmlr.tuning.plan import Plan, StudyError, StudyOutcome, StudySettings, plan_study, resume_store
 from bmlr.tuning.ray_backend import METRIC, MODE, RayStartError, make_sampler, make_scheduler, make_searcher
 from bmlr.tuning.results import Chooser, finish
@@ -80,7 +82,8 @@ def start_tracking(plan: Plan, data_info: dict[str, Any]) -> None:
     s = plan.settings
     commit = tracking.git_commit(project_root())
     tags = {"dataset": s.dataset, "method": s.method, "search_space": s.search_space, "study": s.name,
-            "study_dir": str(plan.study_dir), "selection_metric": f"{METRIC} (validation, {MODE})",
+            "study_dir": str(plan.study_dir), "score_rule": s.rule.name,
+            "selection_metric": f"{METRIC} ({s.rule.name}: {s.rule.describe()}, {MODE})",
             "bmlr.role": s.role or ("surface" if s.kind == "surface" else "study")}
     if s.outer_run_id:
         tags["mlflow.parentRunId"] = s.outer_run_id
@@ -94,13 +97,25 @@ def start_tracking(plan: Plan, data_info: dict[str, Any]) -> None:
                   "git_commit": commit, "data": data_info})
 
 
+def fixed_keys_line(plan: Plan) -> str:
+    """The banner's line on what the study trains that `configs/<dataset>.yaml` does not
+    (also the parent run's tag `fixed_vs_config`); empty where the data set has no file."""
+    try:
+        line = describe_drift(*config_drift(plan.production, plan.space.params))
+    except ConfigError as err:
+        line = f"note: the fixed keys cannot be compared with the data set's configuration ({err})"
+    if line and plan.parent_run_id is not None:
+        tracking.client_for(plan.tracking_uri).set_tag(plan.parent_run_id, "fixed_vs_config", line[:5000])
+    return line
+
+
 def _parent_params(plan: Plan, data_info: dict[str, Any]) -> dict[str, Any]:
     s = plan.settings
     params = {"samples": s.samples, "max_epochs": plan.max_epochs, "grace_period": s.grace_period,
               "reduction_factor": s.reduction_factor, "seed": s.seed, "max_failures": s.max_failures,
               "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial,
               "concurrent": s.concurrent,
-              "searcher": "grid" if s.kind == "surface" else "optuna-tpe",
+              "searcher": "grid" if s.kind == "surface" else "optuna-tpe", "score": s.rule.name,
               "scheduler": "fifo" if s.kind == "surface" else "asha",
               "data_sizes": data_info.get("sizes"), "searched": list(plan.space.params)}
     params.update({f"search.{k}": p.describe() for k, p in plan.space.params.items()})
@@ -125,8 +140,9 @@ def _trainable(plan: Plan):
     s = plan.settings
     store = plan.store
     return ray_backend.with_resources(train_trial, s.cpus_per_trial, s.gpus_per_trial, base=plan.trial_base,
-                                      state_dir=str(store.state_dir), threads=max(1, int(s.cpus_per_trial)),
-                                      extras_dir=str(store.extras_dir), max_epochs=plan.max_epochs)
+                                      state_dir=str(store.state_dir), threads=plan.production.threads,
+                                      extras_dir=str(store.extras_dir), max_epochs=plan.max_epochs,
+                                      score=s.rule.name)
 
 
 def _callback(plan: Plan):
@@ -212,7 +228,8 @@ def finished_outcome(plan: Plan, chooser: Chooser | None, log: Callable[[str], N
     if tracking.client_for(plan.tracking_uri).get_run(plan.parent_run_id).info.status != "FINISHED":
         return None
     log(f"study {plan.study_dir} is finished ({len(rows)} trials); nothing to resume")
-    best = (chooser or choose_best)(rows)
+    confirmed = store.read_info().get("best_trial_id")  # a confirmation's winner (bmlr.tuning.confirm)
+    best = next((r for r in rows if str(r["trial_id"]) == str(confirmed)), None) or (chooser or choose_best)(rows)
     return StudyOutcome(plan.study_dir, rows, best, store.best_path if store.best_path.is_file() else None,
                         plan.parent_run_id, plan.tracking_uri, False)
 
@@ -237,8 +254,12 @@ def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, to
     schedule = ("every combination trained to the end" if s.kind == "surface" else
                 f"ASHA grace {s.grace_period}, reduction {s.reduction_factor}")
     log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
-        f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  MLflow: {plan.tracking_uri} "
+        f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {s.rule.name}, "
+        f"{s.rule.describe()}\n  MLflow: {plan.tracking_uri} "
         f"parent run {plan.parent_run_id}")
+    drift = fixed_keys_line(plan)
+    if drift:
+        log(f"  {drift}")
     with ray_session(address, num_cpus, verbose), _ends_parent_on_start_error(plan):
         tuner = build_tuner(plan, verbose)
         try:
@@ -249,7 +270,10 @@ def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, to
                 f"{s.storage} --name {s.name} --resume")
             raise
         done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
-        return finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
+        outcome = finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
+        if s.confirm and s.kind == "search" and not (outcome.interrupted or chooser or s.outer_run_id):
+            outcome = confirm(plan, outcome, verbose, log)
+        return outcome
 
 
 @contextlib.contextmanager

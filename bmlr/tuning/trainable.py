@@ -36,6 +36,7 @@ from typing import Any
 
 from bmlr.fileio import atomic_path, atomic_write_text
 from bmlr.tuning.ray_backend import METRIC
+from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, parse_score
 from bmlr.tuning.store import history_path, write_history
 
 
@@ -51,8 +52,8 @@ def report_metrics(metrics: dict[str, Any]) -> dict[str, float]:
         if math.isfinite(value):
             out[key] = value
     out["epoch"] = int(metrics["epoch"])
-    if METRIC not in out:
-        raise FloatingPointError(f"{METRIC} is not finite: {metrics.get(METRIC)!r}")
+    if VAL_ACC not in out:
+        raise FloatingPointError(f"{VAL_ACC} is not finite: {metrics.get(VAL_ACC)!r}")
     return out
 
 
@@ -95,7 +96,7 @@ def save_val_top3(trainer, path: Path, k: int = 3) -> None:
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, threads: int = 1,
-                extras_dir: str | None = None, max_epochs: int | None = None) -> None:
+                extras_dir: str | None = None, max_epochs: int | None = None, score: str = DEFAULT_SCORE) -> None:
     """Function trainable. `config` holds the sampled keys, `base` everything else (from
     `tune.with_parameters`, a small dict: no data, no model), its `epochs` the production
     run's (the schedule's horizon). The trial trains `max_epochs` epochs of that run (None:
@@ -103,7 +104,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     schedule must not run past its end). With `extras_dir`, the trial's whole history is kept
     in `<extras_dir>/trial_<id>/history.json` (written before each report) and the validation
     top-3 counts of the best epoch so far in `<extras_dir>/trial_<id>/val_top3.json` (for the
-    study report's Figure 4)."""
+    study report's Figure 4). Each report carries :data:`METRIC`, the trial's ``score`` (a
+    :mod:`bmlr.tuning.scores` rule) over the epochs trained so far."""
     import torch
     from ray import tune
 
@@ -111,6 +113,7 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     from bmlr.engine import Trainer
 
     torch.set_num_threads(max(1, int(threads)))
+    rule = parse_score(score)
     cfg = from_dict({**base, **config}, source="trial configuration")
     budget = cfg.epochs if max_epochs is None else int(max_epochs)
     cfg.epochs = max(cfg.epochs, budget)
@@ -122,10 +125,13 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
 
     def after_epoch(metrics: dict[str, float]) -> None:
         reported = report_metrics(metrics)
+        accs = [float(h[VAL_ACC]) for h in trainer.history]
+        reported[METRIC] = rule.value(accs)
         if extras_dir and trainer.best_epoch == trainer.epoch:  # before the report: ASHA may stop us there
             save_val_top3(trainer, val_top3_path(extras_dir, trial_id))
         if extras_dir:  # every epoch, restored ones included: Ray's result.json starts at the restore
-            write_history(history_path(extras_dir, trial_id), [report_metrics(m) for m in trainer.history])
+            write_history(history_path(extras_dir, trial_id), [{**report_metrics(m), METRIC: rule.value(accs[:i])}
+                                                               for i, m in enumerate(trainer.history, 1)])
         # report first: if the trial dies before the save, the epoch is redone and re-reported
         # (MLflow skips epochs it has), rather than saved but never reported
         tune.report(reported)

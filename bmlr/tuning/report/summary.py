@@ -1,11 +1,18 @@
 """The report's opening: what the study was (data set, method, strategy, trials and epochs
-trained), its best trial and where its production configuration is, and its MLflow run."""
+trained), its best trial (its score by the study's rule, with its standard error, and whether
+the next trials are inside that noise) and where its production configuration is, and its
+MLflow run."""
 from __future__ import annotations
 
 from collections import Counter
 
+from typing import Any
+
+from bmlr.fileio import finite_or_none
 from bmlr.tuning.report.page import Page, pct
+from bmlr.tuning.report.scoring import noise_text, score_label, score_pm
 from bmlr.tuning.report.study_view import Context, StudyView
+from bmlr.tuning.selection import choose_best
 
 __all__ = ["add_summary"]
 
@@ -35,16 +42,37 @@ def _staged_note(study: StudyView, best_stage: object) -> str:
             f"(stage {best_stage}).")
 
 
+def _best_text(study: StudyView, best: dict[str, Any]) -> str:
+    """The winner in one paragraph: its score by the study's rule with its standard error, and
+    why it won where a confirmation chose it."""
+    n_val = (study.data.get("sizes") or {}).get("val")
+    se = (f" (\u00b1 one binomial standard error of an accuracy that high on {n_val or 'the'} validation "
+          f"samples)" if finite_or_none(best.get("score_se")) is not None else "")
+    text = (f"Best trial **{best['trial_id']}**: {score_label(study.rows)} **{score_pm(best)}**{se}, reached at "
+            f"epoch {best.get('best_epoch')} of {best.get('epochs')}; its highest validation accuracy at any "
+            f"epoch: {pct(best.get('best_val_acc'))}%.")
+    winner = study.confirmed_winner
+    if winner is not None and winner.row is best:
+        own = choose_best(study.rows)
+        text += (f" It won the confirmation (see **Confirmation**): the best mean validation accuracy over "
+                 f"{len(winner.values)} new seeds, {pct(winner.mean)}%"
+                 + (f"; the search's own winner was trial {own['trial_id']}"
+                    if own is not None and own["trial_id"] != best["trial_id"] else "") + ".")
+    return text
+
+
 def add_summary(page: Page, ctx: Context) -> None:
     """The title and the paragraphs above the first section."""
     study, best = ctx.study, ctx.best
     best_yaml = study.store.best_path
     page.h(1, f"Study report: {study.name}")
     page.p(_scope(study))
-    page.p(f"Best trial **{best['trial_id']}**: validation accuracy **{pct(best.get('best_val_acc'))}%** at epoch "
-           f"{best.get('best_epoch')} of {best.get('epochs')}. Its production configuration is "
-           f"`{best_yaml}` (`python -m bmlr.train --config {best_yaml}`). Everything "
-           f"here is measured on the validation split; the test split is never read during tuning.")
+    page.p(_best_text(study, best) + f" Its production configuration is `{best_yaml}` "
+           f"(`python -m bmlr.train --config {best_yaml}`). Everything here is measured on the validation split; "
+           f"the test split is never read during tuning.")
+    noise = noise_text(study.rows)
+    if noise:
+        page.p(f"**Noise.** {noise}" + (" The confirmation below does so." if study.candidates else ""))
     if study.info.get("tracking_uri"):
         page.p(f"MLflow: `{study.info['tracking_uri']}`, parent run `{study.info.get('parent_run_id')}` "
                f"(this report is its artifact `report/report.html`).")

@@ -1,0 +1,68 @@
+"""What a study trains is what the user thinks it trains: the fixed keys that differ from the
+data set's `configs/<dataset>.yaml` are printed and tagged, the shipped search spaces agree
+with their configs (or say why not), and the torch thread count a trial ran with is recorded
+with it and in the export (the numbers depend on it)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from bmlr.config import from_dict, load_config
+from bmlr.tuning.config_drift import config_drift, describe_drift
+from bmlr.tuning.search_space import load_search_space
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _configs(tmp_path: Path, doc: dict) -> Path:
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "synthetic.yaml").write_text(yaml.safe_dump(doc))
+    return tmp_path
+
+
+def test_drift_lists_the_fixed_keys_that_differ_and_only_those(tmp_path):
+    root = _configs(tmp_path, {"dataset": "synthetic", "model_width": 8, "epochs": 30, "lr": 1e-3,
+                               "data_root": "/elsewhere"})
+    study = from_dict({"dataset": "synthetic", "model_width": 32, "epochs": 30, "lr": 5e-3, "data_root": "/data",
+                       "cache_dir": "/c"})
+    path, drift = config_drift(study, searched=["lr"], root=root)
+    assert [(d.key, d.study, d.config) for d in drift] == [("model_width", 32, 8)]  # lr searched; places ignored
+    assert describe_drift(path, drift) == "fixed keys that differ from configs/synthetic.yaml: model_width=32 (8 there)"
+    assert describe_drift(*config_drift(from_dict({"dataset": "synthetic", "model_width": 8, "epochs": 30}),
+                                        ["lr"], root)) == "every fixed key as in configs/synthetic.yaml"
+    assert config_drift(from_dict({"dataset": "avmnist"}), [], root=root) == (None, [])  # no file: nothing
+
+
+@pytest.mark.parametrize("dataset, expected", [("avmnist", []), ("synthetic", [("epochs", 20, 30)])])
+def test_shipped_search_spaces_agree_with_their_configs(dataset, expected):
+    """avmnist: none differ; synthetic: its production epochs, as the space's comment explains."""
+    space = load_search_space(ROOT / "search_spaces" / f"{dataset}.yaml").for_method("bmlr")
+    production = space.base_config({"dataset": dataset, "method": "bmlr", "threads": 1})
+    _, drift = config_drift(production, space.params)
+    assert [(d.key, d.study, d.config) for d in drift] == expected
+    if expected:
+        assert "configs/synthetic.yaml" in (ROOT / "search_spaces" / f"{dataset}.yaml").read_text()
+
+
+def test_the_banner_and_the_parent_run_say_which_fixed_keys_differ(finished_study):
+    from mlflow import MlflowClient
+
+    line = next(line.strip() for line in finished_study["out"].splitlines() if "fixed keys that differ" in line)
+    # the tiny test study's own model, against configs/synthetic.yaml
+    assert "model_width=4 (8 there)" in line and "epochs=2 (30 there)" in line and "lr=" not in line
+    parent = MlflowClient(finished_study["uri"]).get_run(finished_study["parent_run_id"])
+    assert parent.data.tags["fixed_vs_config"] == line
+
+
+def test_the_trial_thread_count_is_recorded_and_exported(finished_study):
+    """`--cpus-per-trial 1` (the default): each trial ran with one torch thread; its MLflow
+    params and best.yaml say so (not 0, "torch's default"), so the export trains alike."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(finished_study["uri"])
+    runs = client.search_runs([finished_study["experiment_id"]],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{finished_study['parent_run_id']}'")
+    assert runs and all(r.data.params["threads"] == "1" for r in runs)
+    assert load_config(finished_study["dir"] / "best.yaml").threads == 1
