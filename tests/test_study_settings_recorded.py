@@ -66,3 +66,41 @@ def test_the_trial_thread_count_is_recorded_and_exported(finished_study):
                               filter_string=f"tags.`mlflow.parentRunId` = '{finished_study['parent_run_id']}'")
     assert runs and all(r.data.params["threads"] == "1" for r in runs)
     assert load_config(finished_study["dir"] / "best.yaml").threads == 1
+
+
+@pytest.mark.slow
+def test_an_export_as_trained_repeats_the_trial_exactly(finished_study, tmp_path):
+    """`tune.py export --run-id X --as-trained`, trained with bmlr.train, gives the trial's own
+    per-epoch validation history, number for number (CPU; the thread count is recorded)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from mlflow import MlflowClient
+
+    from bmlr.tuning import cli
+
+    client = MlflowClient(finished_study["uri"])
+    runs = client.search_runs([finished_study["experiment_id"]],
+                              filter_string=f"tags.`mlflow.parentRunId` = '{finished_study['parent_run_id']}' "
+                                            f"and tags.trial_status = 'completed'")
+    trial = runs[0]
+    out = tmp_path / "as_trained.yaml"
+    assert cli.main(["export", "--run-id", trial.info.run_id, "-o", str(out), "--tracking-uri",
+                     finished_study["uri"], "--as-trained"]) == 0
+    cfg = load_config(out)
+    assert cfg.seeds == [3] and cfg.threads == 1  # the study's --seed 3, one thread per trial
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    done = subprocess.run([sys.executable, "-m", "bmlr.train", "--config", str(out), "--no-progress", "--no-mlflow",
+                           "--set", f"output_dir={tmp_path / 'runs'}"], env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(next((tmp_path / "runs").glob("*/results.json")).read_text())
+    produced = [h["val_acc"] for h in results["seeds"][0]["history"]]
+    kept = json.loads((finished_study["dir"] / "trials" / f"trial_{trial.data.tags['trial_id']}" /
+                       "history.json").read_text())
+    assert produced[:len(kept)] == [h["val_acc"] for h in kept]  # exactly, not approximately
+    assert cli.main(["export", "--run-id", trial.info.run_id, "-o", str(out), "--tracking-uri",
+                     finished_study["uri"], "--as-trained", "--seeds", "0"]) == 2

@@ -234,6 +234,8 @@ def export_parser() -> argparse.ArgumentParser:
                    "when neither --tracking-uri nor $MLFLOW_TRACKING_URI is given (never created here)")
     p.add_argument("--epochs", type=int, help="production epochs (default: the study's fixed epochs)")
     p.add_argument("--seeds", type=int, nargs="+", help="production seeds (default: the study's fixed seeds)")
+    p.add_argument("--as-trained", action="store_true", help="the trial's own seed and epochs instead of the "
+                   "production ones: training the file repeats the trial's validation history exactly")
     return p
 
 
@@ -250,7 +252,10 @@ def export_main(argv: list[str]) -> int:
             raise ExportError(f"-o {args.output} is a folder; give the YAML file to write, e.g. "
                               f"{Path(args.output) / 'best.yaml'}")
         check_store(uri, source)  # never opens (so never creates) a SQLite file that is not there
-        path, cfg = export_run(args.run_id, args.output, uri, epochs=args.epochs, seeds=args.seeds)
+        if args.as_trained and (args.epochs is not None or args.seeds):
+            raise ExportError("--as-trained takes the trial's own epochs and seeds; drop --epochs / --seeds")
+        path, cfg = export_run(args.run_id, args.output, uri, epochs=args.epochs, seeds=args.seeds,
+                               as_trained=args.as_trained)
     except (ExportError, tracking.TrackingError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR

@@ -72,13 +72,17 @@ def source_of(**where: Any) -> dict[str, str]:
 
 
 def export_run(run_id: str, out: str | Path, tracking_uri: str, epochs: int | None = None,
-               seeds: list[int] | None = None) -> tuple[Path, Config]:
+               seeds: list[int] | None = None, as_trained: bool = False) -> tuple[Path, Config]:
     """Write the production YAML of trial run ``run_id`` (a study's run: its best trial) to
-    ``out``; epochs and seeds default to the run's ``export.*`` tags."""
+    ``out``; epochs and seeds default to the run's ``export.*`` tags. ``as_trained``: the trial's
+    own seed and schedule instead, so that training the file repeats the trial's epochs exactly
+    (its first ``epochs_trained`` epochs: the schedule's horizon is the trial's)."""
     try:
         trial = fetch_trial(tracking_uri, run_id, log=print)
     except TrackingError as err:
         raise ExportError(str(err)) from None
+    if as_trained:
+        epochs, seeds = trial.config.get("epochs"), trial.config.get("seeds")
     try:
         cfg = production_config(trial.config, epochs if epochs is not None else trial.epochs,
                                 seeds if seeds is not None else trial.seeds, trial.source)
@@ -89,6 +93,9 @@ def export_run(run_id: str, out: str | Path, tracking_uri: str, epochs: int | No
               + (f" (study {src['study']}, trial {src.get('trial_id', '?')})" if "study" in src else ""),
               f"tracking URI: {tracking_uri}",
               f"Or without this file: python -m bmlr.train --from-run {trial.run_id} --tracking-uri {tracking_uri}"]
+    if as_trained:
+        header.append(f"as trained: the trial's seed {cfg.seeds} and schedule ({cfg.epochs} epochs); its first "
+                      f"{trial.tags.get('epochs_trained', '?')} epochs repeat the trial's")
     val = trial.metrics.get("best_val_acc")
     if val is not None:
         header.append(f"trial's best validation accuracy: {val:.4f} (epochs trained: "
