@@ -6,7 +6,7 @@ composes the groups below and adds its own. :func:`settings_from` turns parsed o
 another settings object) into a settings dataclass field by field, so no command lists the
 fields again.
 
-This module imports nothing from `bmlr.tuning` but the leaf `scores` (the `--score` grammar):
+This module imports nothing from `bmlr.tuning` but two leaves (the `--score` grammar, the scheduler names):
 the command modules import it.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from bmlr.data import DATASETS
 from bmlr.tuning.scores import SCORE_HELP
+from bmlr.tuning.search_space_types import SCHEDULERS
 
 __all__ = ["HelpFormatter", "command_parser", "add_data_options", "add_set_option", "add_asha_options",
            "add_ray_options", "add_max_failures_option", "add_result_options", "add_verbose_option",
@@ -66,6 +67,10 @@ def add_asha_options(group) -> None:
     group.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
     group.add_argument("--score", help=f"a trial's score, which Optuna, ASHA's rungs, the trials table and the "
                        f"export all use: {SCORE_HELP} (default: the search space's `score:`, else best)")
+    group.add_argument("--scheduler", choices=SCHEDULERS,
+                       help="early stopping: asha (one bracket), hyperband (every bracket: a hedge when learning "
+                       "curves rank configurations late), none (every trial to --max-epochs); default: the search "
+                       "space's `scheduler:`, else asha")
     group.add_argument("--confirm", type=int, default=0, metavar="K",
                        help="after the search, train the top K distinct configurations again with new seeds "
                        "(--confirm-seeds) at the production epochs and export the best mean (default 0: off)")

@@ -22,6 +22,7 @@ from typing import Any, Callable
 from bmlr.config import Config, ConfigError
 from bmlr.fileio import abs_path, timestamp
 from bmlr.tuning import tracking
+from bmlr.tuning.ray_backend import SCHEDULERS
 from bmlr.tuning.scores import ScoreError, ScoreRule, parse_score
 from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
 from bmlr.tuning.store import StoreError, StudyLock, StudyStore, find_study
@@ -30,7 +31,7 @@ __all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "resume_store"
 
 # the settings --resume takes from the stored study, with a note where the command line differs
 RESUME_KEEPS = ("samples", "max_epochs", "grace_period", "reduction_factor", "seed", "method", "data_root",
-                "tracking_uri", "experiment", "overrides", "score", "confirm", "confirm_seeds")
+                "tracking_uri", "experiment", "overrides", "score", "scheduler", "confirm", "confirm_seeds")
 
 
 class StudyError(RuntimeError):
@@ -59,6 +60,7 @@ class StudySettings:
     seed: int = 0
     max_failures: int = 0
     score: str | None = None  # the trial score rule (bmlr.tuning.scores); None: the space's, else "best"
+    scheduler: str | None = None  # asha | hyperband | none (ray_backend.SCHEDULERS); None: the space's, else asha
     confirm: int = 0  # the confirmation stage (bmlr.tuning.confirm): how many top configurations; 0: none
     confirm_seeds: int = 3  # the new training seeds each of them gets
     overrides: dict[str, Any] = field(default_factory=dict)  # --set key=value
@@ -89,6 +91,8 @@ class StudySettings:
         need(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         need(self.confirm == 0 or self.confirm >= 2, f"--confirm must be 0 (none) or >= 2 configurations, got "
                                                      f"{self.confirm}")
+        need(self.scheduler is None or self.scheduler in SCHEDULERS,
+             f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         need(self.confirm_seeds >= 1, f"--confirm-seeds must be >= 1, got {self.confirm_seeds}")
         need(self.kind in ("search", "surface"), f"unknown study kind {self.kind!r}")
         try:
@@ -252,6 +256,7 @@ def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, 
     flat = space.for_method(settings.method)  # its methods.<name> section; no budget on keys it ignores
     settings.score = parse_score(settings.score or space.score, "--score" if settings.score else
                                  f"{space.source}: score").name
+    settings.scheduler = settings.scheduler or space.scheduler or "asha"
     fixed = {**settings.overrides, "dataset": settings.dataset, "method": settings.method}
     if settings.data_root:
         fixed["data_root"] = settings.data_root

@@ -22,7 +22,10 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-__all__ = ["METRIC", "MODE", "TIME_ATTR", "RayStartError", "ResourceError", "LOOPBACK", "check_resources", "make_sampler", "make_searcher", "make_scheduler",
+from bmlr.tuning.search_space_types import SCHEDULERS
+
+__all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "ResourceError", "LOOPBACK", "check_resources",
+           "make_sampler", "make_searcher", "make_scheduler", "hyperband_brackets",
            "quiet_ray", "init_ray", "ray_session", "gpus_per_trial", "with_resources", "grid_param_space",
            "trial_dirname", "build_tuner", "restore_tuner"]
 
@@ -71,19 +74,32 @@ def make_searcher(space: Mapping[str, Any], sampler=None, seed: int = 0, metric:
                         evaluated_rewards=[float(w["value"]) for w in warm_start] or None)
 
 
+def hyperband_brackets(max_t: int, grace_period: int, reduction_factor: int) -> int:
+    """Hyperband's number of brackets: one per rung a trial could first be judged at, from
+    ``grace_period`` up to ``max_t`` (1 + floor(log_rf(max_t / grace)), at least 1)."""
+    brackets, first = 1, grace_period * reduction_factor
+    while first <= max_t:
+        brackets, first = brackets + 1, first * reduction_factor
+    return brackets
+
+
 def make_scheduler(kind: str = "asha", max_t: int = 1, grace_period: int = 1, reduction_factor: int = 3,
                    metric: str | None = None, mode: str | None = None):
-    """``asha`` (Ray's ``ASHAScheduler`` on the epoch axis) or ``fifo`` (every trial trained
-    to the end: grids, random-search baselines)."""
+    """``asha`` (Ray's ``ASHAScheduler`` on the epoch axis, one bracket), ``hyperband`` (the same
+    with every bracket, :func:`hyperband_brackets`: trials are spread over brackets whose first
+    rung is the grace period, grace x factor, ...; a hedge for learning curves that rank
+    configurations late, e.g. a weak modality that starts learning after some epochs), or
+    ``none`` / ``fifo`` (every trial trained to the end: grids, random-search baselines)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    if kind == "fifo":
+    if kind in ("fifo", "none"):
         return FIFOScheduler()
-    if kind == "asha":
+    if kind in ("asha", "hyperband"):
         extra = {} if metric is None else {"metric": metric, "mode": mode}
+        brackets = 1 if kind == "asha" else hyperband_brackets(max_t, grace_period, reduction_factor)
         return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t, grace_period=grace_period,
-                             reduction_factor=reduction_factor, **extra)
-    raise ValueError(f"unknown scheduler {kind!r} (asha, fifo)")
+                             reduction_factor=reduction_factor, brackets=brackets, **extra)
+    raise ValueError(f"unknown scheduler {kind!r} ({', '.join(SCHEDULERS)}, fifo)")
 
 
 

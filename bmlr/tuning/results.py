@@ -22,6 +22,8 @@ from bmlr.fileio import finite_or_none
 from bmlr.tuning import run_view, tracking
 from bmlr.tuning.export import production_config, source_of, write_config
 from bmlr.tuning.plan import Plan, StudyOutcome
+from bmlr.tuning.ray_backend import METRIC
+from bmlr.tuning.rung_check import rung_warning
 from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, ScoreRule, parse_score
 from bmlr.tuning.search_space import SearchSpace
 from bmlr.tuning.selection import SCORE, choose_best, noise_note, score, standard_error
@@ -232,6 +234,23 @@ def winner_note(best: Row, where: str) -> str:
             f"validation split; test never read). Trial {best['trial_id']}.")
 
 
+def rung_line(plan: Plan, rows: list[Row]) -> str:
+    """How well ASHA's rung epochs ranked the trials (:mod:`bmlr.tuning.rung_check`), also the
+    parent run's tag ``rung_agreement``; empty without early stopping or too few long trials."""
+    s = plan.settings
+    if s.kind != "search" or s.scheduler == "none":
+        return ""
+    curves = []
+    for row in rows:
+        if row["status"] != "failed":
+            history = plan.store.history(row["trial_id"])
+            curves.append([float(h.get(METRIC, h.get(VAL_ACC))) for h in history])
+    line = rung_warning(curves, s.grace_period, s.reduction_factor, plan.max_epochs)
+    if line:
+        tracking.client_for(plan.tracking_uri).set_tag(plan.parent_run_id, "rung_agreement", line[:5000])
+    return line
+
+
 def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, interrupted: bool,
              log: Callable[[str], None], top: int) -> None:
     s = plan.settings
@@ -242,6 +261,9 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
         noise = noise_note(rows, top)
         if noise:
             log(noise)
+        rungs = rung_line(plan, rows)
+        if rungs:
+            log(rungs)
     if best_yaml is not None:
         log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {best_yaml}")
     else:

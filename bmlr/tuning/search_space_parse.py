@@ -15,12 +15,12 @@ from typing import Any, Mapping, Sequence
 from bmlr.config import FIELD_NAMES, ConfigError, field_kind, from_dict
 from bmlr.methods import METHOD_SPECIFIC_KEYS, METHODS, arg_kinds
 from bmlr.tuning.scores import ScoreError, parse_score
-from bmlr.tuning.search_space_types import (KINDS, METHOD_ARGS, NOT_SEARCHABLE, MethodSection, Param, SearchSpace,
-                                            SearchSpaceError)
+from bmlr.tuning.search_space_types import (KINDS, METHOD_ARGS, NOT_SEARCHABLE, SCHEDULERS, MethodSection, Param,
+                                            SearchSpace, SearchSpaceError)
 
 __all__ = ["SECTIONS", "METHOD_SECTIONS", "parse_search_space", "grid_space"]
 
-SECTIONS = ("search", "fixed", "methods", "score")
+SECTIONS = ("search", "fixed", "methods", "score", "scheduler")
 METHOD_SECTIONS = ("search", "fixed")
 
 
@@ -268,7 +268,11 @@ def parse_search_space(data: Any, source: str = "<search space>", text: str = ""
             score = parse_score(str(score), f"{source}: score").name
         except ScoreError as err:
             raise SearchSpaceError(str(err)) from None
-    return SearchSpace(params=params, fixed=all_fixed, source=source, text=text, methods=sections, score=score)
+    scheduler = data.get("scheduler")
+    if scheduler is not None and scheduler not in SCHEDULERS:
+        raise SearchSpaceError(f"{source}: scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    return SearchSpace(params=params, fixed=all_fixed, source=source, text=text, methods=sections, score=score,
+                       scheduler=scheduler)
 
 
 def grid_space(values: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], source: str,

@@ -21,7 +21,7 @@ from bmlr.config import Config, ConfigError, from_dict
 from bmlr.fileio import atomic_write_text
 from bmlr.methods import METHOD_SPECIFIC_KEYS, METHODS
 
-__all__ = ["KINDS", "METHOD_ARGS", "NOT_SEARCHABLE", "COMMAND_LINE_KEYS", "SearchSpaceError", "Param",
+__all__ = ["KINDS", "METHOD_ARGS", "NOT_SEARCHABLE", "COMMAND_LINE_KEYS", "SCHEDULERS", "SearchSpaceError", "Param",
            "MethodSection", "SearchSpace", "flow"]
 
 KINDS = ("uniform", "loguniform", "int", "choice")
@@ -31,6 +31,7 @@ NOT_SEARCHABLE = ("dataset", "data_root", "cache_dir", "seeds", "name", "output_
                   "method_args", "adam_betas", "num_workers")
 # Keys the command line owns; a search space may not fix them to something else.
 COMMAND_LINE_KEYS = ("dataset",)
+SCHEDULERS = ("asha", "hyperband", "none")  # a study's early stopping (`scheduler:`, bmlr.tuning.ray_backend)
 
 
 class SearchSpaceError(ConfigError):
@@ -107,6 +108,7 @@ class SearchSpace:
     methods: dict[str, MethodSection] = field(default_factory=dict)
     dropped: tuple[str, ...] = ()  # shared keys for_method left out (the method ignores them)
     score: str | None = None  # the trial score rule (`score:`, bmlr.tuning.scores); None: the default
+    scheduler: str | None = None  # `scheduler:` asha | hyperband | none; None: the default (asha)
 
     def optuna_space(self) -> dict:
         """`{key: optuna distribution}` in file order (OptunaSearch's `space`)."""
@@ -148,7 +150,7 @@ class SearchSpace:
         fixed["method"] = method
         dropped = tuple(k for k in self.params if k in ignored)
         flat = SearchSpace(params=params, fixed=fixed, source=f"{self.source} [method {method}]", dropped=dropped,
-                           score=self.score)
+                           score=self.score, scheduler=self.scheduler)
         # (a flat space with nothing to search still gives the untuned configuration; a study of it
         # is refused where it is built: bmlr.tuning.compare.arm_space)
         flat.text = flat.to_yaml(header=[f"The search space of method {method!r}, from {self.source}."]
@@ -168,7 +170,7 @@ class SearchSpace:
         except ConfigError as err:
             raise SearchSpaceError(str(err)) from None
         out = SearchSpace(params=params, fixed=fixed, source=self.source, methods=dict(self.methods),
-                          dropped=self.dropped, score=self.score)
+                          dropped=self.dropped, score=self.score, scheduler=self.scheduler)
         out.text = out.to_yaml(header=[f"From {self.source}, with {', '.join(f'{k}={v}' for k, v in values.items())}."])
         return out
 
@@ -210,6 +212,7 @@ class SearchSpace:
             return out
 
         lines = [f"# {line}" for line in (header or [])] + ([f"score: {self.score}"] if self.score else [])
+        lines += [f"scheduler: {self.scheduler}"] if self.scheduler else []
         lines += block(self.params, self.fixed, "")
         if self.methods:
             lines.append("methods:")

@@ -116,7 +116,7 @@ def _parent_params(plan: Plan, data_info: dict[str, Any]) -> dict[str, Any]:
               "cpus_per_trial": s.cpus_per_trial, "gpus_per_trial": s.gpus_per_trial,
               "concurrent": s.concurrent,
               "searcher": "grid" if s.kind == "surface" else "optuna-tpe", "score": s.rule.name,
-              "scheduler": "fifo" if s.kind == "surface" else "asha",
+              "scheduler": "fifo" if s.kind == "surface" else s.scheduler,
               "data_sizes": data_info.get("sizes"), "searched": list(plan.space.params)}
     params.update({f"search.{k}": p.describe() for k, p in plan.space.params.items()})
     params.update({f"fixed.{k}": v for k, v in plan.production.to_dict().items() if k not in plan.space.params})
@@ -170,7 +170,7 @@ def build_tuner(plan: Plan, verbose: int):
                                        param_space=_grid(plan.space, s.grid_seeds or [s.seed]), **common)
     warm = [w for w in s.warm_start if set(w["params"]) == set(plan.space.params)]
     searcher = make_searcher(plan.space.optuna_space(), make_sampler("tpe", s.seed), seed=s.seed, warm_start=warm)
-    scheduler = make_scheduler("asha", max_t=plan.max_epochs, grace_period=s.grace_period,
+    scheduler = make_scheduler(s.scheduler or "asha", max_t=plan.max_epochs, grace_period=s.grace_period,
                                reduction_factor=s.reduction_factor)
     return ray_backend.build_tuner(_trainable(plan), store.ray_dir, searcher=searcher, scheduler=scheduler,
                                    num_samples=s.samples, **common)
@@ -251,8 +251,9 @@ def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, to
     data_info = prepare_data(plan, log)
     start_tracking(plan, data_info)
     s = plan.settings
-    schedule = ("every combination trained to the end" if s.kind == "surface" else
-                f"ASHA grace {s.grace_period}, reduction {s.reduction_factor}")
+    schedule = ("every combination trained to the end" if s.kind == "surface" or s.scheduler == "none" else
+                f"{'ASHA' if s.scheduler == 'asha' else 'Hyperband (ASHA brackets)'} grace {s.grace_period}, "
+                f"reduction {s.reduction_factor}")
     log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
         f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {s.rule.name}, "
         f"{s.rule.describe()}\n  MLflow: {plan.tracking_uri} "
