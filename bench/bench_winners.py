@@ -40,10 +40,13 @@ markdown table goes to the terminal and `--out`/results.md, every number to `--o
 Each replay is cached in `--out`/replays/ (a rerun skips it; a rerun with other tables or
 settings is refused: choose another --out).
 
-    # the measurement (synthetic default, 3 training seeds; the seed-1 and seed-2 tables are
-    # bench_search.py's grid.jsonl with --seed 1 / --seed 2 and the seed-0 table's settings)
+    # the seed-1 and seed-2 tables: bench_search.py's grid with the seed-0 table's settings
+    python bench/bench_search.py --val-per-class 220 --out bench/results/grid-s1 --seed 1 --grid-only
+    python bench/bench_search.py --val-per-class 220 --out bench/results/grid-s2 --seed 2 --grid-only
+    # the measurement (synthetic default, 3 training seeds)
     python bench/bench_winners.py --out bench/results/winners --seeds 10 \\
-        --tables bench/data/search-grid-synthetic-v2-e20-v220.jsonl SEED1/grid.jsonl SEED2/grid.jsonl
+        --tables bench/data/search-grid-synthetic-v2-e20-v220.jsonl bench/results/grid-s1/grid.jsonl \\
+        bench/results/grid-s2/grid.jsonl
     # a quick look on the complete alpha=0.5 sub-grid of tables still being written
     python bench/bench_winners.py --out /tmp/winners --seeds 2 --only alpha=0.5 --tables ...
 

@@ -60,3 +60,28 @@ def finished_study(tmp_path_factory) -> dict:
     return {"storage": storage, "dir": study_dir, "uri": f"sqlite:///{storage.resolve()}/mlflow.db",
             "experiment_id": info["experiment_id"], "parent_run_id": info["parent_run_id"],
             "out": out.stdout, "data": data, "cache": base / "cache", "space": space}
+
+
+@pytest.fixture(scope="session")
+def confirmed_study(finished_study, tmp_path_factory) -> dict:
+    """A finished tiny study with a score rule, Hyperband and a confirmation (``--score last-2
+    --scheduler hyperband --confirm 2 --confirm-seeds 2``, 4 trials of 2 epochs, the fast
+    report), run as a user runs it:
+    ``{"dir", "out", "uri"}`` and its ``study.json``."""
+    import json
+    import subprocess
+    import sys
+
+    storage = tmp_path_factory.mktemp("confirmed") / "runs"
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    cmd = [sys.executable, str(PROJECT_ROOT / "tune.py"), "--data-root", str(finished_study["data"]),
+           "--search-space", str(finished_study["space"]), "--storage", str(storage), "--set",
+           f"cache_dir={finished_study['cache']}", "--num-cpus", "2", "-v", "0", "--samples", "4", "--max-epochs",
+           "2", "--name", "conf", "--seed", "3", "--report", "fast", "--score", "last-2", "--confirm", "2",
+           "--confirm-seeds", "2", "--scheduler", "hyperband"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    study_dir = storage / "synthetic" / "conf"
+    info = json.loads((study_dir / "study.json").read_text())
+    return {"dir": study_dir, "out": out.stdout, "uri": f"sqlite:///{storage.resolve()}/mlflow.db", **info}

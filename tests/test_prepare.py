@@ -188,8 +188,6 @@ def test_killed_prepare_resumes(tmp_path, cremad_videos):
 
 
 def test_cli_errors_exit_2_and_skip_bad(tmp_path, cremad_videos, capsys):
-    import shutil
-
     assert main(["--dataset", "cremad", "--root", str(tmp_path / "none"), "--no-progress"]) == 2
     assert f"error: CREMA-D data root not found: {tmp_path / 'none'}" in capsys.readouterr().err
     assert main(["--dataset", "imagenet", "--root", str(tmp_path)]) == 2

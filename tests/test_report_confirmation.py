@@ -9,12 +9,8 @@ the slow one reports a real tiny study run with ``--confirm 2 --confirm-seeds 2`
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +22,6 @@ from bmlr.tuning.report.confirmation import FIGURE_FILE, WINNER_MARK
 from bmlr.tuning.report.optuna_figures import StudyInputs
 from bmlr.tuning.store import StudyStore
 
-ROOT = Path(__file__).resolve().parents[1]
 N_VAL = 60
 LAST2 = "score (last-2: the mean validation accuracy of the last 2 epochs)"
 
@@ -203,22 +198,6 @@ def test_no_confirmation_no_section_and_legacy_rows_read_as_best(tmp_path):
 
 
 # --- a real study with a confirmation ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def confirmed_study(finished_study, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("confirmed-report") / "runs"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, str(ROOT / "tune.py"), "--data-root", str(finished_study["data"]), "--search-space",
-           str(finished_study["space"]), "--storage", str(storage), "--set", f"cache_dir={finished_study['cache']}",
-           "--num-cpus", "2", "-v", "0", "--samples", "4", "--max-epochs", "2", "--name", "conf", "--seed", "3",
-           "--report", "fast", "--score", "last-2", "--confirm", "2", "--confirm-seeds", "2"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    study_dir = storage / "synthetic" / "conf"
-    info = json.loads((study_dir / "study.json").read_text())
-    return {"dir": study_dir, "out": out.stdout, "uri": f"sqlite:///{storage.resolve()}/mlflow.db", **info}
-
-
 @pytest.mark.slow
 def test_a_confirmed_study_reports_its_confirmation_and_logs_the_figure(confirmed_study):
     import yaml

@@ -2,19 +2,11 @@
 how well ASHA's rung epochs ranked the trials (bmlr.tuning.rung_check)."""
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from bmlr.tuning.ray_backend import hyperband_brackets, make_scheduler
 from bmlr.tuning.rung_check import rank_agreement, rung_epochs, rung_warning
 from bmlr.tuning.search_space import SearchSpaceError, parse_search_space
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_hyperband_runs_every_bracket_and_none_trains_every_trial_to_the_end():
@@ -64,20 +56,23 @@ def test_a_first_rung_no_better_than_chance_is_a_warning_with_the_grace_period_t
 
 
 @pytest.mark.slow
-def test_a_hyperband_study_as_a_user_runs_it(finished_study, tmp_path):
+def test_a_hyperband_study_as_a_user_runs_it(confirmed_study):
+    """The tiny confirmed study (tests/conftest.py) runs with `--scheduler hyperband`."""
     from mlflow import MlflowClient
 
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    storage = tmp_path / "runs"
-    out = subprocess.run([sys.executable, str(ROOT / "tune.py"), "--data-root", str(finished_study["data"]),
-                          "--search-space", str(finished_study["space"]), "--storage", str(storage), "--set",
-                          f"cache_dir={finished_study['cache']}", "--num-cpus", "2", "-v", "0", "--samples", "5",
-                          "--max-epochs", "3", "--name", "hb", "--report", "none", "--scheduler", "hyperband"],
-                         env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "Hyperband (ASHA brackets) grace 1, reduction 3" in out.stdout
-    info = json.loads((storage / "synthetic" / "hb" / "study.json").read_text())
-    assert info["settings"]["scheduler"] == "hyperband"
-    parent = MlflowClient(f"sqlite:///{storage.resolve()}/mlflow.db").get_run(info["parent_run_id"])
+    assert "Hyperband (ASHA brackets) grace 1, reduction 3" in confirmed_study["out"]
+    assert confirmed_study["settings"]["scheduler"] == "hyperband"
+    parent = MlflowClient(confirmed_study["uri"]).get_run(confirmed_study["parent_run_id"])
     assert parent.data.params["scheduler"] == "hyperband"
+
+
+@pytest.mark.slow
+def test_the_study_summary_reports_the_rung_agreement(finished_study):
+    """The tiny study (6 trials, ASHA grace 1, 2 epochs at most) has at least 4 trials that ran to
+    the end: its summary and its parent run carry the rung check."""
+    from mlflow import MlflowClient
+
+    lines = [line for line in finished_study["out"].splitlines() if line.startswith("rank agreement of the rung")]
+    assert len(lines) == 1 and "epoch 1: " in lines[0], finished_study["out"][-3000:]
+    tag = MlflowClient(finished_study["uri"]).get_run(finished_study["parent_run_id"]).data.tags["rung_agreement"]
+    assert tag.startswith(lines[0])

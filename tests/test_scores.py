@@ -6,9 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,12 +13,10 @@ import yaml
 
 from bmlr.tuning.confirm import confirmation_seeds, pick_candidates
 from bmlr.tuning.results import format_table
-from bmlr.tuning.selection import Candidate, choose_confirmed, noise_note, standard_error
 from bmlr.tuning.scores import ScoreError, parse_score
 from bmlr.tuning.search_space import SearchSpaceError, parse_search_space
-from bmlr.tuning.selection import choose_best, score
+from bmlr.tuning.selection import Candidate, choose_best, choose_confirmed, noise_note, score, standard_error
 
-ROOT = Path(__file__).resolve().parents[1]
 ACCS = [0.5, 0.7, 0.6, 0.65, 0.64]
 
 
@@ -106,22 +101,6 @@ def test_the_confirmed_winner_is_the_best_mean_and_ties_keep_the_search_order():
 
 
 # --- one tiny study with a score rule and a confirmation, as a user runs it -------------------------
-@pytest.fixture(scope="module")
-def confirmed_study(finished_study, tmp_path_factory):
-    storage = tmp_path_factory.mktemp("confirmed") / "runs"
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    env.pop("MLFLOW_TRACKING_URI", None)
-    cmd = [sys.executable, str(ROOT / "tune.py"), "--data-root", str(finished_study["data"]), "--search-space",
-           str(finished_study["space"]), "--storage", str(storage), "--set", f"cache_dir={finished_study['cache']}",
-           "--num-cpus", "2", "-v", "0", "--samples", "4", "--max-epochs", "2", "--name", "conf", "--seed", "3",
-           "--report", "none", "--score", "last-2", "--confirm", "2", "--confirm-seeds", "2"]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    study_dir = storage / "synthetic" / "conf"
-    info = json.loads((study_dir / "study.json").read_text())
-    return {"dir": study_dir, "out": out.stdout, "uri": f"sqlite:///{storage.resolve()}/mlflow.db", **info}
-
-
 def _csv(path: Path) -> list[dict]:
     with path.open() as f:
         return list(csv.DictReader(f))

@@ -14,8 +14,7 @@ mark moves to it, and ``confirmation.csv`` keeps the rows. Test data are never r
 """
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import Any, Callable
 

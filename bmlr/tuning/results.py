@@ -12,7 +12,6 @@ trial, ``error``. Test metrics do not exist here.
 """
 from __future__ import annotations
 
-import math
 import shutil
 import time
 from pathlib import Path

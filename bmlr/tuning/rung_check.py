@@ -79,8 +79,8 @@ def rung_warning(curves: Sequence[Sequence[float]], grace_period: int, reduction
     agreeing = next((a.epoch for a in every if a.epoch > rungs[0] and a.rho is not None and a.rho >= AGREES), None)
     advice = (f"the first epoch whose ranking agreed (Spearman >= {AGREES}) was {agreeing}: rerun with "
               f"--grace-period {agreeing}" if agreeing else
-              f"no epoch before the last ranked them as the end did: rerun with --scheduler none or a longer "
-              f"--grace-period")
+              "no epoch before the last ranked them as the end did: rerun with --scheduler none or a longer "
+              "--grace-period")
     return (f"{line}\nwarning: ASHA's first rung (epoch {rungs[0]}) ranked the trials no better than chance; "
             f"trials it stopped there were judged on noise; {advice}")
 
