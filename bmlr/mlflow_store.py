@@ -32,7 +32,7 @@ import yaml
 
 from bmlr.config import FIELD_NAMES
 
-__all__ = ["TrackingError", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "STORE_HINT", "BEST_MARK", "TrialRun",
+__all__ = ["store_of", "TrackingError", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "STORE_HINT", "BEST_MARK", "TrialRun",
            "default_tracking_uri", "check_reachable", "check_store", "artifact_location_for", "client_for",
            "store_lock", "get_or_create_experiment", "fetch_trial"]
 
@@ -212,3 +212,15 @@ def _config_from_run(client, run) -> dict[str, Any]:
         raise TrackingError(f"run {run.info.run_id} has neither a config.yaml artifact nor configuration params; "
                             f"is it a bmlr-tune trial run?")
     return params
+
+
+def store_of(tracking_uri: str | None, storage: str) -> tuple[str, str]:
+    """The store to read a study's run from and what named it (for messages): ``tracking_uri``
+    (the flag), else ``$MLFLOW_TRACKING_URI``, else the SQLite store of the study's ``storage``
+    folder. `tune.py export` and `bmlr.train --from-run` both use it."""
+    if tracking_uri:
+        return tracking_uri, "--tracking-uri"
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
+    return default_tracking_uri(Path(storage).expanduser()), f"--storage {storage}"
+

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import signal
 import sys
 import threading
@@ -36,7 +35,7 @@ from bmlr.data import DataError, build_datasets
 from bmlr.engine import Trainer, mean_std, resolve_device
 from bmlr.fileio import write_json
 from bmlr.methods import resolved_method_args
-from bmlr.mlflow_store import TrackingError, check_store, default_tracking_uri, fetch_trial
+from bmlr.mlflow_store import TrackingError, check_store, fetch_trial, store_of
 from bmlr.production_tracking import ProductionRun, Target, Untracked, check_target, open_run, resolve_target
 
 
@@ -57,16 +56,6 @@ def run_config(path: str | None, overrides: list[str]) -> Config:
     without one) with the `--set` overrides applied."""
     parsed = parse_overrides(overrides)
     return load_config(path, parsed) if path else from_dict(parsed, source="--set")
-
-
-def store_of(tracking_uri: str | None, storage: str) -> tuple[str, str]:
-    """The store to read a run from and what named it: ``tracking_uri`` (the flag), else
-    ``$MLFLOW_TRACKING_URI``, else the SQLite store of the study's ``storage`` folder."""
-    if tracking_uri:
-        return tracking_uri, "--tracking-uri"
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
-    return default_tracking_uri(Path(storage).expanduser()), f"--storage {storage}"
 
 
 def config_from_run(run_id: str, overrides: list[str], tracking_uri: str | None = None,

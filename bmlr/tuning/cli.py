@@ -17,11 +17,11 @@ once in `bmlr.tuning.options`. See docs/tuning.md.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from bmlr.config import ConfigError
+from bmlr.mlflow_store import store_of
 from bmlr.train import parse_overrides, sigterm_as_ctrl_c
 from bmlr.tuning import tracking
 from bmlr.tuning.compare.cli import main as compare_main
@@ -241,12 +241,7 @@ def export_parser() -> argparse.ArgumentParser:
 
 def export_main(argv: list[str]) -> int:
     args = export_parser().parse_args(argv)
-    if args.tracking_uri:
-        uri, source = args.tracking_uri, "--tracking-uri"
-    elif os.environ.get("MLFLOW_TRACKING_URI"):
-        uri, source = os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
-    else:
-        uri, source = tracking.default_tracking_uri(Path(args.storage).expanduser()), f"--storage {args.storage}"
+    uri, source = store_of(args.tracking_uri, args.storage)
     try:
         if Path(args.output).is_dir():
             raise ExportError(f"-o {args.output} is a folder; give the YAML file to write, e.g. "

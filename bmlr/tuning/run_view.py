@@ -12,10 +12,11 @@ import math
 import urllib.parse
 from typing import Any, Iterable
 
+from bmlr.mlflow_store import BEST_MARK  # leads the best trial's run name (export strips it there)
+
 __all__ = ["BEST_MARK", "NOTE_TAG", "VIEW_TAG_PREFIX", "compact", "trial_run_name", "plain_name", "mark_best",
            "table_view", "save_table_view", "view_key", "ui_lines"]
 
-BEST_MARK = "★ "  # leads the best trial's run name
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 SHORT_KEYS = {"alpha": "a", "beta": "b"}  # the paper's two reshaping knobs, by their one-letter names
 UI_PORT = 5000  # `mlflow ui`'s default port
