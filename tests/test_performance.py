@@ -170,6 +170,26 @@ def test_search_benchmark_curves():
     assert bench.summarise([[0.1], [0.9]], target=0.9, grid_total=8)["median_ratio"] is None
 
 
+def test_search_benchmark_avmnist_grid_settings():
+    """AV-MNIST's grid: 24 configurations on configs/avmnist-hard.yaml (one seed, one thread, the
+    config's 10 epochs), recorded in the table's meta; its replays are other scripts', so asking
+    this one for them is a usage error (exit 2)."""
+    bench = _bench("bench_search")
+    grid = bench.GRIDS["avmnist"]
+    assert len(bench.grid_points(grid)) == 24 and len({bench.point_key(p, tuple(grid))
+                                                        for p in bench.grid_points(grid)}) == 24
+    args = bench.parse_args(["--dataset", "avmnist", "--grid-only", "--seed", "2", "--data-root", "/data"])
+    assert args.epochs == 10
+    base = bench.base_config(args)
+    assert (base["image_size"], base["val_fraction"], base["seeds"], base["threads"]) == (10, 0.8, [2], 1)
+    assert base["data_root"] == "/data" and base["dataset"] == "avmnist"
+    assert bench.grid_meta(args, grid) == {"dataset": "avmnist", "config": "configs/avmnist-hard.yaml",
+                                           "epochs": 10, "seed": 2, "grid": grid}
+    with pytest.raises(SystemExit) as stop:
+        bench.parse_args(["--dataset", "avmnist"])
+    assert stop.value.code == 2
+
+
 def test_search_benchmark_signals_and_rank_agreement():
     bench = _bench("bench_search")
     row = {"val_acc": [0.5, 0.7, 0.6], "val_loss": [1.0, 0.8, 0.9], "val_acc_audio": [0.5, 0.6, 0.6],
