@@ -9,7 +9,8 @@ printed). A configuration's true quality q(c) is the mean over the tables of its
 accuracy over all epochs (the production protocol: train every epoch, keep the best validation
 epoch); q* = max_c q(c); the regret of a configuration is q* - q(c), in points.
 
-A replayed study (searcher seed r): Optuna TPE + Ray's ASHA through real Ray Tune, built by the
+A replayed study (searcher seed r): Optuna TPE + Ray's ASHA through real Ray Tune (here; a
+`Replay` may name another sampler and scheduler: bench/bench_regret.py), built by the
 product's own factories as `bmlr.tuning.study` builds them (`make_sampler("tpe", r)`,
 `make_searcher`, `make_scheduler("asha")`, `with_resources`, `build_tuner`: metric "score", mode
 max, grace period / reduction factor / TPE start-up from the study's defaults unless given),
@@ -193,15 +194,23 @@ def _grid_order(point: dict[str, Any], grid: dict[str, list[Any]]) -> tuple[int,
 # --- one replayed study ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Replay:
-    """What defines a replayed study (and names its cache file)."""
+    """What defines a replayed study (and names its cache file). The searcher and scheduler are
+    built by the product's factories (`make_sampler(sampler)`, `make_scheduler(scheduler)`, as
+    `bmlr.tuning.study` builds them for `--scheduler`); the defaults, TPE + ASHA with the
+    settings' grace period, keep the name they always had (caches of before stay valid)."""
 
     rule: str
     samples: int
     seed: int  # the searcher's seed; the study trains with table seed % n
+    sampler: str = "tpe"  # tpe | random (bmlr.tuning.ray_backend.make_sampler)
+    scheduler: str = "asha"  # asha | hyperband | none (bmlr.tuning.search_space_types.SCHEDULERS)
+    grace_period: int | None = None  # ASHA's / Hyperband's grace period; None: ReplaySettings'
 
     @property
     def name(self) -> str:
-        return f"{self.rule}-n{self.samples}-s{self.seed}"
+        strategy = "" if (self.sampler, self.scheduler) == ("tpe", "asha") else f"{self.sampler}-{self.scheduler}-"
+        grace = "" if self.grace_period is None else f"-g{self.grace_period}"
+        return f"{strategy}{self.rule}-n{self.samples}-s{self.seed}{grace}"
 
 
 def replay_trial(config: dict[str, Any], curves: dict[str, list[float]], keys: Sequence[str], max_epochs: int,
@@ -262,10 +271,10 @@ def run_replay(grid: Grid, replay: Replay, settings: ReplaySettings, storage: Pa
     start = time.perf_counter()
     trainable = with_resources(replay_trial, cpus=1, gpus=0, curves=grid.curves[table], keys=grid.keys,
                                max_epochs=s.max_epochs, score=replay.rule, sleep_s=s.sleep_s)
-    searcher = make_searcher(grid.space().optuna_space(), make_sampler("tpe", replay.seed, s.startup),
+    searcher = make_searcher(grid.space().optuna_space(), make_sampler(replay.sampler, replay.seed, s.startup),
                              seed=replay.seed)
-    scheduler = make_scheduler("asha", max_t=s.max_epochs, grace_period=s.grace_period,
-                               reduction_factor=s.reduction_factor)
+    scheduler = make_scheduler(replay.scheduler, max_t=s.max_epochs,
+                               grace_period=replay.grace_period or s.grace_period, reduction_factor=s.reduction_factor)
     ray_dir = Path(tempfile.mkdtemp(prefix=f"{replay.name}-", dir=str(storage)))
     try:
         result_grid = build_tuner(trainable, ray_dir, searcher=searcher, scheduler=scheduler,
@@ -277,7 +286,8 @@ def run_replay(grid: Grid, replay: Replay, settings: ReplaySettings, storage: Pa
     if failed or len(trials) != replay.samples:  # Ray itself failed (a replayed trial cannot): never cached
         raise RuntimeError(f"replay {replay.name}: {len(trials)} of {replay.samples} trials, {len(failed)} failed"
                            + (f" ({failed[0]['error']})" if failed else ""))
-    return {"rule": replay.rule, "samples": replay.samples, "seed": replay.seed, "table": table,
+    return {"rule": replay.rule, "samples": replay.samples, "seed": replay.seed, "sampler": replay.sampler,
+            "scheduler": replay.scheduler, "grace_period": replay.grace_period or s.grace_period, "table": table,
             "table_seed": grid.seeds[table], "seconds": time.perf_counter() - start, "trials": trials}
 
 
