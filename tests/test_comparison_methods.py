@@ -400,7 +400,7 @@ def test_udi_plateau_rule():
 
 def test_udi_phase_one_trains_only_the_anchor_then_guides():
     model = tiny_model()
-    method = make("udi", anchor_epochs=1, plateau_patience=0)
+    method = make("udi", anchor_epochs=1, plateau_patience=0, anchor_by="order")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     method.setup(model, optimizer)
     inputs, labels = batch()
@@ -419,7 +419,7 @@ def test_udi_phase_one_trains_only_the_anchor_then_guides():
     train_steps(model, method, optimizer, inputs, labels, check=phase_one)
     assert all(torch.equal(a, b) for a, b in zip(visual_bn, model.encoders["visual"].buffers()))
 
-    resumed = make("udi", anchor_epochs=1, plateau_patience=0)  # a checkpoint taken mid-phase-1
+    resumed = make("udi", anchor_epochs=1, plateau_patience=0, anchor_by="order")  # a checkpoint taken mid-phase-1
     resumed.load_state_dict(copy.deepcopy(method.state_dict()))
     method.on_epoch_start(model, 1)
     resumed.on_epoch_start(model, 1)

@@ -67,11 +67,23 @@ Where we had to choose:
   exactly the original (``lam`` = 1, band 0.01). With more modalities, the
   modality with the lowest ``s_u / mean_{w != u} s_w`` gets a learner if that
   ratio is below ``1 - band``. ``target_ratio`` must then be 1.
-* **Optimizer.** A learner joins the optimizer with
-  ``optimizer.add_param_group`` when it is activated. It copies the
-  hyperparameters of group 0, including the current lr. The original never
-  adds its new layers to the optimizer, so they are never trained there; we
-  treat that as a bug. With ``schedule="step"`` or ``"none"`` a learner's lr
+* **Optimizer: are the learners trained?** (``train_learner_hidden``) In the
+  public code (``train_CREMAD.py``, ``model/AudioVideo.py``) the optimizer is
+  built over ``model.parameters()`` before the loop, and ``add_layer``
+  creates each new layer afterwards, so the new layers never join it: each
+  learner's hidden layer keeps its Xavier init for good (a fixed random
+  projection), while its output goes through the shared ``fc_out``, which
+  does train; gradients still reach the encoder through the frozen layer.
+  The abstract describes "a sustained boosting algorithm ... simultaneously
+  optimizing the classification and residual errors", i.e. learners that
+  learn, so we read the public code's omission as a bug and fix it by
+  default (``train_learner_hidden = True``): a learner joins the optimizer
+  with ``optimizer.add_param_group`` when it is activated, copying the
+  hyperparameters of group 0, including the current lr. This changes the
+  method; ``train_learner_hidden = False`` reproduces the public code: the
+  hidden layer's parameters get ``requires_grad = False`` and only the
+  learner's own output layer (our stand-in for the shared ``fc_out``) joins
+  the optimizer. With ``schedule="step"`` or ``"none"`` a learner's lr
   follows the others exactly. torch's ``CosineAnnealingLR`` only updates the
   groups it was built with, so under ``schedule="cosine"`` a learner keeps
   the lr it joined with.
@@ -209,6 +221,8 @@ class AUG(Method):
             max_learners: learner slots per modality, >= 0.
             merge_weights: ``m_u`` of the fused prediction: a list in modality order or a
                 mapping modality -> weight (None: all 1).
+            train_learner_hidden: train each learner's hidden layer (False: it keeps its
+                initial weights, as in the public code; see the module docstring).
         """
 
         learner_hidden: int = 256
@@ -219,6 +233,7 @@ class AUG(Method):
         check_every: int = 0
         max_learners: int = 10
         merge_weights: tuple[float, ...] | dict[str, float] | None = None  # a list is kept as a tuple
+        train_learner_hidden: bool = True
 
         def __post_init__(self) -> None:
             require(self.learner_hidden >= 1, "learner_hidden", ">= 1", self.learner_hidden)
@@ -249,6 +264,10 @@ class AUG(Method):
             learners = BoostingLearners(mods, model.fusion.feature_dims, model.fusion.num_classes,
                                         self.args.max_learners, self.args.learner_hidden)
             setattr(model.fusion, ATTRIBUTE, learners.to(device=param.device, dtype=param.dtype))
+        if not self.args.train_learner_hidden:  # the public code: hidden layers never reach the optimizer
+            for slots in self.learners_of(model).learners.values():
+                for learner in slots:
+                    learner[0].requires_grad_(False)
         self.model, self.optimizer = model, optimizer
         self.scores = {u: 0.0 for u in mods}
 
@@ -274,7 +293,7 @@ class AUG(Method):
     def _join_optimizer(self, u: str, k: int) -> None:
         module = self.learners_of(self.model).learners[u][k]
         group: dict[str, Any] = {key: v for key, v in self.optimizer.param_groups[0].items() if key != "params"}
-        group["params"] = list(module.parameters())
+        group["params"] = [q for q in module.parameters() if q.requires_grad]
         self.optimizer.add_param_group(group)
         self.joined.append((u, k))
 

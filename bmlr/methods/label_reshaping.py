@@ -29,18 +29,44 @@ a pass over the data before the updates; see IMPLEMENTATION-NOTES 4).
 | bmlr              | bmlr    | yes      | BMLR (eqs. 3-11)                |
 | only_reshape      | bmlr    | no       | Table V "Only-Reshape"          |
 | uni_distill       | distill | yes (*)  | Table V "Uni-Distill"           |
-| vanilla_reshape   | vanilla | yes      | Table V "Vanilla-Reshape"       |
-| uni_reshaping     | uniform | yes      | Table IV "Uni-Reshaping" (LFM)  |
+| vanilla_reshape   | vanilla | yes (*)  | Table V "Vanilla-Reshape"       |
+| uni_reshaping     | uniform | yes (*)  | Table IV "Uni-Reshaping" (not LFM itself) |
 
-(*) Uni-Distill is the one ambiguous row; see `UniDistill`.
+(*) Uni-Distill, Vanilla-Reshape and Uni-Reshaping are ambiguous in the paper: each
+row's default is our reading, and its ``method_args`` offer the literal ones (see
+`UniDistill`, `VanillaReshape`, `UniReshaping` and `bmlr.reshaping`). A result of a
+default row is a result about that reading, not about "the paper's" ablation.
+
+Every row that reshapes takes ``method_args.pairing`` (three modalities only, see
+`bmlr.reshaping`): "per_sample" (default), "dataset_order" (the order of the
+modalities' mean true-class probability over the last training epoch, kept by a
+`RunningConfidence` in the checkpoint) or "strongest_weakest".
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import Any
+
 from bmlr.methods.args import require
 from bmlr.methods.base import METHODS, Method, StepResult, detached, hard_cross_entropy, soft_cross_entropy
-from bmlr.reshaping import compute_reshaping
+from bmlr.reshaping import PAIRINGS, UNIFORM_GATES, UNIFORM_SHARES, VANILLA_TARGETS, Readings, \
+    RunningConfidence, compute_reshaping
+
+
+@dataclass(frozen=True)
+class ReshapeArgs:
+    """The ``method_args`` every reshaping row takes.
+
+    Args:
+        pairing: which modalities are paired when there are three, one of
+            ``bmlr.reshaping.PAIRINGS`` (see that module; two modalities ignore it).
+    """
+
+    pairing: str = "per_sample"
+
+    def __post_init__(self) -> None:
+        require(self.pairing in PAIRINGS, "pairing", f"one of {PAIRINGS}", self.pairing)
 
 
 class LabelTargetMethod(Method):
@@ -51,6 +77,10 @@ class LabelTargetMethod(Method):
     rule: str | None = None
     targeted: bool = False
     reads = ()
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.confidence = RunningConfidence()  # data-set-level confidence, for pairing "dataset_order"
 
     def training_step(self, model, inputs, labels) -> StepResult:
         features = model.encode(inputs)
@@ -67,7 +97,7 @@ class LabelTargetMethod(Method):
             losses.update({u: hard_cross_entropy(z, labels) for u, z in unimodal.items()})
         else:
             reshaping = compute_reshaping(labels, unimodal, self.cfg.alpha, self.cfg.beta, rule=self.rule,
-                                          **self.rule_kwargs())
+                                          **self.pairing_kwargs(labels, unimodal), **self.rule_kwargs())
             losses.update({u: soft_cross_entropy(z, reshaping.labels[u]) for u, z in unimodal.items()})
             for u in unimodal:
                 stats[f"reshaped/{u}"] = float(reshaping.reshaped_count[u])
@@ -78,6 +108,25 @@ class LabelTargetMethod(Method):
     def rule_kwargs(self) -> dict:
         """Extra arguments of `compute_reshaping` for this method's rule."""
         return {}
+
+    def pairing_kwargs(self, labels, unimodal) -> dict:
+        """`pairing` and, for "dataset_order", the modality order by data-set confidence (the
+        last epoch's, or this epoch's so far in the first one, this batch included)."""
+        pairing = self.args.pairing
+        if pairing != "dataset_order":
+            return {"pairing": pairing}
+        self.confidence.update(labels, unimodal)
+        return {"pairing": pairing, "order": self.confidence.order()}
+
+    def on_epoch_start(self, model, epoch: int) -> None:
+        self.confidence.end_epoch()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"confidence": self.confidence.state_dict()} if self.rule is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "confidence" in state:
+            self.confidence.load_state_dict(state["confidence"])
 
 
 @METHODS.register("uniform_baseline")
@@ -96,12 +145,14 @@ class OnlyTPO(LabelTargetMethod):
 class BMLR(LabelTargetMethod):
     """Label reshaping (equations 3-8) + targeted parameter optimization (equation 11)."""
     rule, targeted, reads = "bmlr", True, ("alpha", "beta")
+    Args = ReshapeArgs
 
 
 @METHODS.register("only_reshape")
 class OnlyReshape(LabelTargetMethod):
     """Reshaped labels with joint optimization (Table V)."""
     rule, targeted, reads = "bmlr", False, ("alpha", "beta")
+    Args = ReshapeArgs
 
 
 @METHODS.register("uni_distill")
@@ -128,18 +179,20 @@ class UniDistill(LabelTargetMethod):
     rule, targeted, reads = "distill", True, ()
 
     @dataclass(frozen=True)
-    class Args:
+    class Args(ReshapeArgs):
         """The ``method_args`` of uni_distill.
 
         Args:
             label_weight: share ``w`` of the one-hot label in the target, in [0, 1].
             joint: drop targeted parameter optimization (the multimodal loss trains the encoders too).
+            pairing: see `ReshapeArgs`.
         """
 
         label_weight: float = 0.5
         joint: bool = False
 
         def __post_init__(self) -> None:
+            super().__post_init__()
             require(0.0 <= self.label_weight <= 1.0, "label_weight", "a number in [0, 1]", self.label_weight)
 
     def __init__(self, cfg) -> None:
@@ -152,12 +205,95 @@ class UniDistill(LabelTargetMethod):
 
 @METHODS.register("vanilla_reshape")
 class VanillaReshape(LabelTargetMethod):
-    """Reshaped target without the one-hot component of equation 8 (Table V)."""
+    """Reshaped target without the one-hot component of equation 8 (Table V); TPO is kept.
+
+    The paper: Vanilla-Reshape "preserves the imbalance-aware design but removes the original
+    supervision signal in Equation 8". Equation 8 without its ``(1 - xi) I`` term is
+    ``xi D y = xi d``, which is not a distribution and is zero where xi = 0 (the weaker
+    modality, and wherever lambda >= 1/beta). ``target`` picks the reading:
+
+    * ``"d_else_label"`` (default, the project's original reading): d where xi > 0 (the
+      partner's tempered prediction replaces equation 8), the one-hot y where xi = 0 (a
+      fallback the paper does not mention);
+    * ``"xi_d"`` (literal): ``xi d``; a sample with xi = 0 gets the zero target, so it adds no
+      unimodal loss, and a reshaped one is weighted by xi;
+    * ``"d"``: d for every sample, no fallback to y (the beta gate then no longer applies).
+
+    With three modalities, the one without a partner keeps y in every reading.
+    """
     rule, targeted, reads = "vanilla", True, ("alpha", "beta")
+
+    @dataclass(frozen=True)
+    class Args(ReshapeArgs):
+        """The ``method_args`` of vanilla_reshape.
+
+        Args:
+            target: the reading, one of ``bmlr.reshaping.VANILLA_TARGETS`` (see the class doc).
+            pairing: see `ReshapeArgs`.
+        """
+
+        target: str = "d_else_label"
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            require(self.target in VANILLA_TARGETS, "target", f"one of {VANILLA_TARGETS}", self.target)
+
+    def rule_kwargs(self) -> dict:
+        return {"readings": Readings(vanilla_target=self.args.target)}
 
 
 @METHODS.register("uni_reshaping")
 class UniReshaping(LabelTargetMethod):
-    """Uniform smoothing at the BMLR intensity, as in LFM (Table IV)."""
-    # the intensity xi uses beta; the uniform target needs no temperature
-    rule, targeted, reads = "uniform", True, ("beta",)
+    """Uniform smoothing in place of BMLR's d (Table IV), by default at BMLR's intensity xi and
+    with TPO.
+
+    The paper calls it "the Uniform Reshaping (Uni-Reshaping) method mentioned in LFM [20],
+    which distributes a small equal probability across all non-target classes" and says no
+    more (LFM: Yang et al., "Facilitating Multimodal Classification via Dynamically Learning
+    Modality Gap", NeurIPS 2024; its code was not read here). Three choices are ours, each a
+    ``method_args`` key:
+
+    * ``target_share``: ``"all_classes"`` (default) puts ``xi / C`` on every class, the target
+      included (classic label smoothing); ``"non_target"`` puts ``xi / (C - 1)`` on each
+      non-target class and ``1 - xi`` on the target (the paper's words).
+    * ``gate``: ``"beta"`` (default) keeps BMLR's intensity xi of equation 7 (lambda-dependent,
+      zero outside ``1 < lambda < 1/beta``); ``"none"`` uses the constant ``smoothing`` for every
+      sample and modality (plain label smoothing, nothing imbalance-aware).
+    * ``tpo``: ``True`` (default) keeps targeted parameter optimization (equation 11);
+      ``False`` optimises all losses jointly.
+
+    The default row is therefore "BMLR with d replaced by a uniform spread", not LFM.
+    """
+    rule, targeted, reads = "uniform", True, ("beta",)  # the uniform target needs no temperature
+
+    @dataclass(frozen=True)
+    class Args(ReshapeArgs):
+        """The ``method_args`` of uni_reshaping (see the class doc).
+
+        Args:
+            target_share: one of ``bmlr.reshaping.UNIFORM_SHARES``.
+            gate: one of ``bmlr.reshaping.UNIFORM_GATES``.
+            smoothing: the constant intensity of ``gate = "none"``, in [0, 1].
+            tpo: keep targeted parameter optimization.
+            pairing: see `ReshapeArgs`.
+        """
+
+        target_share: str = "all_classes"
+        gate: str = "beta"
+        smoothing: float = 0.1
+        tpo: bool = True
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            require(self.target_share in UNIFORM_SHARES, "target_share", f"one of {UNIFORM_SHARES}",
+                    self.target_share)
+            require(self.gate in UNIFORM_GATES, "gate", f"one of {UNIFORM_GATES}", self.gate)
+            require(0.0 <= self.smoothing <= 1.0, "smoothing", "a number in [0, 1]", self.smoothing)
+
+    def __init__(self, cfg) -> None:
+        super().__init__(cfg)
+        self.targeted = self.args.tpo
+
+    def rule_kwargs(self) -> dict:
+        return {"readings": Readings(uniform_share=self.args.target_share, uniform_gate=self.args.gate,
+                                     smoothing=self.args.smoothing)}
