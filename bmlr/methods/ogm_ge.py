@@ -64,8 +64,16 @@ Where we had to choose (every choice below can be changed in ``method_args``):
 * **Defaults.** ``alpha_ogm = 0.1``, ``modulation_starts = 0`` and
   ``modulation_ends = 50`` are the README's "default modulation setting" (an
   older README gave alpha 0.5; ``main.py`` makes alpha a required argument).
-  The original's optimizer (SGD, lr 1e-3) is not a method argument: the
-  project's optimizer settings apply.
+  The window is the one ``main.py`` uses for its 100 epochs.
+* **Optimizer.** The original trains with SGD (momentum 0.9, weight decay
+  1e-4, lr 1e-3, StepLR(70, 0.1)). That is not a method argument but a
+  Config setting; ``tune.py compare`` applies it to an OGM-GE row
+  (``bmlr.methods.protocols``). It matters: ``k`` rescales the dominant
+  encoder's gradient, and Adam divides a constant rescaling out (up to its
+  epsilon) and a slowly varying one mostly, so under Adam the modulation is
+  largely undone and only the GE noise is left.
+  ``tests/test_method_protocols.py`` checks both: under SGD the dominant
+  encoder's step scales by ``k``, under Adam it does not.
 
 Stats per batch (the Trainer sums them over the epoch):
 

@@ -16,11 +16,12 @@ from bmlr.config import ConfigError
 from bmlr.fileio import atomic_write_text
 from bmlr.train import parse_overrides
 from bmlr.tuning.compare.runner import Comparison
-from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings
+from bmlr.tuning.compare.settings import PROTOCOLS, ComparisonError, ComparisonSettings
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_ray_options, add_result_options,
                                  add_set_option, add_verbose_option, command_parser, settings_from)
 from bmlr.tuning.ray_backend import RayStartError
-from bmlr.tuning.recipes import TABLE1_METHODS, Arm, describe_recipes, get_recipe, method_arms
+from bmlr.tuning.recipes import (PAPER_FUSION, TABLE1_METHODS, Arm, describe_recipes, get_recipe, method_arms,
+                                 without_fusion)
 from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
 from bmlr.tuning.store import StoreError
 from bmlr.tuning.study import StudyError
@@ -41,12 +42,23 @@ def add_comparison_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget (the same for every row)")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--samples", type=int, default=None, help=f"trials per row (tuned; default {DEFAULT_SAMPLES})")
-    mode.add_argument("--no-tune", action="store_true", help="no search: each row trains the search space's fixed "
-                      "settings and defaults (the paper's and the methods' authors' values)")
+    mode.add_argument("--no-tune", action="store_true", help="no search: each row trains the untuned defaults (the "
+                      "search space's fixed settings and each searched key's default: the paper's and the methods' "
+                      "authors' values), not a protocol the paper describes")
     add_asha_options(g)
+    g.add_argument("--study-seeds", type=int, default=1, metavar="N", help="studies per tuned row, each with its own "
+                   "TPE seed (default 1)")
     g.add_argument("--seeds", type=int, nargs="+", help="production seeds of every row (default: the search "
                    "space's fixed seeds, [0, 1, 2] as in the paper)")
     g.add_argument("--epochs", type=int, help="production epochs (default: the search space's fixed epochs)")
+    g = p.add_argument_group("how each row trains")
+    g.add_argument("--search-fusion", action="store_true", help=f"search the fusion in every row that does not fix "
+                   f"its own (default: {PAPER_FUSION}, as in the paper's Table I; a fusion searched per row "
+                   f"confounds the method with the fusion)")
+    g.add_argument("--protocol", dest="protocols", choices=PROTOCOLS, default="authors", help="each row's optimizer, "
+                   "lr, momentum, weight decay and schedule: 'authors' (default): its method's public code's "
+                   "(bmlr/methods/protocols.py; --set and the method's search-space section still win); 'shared': "
+                   "the search space's shared settings for every row")
     g = p.add_argument_group("resources")
     g.add_argument("--jobs", type=int, default=1, help="production trainings at once (1: in this process, "
                    "more: `python -m bmlr.train` processes)")
@@ -80,7 +92,8 @@ def recipe_parser() -> argparse.ArgumentParser:
     p = command_parser(
         "bmlr-tune recipe", "Run one of the paper's experiments (one table) on any supported data set, tuned "
         "(--samples N, the same budget per row) or untuned (--no-tune). `--list` shows them.")
-    p.add_argument("table", nargs="?", help="table1, table2, table3, table4 or table5 (table6 = table1)")
+    p.add_argument("table", nargs="?", help="table1 ... table6 (`--list` shows each one's rows and what it leaves "
+                   "out)")
     p.add_argument("--list", action="store_true", help="list the recipes and their rows")
     add_comparison_options(p)
     return p
@@ -99,16 +112,24 @@ class Rows:
 
 
 def recipe_rows(args: argparse.Namespace) -> Rows:
-    """The rows of recipe `args.table` (KeyError: no such recipe)."""
+    """The rows of recipe `args.table` (KeyError: no such recipe; ComparisonError:
+    `--search-fusion` on Table II, whose rows are the fusions)."""
     recipe = get_recipe(args.table)
-    return Rows(list(recipe.arms), f"recipe {recipe.name}", recipe.title, args.reference or recipe.reference,
-                recipe.notes, recipe.layout)
+    arms = list(recipe.arms)
+    if args.search_fusion:
+        if recipe.layout == "fusions":
+            raise ComparisonError(f"--search-fusion: recipe {recipe.name} compares the fusions, one per row")
+        arms = [without_fusion(a) for a in arms]
+    return Rows(arms, f"recipe {recipe.name}", recipe.title, args.reference or recipe.reference, recipe.notes,
+                recipe.layout)
 
 
 def compare_rows(args: argparse.Namespace) -> Rows:
-    """One row per `--methods` entry (default: Table I's methods)."""
+    """One row per `--methods` entry (default: Table I's methods), each with concat fusion
+    unless `--search-fusion`."""
     title = "Equal-budget comparison" if not args.no_tune else "Comparison at the untuned defaults"
-    return Rows(list(method_arms(args.methods or TABLE1_METHODS)), "compare", title, args.reference)
+    fusion = None if args.search_fusion else PAPER_FUSION
+    return Rows(list(method_arms(args.methods or TABLE1_METHODS, fusion)), "compare", title, args.reference)
 
 
 def comparison_settings(args: argparse.Namespace, rows: Rows) -> ComparisonSettings:
@@ -132,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if args.list else EXIT_ERROR
         try:
             rows = recipe_rows(args)
-        except KeyError as err:
+        except (KeyError, ComparisonError) as err:
             print(f"error: {err.args[0]}", file=sys.stderr)
             return EXIT_ERROR
     else:

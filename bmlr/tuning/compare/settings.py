@@ -12,11 +12,12 @@ from bmlr.tuning.options import settings_from
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.study import StudySettings
 
-__all__ = ["ComparisonError", "ComparisonSettings", "slug"]
+__all__ = ["PROTOCOLS", "ComparisonError", "ComparisonSettings", "slug"]
 
 # ComparisonSettings fields a row's study does not take over: a comparison's kind and `--set`
 # values are not a study's (the values are already fixed in the row's search space)
 NOT_FOR_STUDIES = ("kind", "overrides", "name")
+PROTOCOLS = ("authors", "shared")  # each row's optimizer settings: its method's authors' or the space's shared
 
 
 class ComparisonError(RuntimeError):
@@ -58,10 +59,19 @@ class ComparisonSettings:
     reference: str | None = None  # label of the "before" row (default: baseline, else the first arm)
     layout: str = "methods"
     reuse: bool = False  # reuse finished production runs of identical configurations in --storage
+    # the fusion is searched (`--search-fusion`) rather than fixed at concat in each row (the rows
+    # in `arms` carry the fixed fusion; a comparison.json from before this field searched it)
+    search_fusion: bool = False
+    # "authors": each row trains with its method's authors' optimizer settings
+    # (bmlr.methods.protocols); "shared": every row with the search space's shared settings (what
+    # a comparison.json from before this field did, hence the default here; `compare` passes
+    # "authors" unless --protocol shared)
+    protocols: str = "shared"
+    study_seeds: int = 1  # studies per tuned row, each with its own TPE seed (`--study-seeds`)
 
     def arm_list(self) -> list[Arm]:
-        return [Arm(a["label"], a["method"], tuple((k, v) for k, v in a.get("fixed", {}).items()))
-                for a in self.arms]
+        return [Arm(a["label"], a["method"], tuple((k, v) for k, v in a.get("fixed", {}).items()),
+                    protocol=self.protocols == "authors") for a in self.arms]
 
     def check(self) -> None:
         def need(ok: bool, message: str) -> None:
@@ -73,6 +83,10 @@ class ComparisonSettings:
         need(len(set(labels)) == len(labels), f"each method (row) can be compared once, got {labels}")
         need(self.samples >= 1, f"--samples must be >= 1, got {self.samples}")
         need(self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}")
+        need(isinstance(self.study_seeds, int) and self.study_seeds >= 1,
+             f"--study-seeds must be an integer >= 1 (studies per row, each with its own TPE seed), "
+             f"got {self.study_seeds}")
+        need(self.protocols in PROTOCOLS, f"--protocol must be one of {PROTOCOLS}, got {self.protocols!r}")
         need(self.seeds is None or (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)),
              f"--seeds must be distinct integers, got {self.seeds}")
         need(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
