@@ -10,9 +10,9 @@ from bmlr.models.fusion import Fusion
 
 TINY_RESNET = {"base_width": 4, "blocks": (1, 1, 1, 1)}
 TINY_TRANSFORMER = {"d_in": 7, "d_model": 16, "layers": 1, "heads": 4, "max_len": 32}
-ALL_FUSIONS = ["concat", "sum", "film", "gated"]
+ALL_FUSIONS = ["concat", "sum", "film", "gated", "transformer"]
 DECOMPOSABLE = ["concat", "sum"]
-SEPARATE = ["film", "gated"]
+SEPARATE = ["film", "gated", "transformer"]
 C = 5
 
 

@@ -20,12 +20,16 @@ logits split exactly into per-modality parts, ``W^u z^u + b / |M|``. The paper w
 ``detach_head=True`` the unimodal logits use ``W.detach()`` / ``b.detach()``, so a loss on
 them updates only the encoders (``theta^u``) and never ``Theta`` (equation 11).
 
-Non-decomposable fusions (``separate_unimodal_heads = True``): film and gated. Their fused
+Non-decomposable fusions (``separate_unimodal_heads = True``): film, gated and transformer. Their fused
 logits cannot be split into per-modality parts (multiplicative interactions), so each
 modality gets its own ``nn.Linear(d_u, C)`` unimodal head, counted as part of that
 modality's branch (``branch_parameters(u)``) and trained by the unimodal loss together with
 the encoder. ``detach_head`` has no effect on these heads (detaching them would leave them
 untrained); they are not used by ``forward``.
+
+Every fusion also says what its decision layer reads: ``fused_features(features) -> [B, D]``,
+the input of the final linear layer (``forward`` is that layer applied to it). The study
+report draws it with t-SNE (the paper's Figure 1).
 """
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ from torch.nn import functional as F
 
 from bmlr.registry import Registry
 
-__all__ = ["FUSIONS", "Fusion", "ConcatFusion", "SumFusion", "FiLMFusion", "GatedFusion"]
+__all__ = ["FUSIONS", "Fusion", "ConcatFusion", "SumFusion", "FiLMFusion", "GatedFusion", "TransformerFusion"]
 
 FUSIONS: Registry[type["Fusion"]] = Registry("fusion")
 
@@ -84,6 +88,10 @@ class Fusion(nn.Module):
 
     # -- API -----------------------------------------------------------------------------
     def forward(self, features: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def fused_features(self, features: dict[str, Tensor]) -> Tensor:  # pragma: no cover - abstract
+        """``[B, D]``: what the decision layer reads (``forward`` is that layer applied to it)."""
         raise NotImplementedError
 
     def unimodal_logits(
@@ -133,9 +141,12 @@ class ConcatFusion(Fusion):
             self._slices[u] = slice(start, start + self.feature_dims[u])
             start += self.feature_dims[u]
 
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
+    def fused_features(self, features: dict[str, Tensor]) -> Tensor:
         self._check(features)
-        return self.fc(torch.cat([features[u] for u in self.modalities], dim=1))
+        return torch.cat([features[u] for u in self.modalities], dim=1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.fc(self.fused_features(features))
 
     def unimodal_logits(self, features: dict[str, Tensor], detach_head: bool = False) -> dict[str, Tensor]:
         self._check(features)
@@ -165,6 +176,11 @@ class SumFusion(Fusion):
         )
         self.bias = nn.Parameter(torch.empty(self.num_classes))
         _linear_bias_init(self.bias, sum(self.feature_dims.values()))
+
+    def fused_features(self, features: dict[str, Tensor]) -> Tensor:
+        """The concatenation ``[z^1; ...; z^M]``: ``sum_u W^u z^u + b`` is one linear layer of it."""
+        self._check(features)
+        return torch.cat([features[u] for u in self.modalities], dim=1)
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         self._check(features)
@@ -229,14 +245,17 @@ class FiLMFusion(_SeparateHeadsFusion):
         self.film = nn.ModuleDict({u: nn.Linear(d_c, 2 * self.feature_dims[u]) for u in self.conditioned})
         self.fc_out = nn.Linear(sum(self.feature_dims[u] for u in self.conditioned), self.num_classes)
 
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
+    def fused_features(self, features: dict[str, Tensor]) -> Tensor:
         self._check(features)
         z_c = features[self.condition]
         modulated = []
         for u in self.conditioned:
             gamma, beta = self.film[u](z_c).chunk(2, dim=1)
             modulated.append(gamma * features[u] + beta)
-        return self.fc_out(torch.cat(modulated, dim=1))
+        return torch.cat(modulated, dim=1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.fc_out(self.fused_features(features))
 
 
 @FUSIONS.register("gated")
@@ -260,8 +279,64 @@ class GatedFusion(_SeparateHeadsFusion):
         )
         self.fc_out = nn.Linear(self.hidden_dim * len(self.gated), self.num_classes)
 
-    def forward(self, features: dict[str, Tensor]) -> Tensor:
+    def fused_features(self, features: dict[str, Tensor]) -> Tensor:
         self._check(features)
         gate = torch.sigmoid(self.proj[self.gate_modality](features[self.gate_modality]))
-        gated = [gate * self.proj[u](features[u]) for u in self.gated]
-        return self.fc_out(torch.cat(gated, dim=1))
+        return torch.cat([gate * self.proj[u](features[u]) for u in self.gated], dim=1)
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.fc_out(self.fused_features(features))
+
+
+def _attention_heads(d_model: int) -> int:
+    """The most heads (8, 4, 2, else 1) that divide ``d_model`` with at least 16 dims each."""
+    return next((h for h in (8, 4, 2) if d_model % h == 0 and d_model // h >= 16), 1)
+
+
+@FUSIONS.register("transformer")
+class TransformerFusion(_SeparateHeadsFusion):
+    """Transformer fusion (the paper's MOSI/MOSEI setting, Section IV-A2 and IV-F: "the
+    Transformer-based [Vaswani et al., NeurIPS 2017] model for feature processing and fusion").
+
+    Each modality's feature ``z^u`` becomes one token, ``Linear_u(z^u)`` of width
+    ``d_model = max_u d_u`` (the per-modality projection, bias included, also tells the tokens
+    apart, so no position table is needed); a learned ``[CLS]`` token is put first and the
+    ``M + 1`` tokens go through a small pre-norm ``nn.TransformerEncoder`` (``layers`` layers,
+    the most heads of 8/4/2/1 with >= 16 dims each, feed-forward ``2 d_model``, final
+    LayerNorm). The ``[CLS]`` output is ``fused_features``; fused logits ``= Linear(it)``.
+
+    One token per modality, not the modalities' sequences: the encoders hand every fusion a
+    pooled ``[B, d_u]`` vector (the fusion interface), so attention runs across modalities,
+    not across time steps (MulT-style cross-modal attention over sequences, Tsai et al.,
+    ACL 2019, would need encoders that return sequences). Attention mixes the modalities
+    multiplicatively, so the fused logits do not split into per-modality parts: each modality
+    has its own unimodal head (its branch); the projections, ``[CLS]``, the encoder layers and
+    the output layer are the decision layer ``Theta``, so TPO isolates gradients as for film.
+    """
+
+    def __init__(self, modalities: list[str], feature_dims: dict[str, int], num_classes: int,
+                 layers: int = 2, dropout: float = 0.1):
+        super().__init__(modalities, feature_dims, num_classes)
+        self.d_model = max(self.feature_dims.values())
+        self.tokens = nn.ModuleDict({u: nn.Linear(self.feature_dims[u], self.d_model) for u in self.modalities})
+        self.cls = nn.Parameter(torch.zeros(1, self.d_model))
+        nn.init.normal_(self.cls, std=0.02)
+        layer = nn.TransformerEncoderLayer(self.d_model, _attention_heads(self.d_model),
+                                           dim_feedforward=2 * self.d_model, dropout=dropout, batch_first=True,
+                                           norm_first=True)
+        self.encoder = nn.TransformerEncoder(layer, num_layers=layers, norm=nn.LayerNorm(self.d_model),
+                                             enable_nested_tensor=False)
+        self.fc_out = nn.Linear(self.d_model, self.num_classes)
+
+    def token_sequence(self, features: dict[str, Tensor]) -> Tensor:
+        """``[B, 1 + M, d_model]``: ``[CLS]``, then one token per modality in modality order."""
+        self._check(features)
+        tokens = [self.tokens[u](features[u]) for u in self.modalities]
+        batch = tokens[0].shape[0]
+        return torch.stack([self.cls.expand(batch, -1)] + tokens, dim=1)
+
+    def fused_features(self, features: dict[str, Tensor]) -> Tensor:
+        return self.encoder(self.token_sequence(features))[:, 0]
+
+    def forward(self, features: dict[str, Tensor]) -> Tensor:
+        return self.fc_out(self.fused_features(features))

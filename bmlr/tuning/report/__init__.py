@@ -30,7 +30,11 @@ module per figure in `optuna/visualization/`:
 6. `top3`         - per true class, the top-3 predicted classes of each modality's own head and
    of the fused head at the best trial's best epoch (Figure 4), from
    `trials/trial_<id>/val_top3.json`, which the trainable writes whenever a trial reaches a new
-   best validation accuracy.
+   best validation accuracy;
+7. `tsne_features`, `tsne_labels` - t-SNE (scikit-learn) of the unimodal and fused features
+   (the paper's Figure 1) and of uniform / BMLR / per-sample label distributions (Figure 3)
+   for a sample of validation clips, from the best configuration retrained once by
+   `best_model` (cached in `report/best_model_val.pt`; `--fast` uses the cache only).
 
 `summary` writes the paragraphs above them, `page` renders the page, `study_view` reads the
 study folder (through `bmlr.tuning.store`; the best trial by `bmlr.tuning.selection`, or the

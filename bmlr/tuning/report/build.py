@@ -7,6 +7,7 @@ import traceback
 from pathlib import Path
 
 from bmlr.tuning import tracking
+from bmlr.tuning.report.best_model import Unavailable, ValidationSample, best_model_sample
 from bmlr.tuning.report.best_trials import add_best_trials
 from bmlr.tuning.report.confirmation import add_confirmation
 from bmlr.tuning.report.curves import add_learning_curves
@@ -18,6 +19,8 @@ from bmlr.tuning.report.study_view import REPORT_DIR, Context, Log
 from bmlr.tuning.report.summary import add_summary
 from bmlr.tuning.report.surface import add_surface
 from bmlr.tuning.report.top3 import add_top3
+from bmlr.tuning.report.tsne_features import add_tsne_features
+from bmlr.tuning.report.tsne_labels import add_tsne_labels
 
 __all__ = ["write_report", "write_report_safely", "log_to_mlflow"]
 
@@ -36,7 +39,8 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
                  log: Log = print, mlflow: bool = True, top: int = 10) -> Path:
     """Write `<study>/report/report.md` and `report.html` (and their PNGs); returns the .md path.
     `baseline_study`: a study whose best trial is the learning curves' left panel; else
-    `train_baseline` trains the best trial's baseline counterpart. Raises ReportError where the
+    `train_baseline` trains the best trial's baseline counterpart, and retrains the best trial's
+    configuration for the t-SNE figures (each once: both are cached in the report folder). Raises ReportError where the
     folder is not a finished study or no trial finished."""
     ctx = Context.open(study_dir, log)
     _clear(ctx)
@@ -50,12 +54,24 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
     add_surface(page, ctx)
     add_learning_curves(page, ctx, baseline_study, train_baseline)
     add_reshaped(page, ctx)
+    sample = _best_model_sample(ctx, train_baseline)
+    add_tsne_features(page, ctx, sample)
+    add_tsne_labels(page, ctx, sample)
     add_top3(page, ctx)
     md_path = page.write(ctx.out, f"Study report: {ctx.study.name}")
     log(f"report: {md_path} (and report.html, {len(page.images())} figures)")
     if mlflow:
         log_to_mlflow(ctx)
     return md_path
+
+
+def _best_model_sample(ctx: Context, train: bool) -> ValidationSample | Unavailable:
+    """The t-SNE sections' input: the best configuration retrained (`train`: a full report) or
+    read from the report's cache, else the reason it is not there."""
+    try:
+        return best_model_sample(ctx, train)
+    except Unavailable as reason:
+        return reason
 
 
 def log_to_mlflow(ctx: Context) -> None:
