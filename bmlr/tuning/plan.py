@@ -74,6 +74,9 @@ class StudySettings:
     # Optuna is told these results before it samples ({"params": {...}, "value": v}), e.g. the
     # stage-1 winner for stage 2 of a staged search; they are not trained again
     warm_start: list[dict[str, Any]] = field(default_factory=list)
+    # TPE's random start-up trials draw common random numbers (bmlr.tuning.crn_sampler): a key's
+    # value in trial k depends on the seed, the key and k only; a comparison's rows set it
+    crn: bool = False
 
     def check(self) -> None:
         def need(ok: bool, message: str) -> None:

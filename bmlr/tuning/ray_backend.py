@@ -45,14 +45,25 @@ class ResourceError(RayStartError):
 LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (its GCS, raylet, workers and the driver)
 
 
-def make_sampler(kind: str = "tpe", seed: int = 0, n_startup_trials: int | None = None):
+def make_sampler(kind: str = "tpe", seed: int = 0, n_startup_trials: int | None = None, crn: bool = False):
     """An Optuna sampler: ``tpe`` (TPE; ``n_startup_trials`` random trials first, Optuna's
-    default 10 where None) or ``random``."""
+    default 10 where None) or ``random``. ``crn`` (tpe only): the start-up trials draw common
+    random numbers (:class:`bmlr.tuning.crn_sampler.CommonRandomSampler`: a key's value in
+    trial k depends on the seed, the key and k only), so the rows of a comparison that search
+    the same key try the same values of it."""
     import optuna
 
     if kind == "tpe":
         extra = {} if n_startup_trials is None else {"n_startup_trials": n_startup_trials}
-        return optuna.samplers.TPESampler(seed=seed, **extra)
+        tpe = optuna.samplers.TPESampler(seed=seed, **extra)
+        if not crn:
+            return tpe
+        from bmlr.tuning.crn_sampler import CommonRandomSampler, tpe_startup_trials
+
+        startup = tpe_startup_trials() if n_startup_trials is None else n_startup_trials
+        return CommonRandomSampler(tpe, seed, startup)
+    if crn:
+        raise ValueError(f"common random numbers (crn) are for the tpe sampler, not {kind!r}")
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {kind!r} (tpe, random)")

@@ -169,7 +169,8 @@ def build_tuner(plan: Plan, verbose: int):
         return ray_backend.build_tuner(_trainable(plan), store.ray_dir, scheduler=make_scheduler("fifo"),
                                        param_space=_grid(plan.space, s.grid_seeds or [s.seed]), **common)
     warm = [w for w in s.warm_start if set(w["params"]) == set(plan.space.params)]
-    searcher = make_searcher(plan.space.optuna_space(), make_sampler("tpe", s.seed), seed=s.seed, warm_start=warm)
+    searcher = make_searcher(plan.space.optuna_space(), make_sampler("tpe", s.seed, crn=s.crn), seed=s.seed,
+                             warm_start=warm)
     scheduler = make_scheduler(s.scheduler or "asha", max_t=plan.max_epochs, grace_period=s.grace_period,
                                reduction_factor=s.reduction_factor)
     return ray_backend.build_tuner(_trainable(plan), store.ray_dir, searcher=searcher, scheduler=scheduler,

@@ -2,13 +2,17 @@
 experiment; each row's study run nested under it (tags `comparison`, `arm`) with the row's
 production metrics (`production.test_acc`, ...), an untuned row a nested run of its own; the
 parent holds `<row>.acc` (mean), `<row>.acc_std`, per-modality accuracies and imbalance
-ratios, and the tables."""
+ratios, and the tables. A row searched with several study seeds has one nested study run per
+search (tag `study_seed`), each with its winner's production metrics, and on the parent
+`<row>.acc_over_study_seeds` (mean over its searches' winners) and `..._std`."""
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import statistics
 
 from bmlr.tuning import tracking
 from bmlr.tuning.compare.identity import RESULTS_FILE
@@ -35,6 +39,19 @@ def _summary_metrics(summary: dict[str, dict[str, float]], prefix: str, short: b
     return [Metric(f"{prefix}{name.removeprefix('test_') if short else name}{suffix}", float(value), now, 0)
             for name, stats in summary.items()
             for suffix, value in (("", stats["mean"]), ("_std", stats["std"])) if _finite(value)]
+
+
+def _over_study_seeds(row: dict[str, Any]) -> list:
+    """`<row>.acc_over_study_seeds` (and `_std`) for a row of several searches: the mean test
+    accuracy of each search's winner, averaged over the study seeds; nothing for one search."""
+    from mlflow.entities import Metric
+
+    accs = [t["results"]["summary"]["test_acc"]["mean"] for t in row.get("searches") or [] if t.get("results")]
+    if len(row.get("searches") or []) < 2 or not accs:
+        return []
+    now, name = int(time.time() * 1000), f"{slug(row['label'])}.acc_over_study_seeds"
+    stats = [(name, statistics.fmean(accs))] + ([(f"{name}_std", statistics.stdev(accs))] if len(accs) > 1 else [])
+    return [Metric(key, float(value), now, 0) for key, value in stats]
 
 
 @dataclass
@@ -67,6 +84,7 @@ class ComparisonRun:
         if s.tune:
             params.update({"samples": s.samples, "max_epochs": s.max_epochs or "fixed epochs",
                            "grace_period": s.grace_period, "reduction_factor": s.reduction_factor, "seed": s.seed,
+                           "study_seeds": s.study_seeds,
                            "searcher": "optuna-tpe", "scheduler": "asha"})
             params.update({f"searched.{slug(label)}": ", ".join(sp.params) for label, sp in spaces.items()})
         run_id = tracking.create_parent_run(uri, experiment_id, s.name, tags, params)
@@ -80,8 +98,9 @@ class ComparisonRun:
         self.client.set_terminated(self.run_id, "FAILED")
 
     # --- studies -------------------------------------------------------------------------
-    def nest_study(self, study_dir: Path, label: str) -> None:
-        """Put a row's study run under the comparison run (and tag it with the row)."""
+    def nest_study(self, study_dir: Path, label: str, study_seed: int | None = None) -> None:
+        """Put a row's study run under the comparison run (and tag it with the row and, where
+        given, the TPE seed of this search of the row)."""
         try:
             run_id = StudyStore(study_dir).read_info()["parent_run_id"]
         except (StoreError, KeyError):  # the study stopped before it had an MLflow run: nothing to tag
@@ -89,6 +108,8 @@ class ComparisonRun:
         for key, value in (("mlflow.parentRunId", self.run_id), ("comparison", self.name),
                            ("comparison_run_id", self.run_id), ("arm", label)):
             self.client.set_tag(run_id, key, value)
+        if study_seed is not None:
+            self.client.set_tag(run_id, "study_seed", str(study_seed))
 
     def link_study(self, label: str, study_run_id: str) -> None:
         self.client.set_tag(self.run_id, f"study.{slug(label)}", study_run_id)
@@ -104,7 +125,10 @@ class ComparisonRun:
             res = row.get("results")
             if res:
                 metrics += _summary_metrics(res["summary"], f"{slug(row['label'])}.", short=True)
-                self._log_row_run(client, row, res)
+            metrics += _over_study_seeds(row)
+            for search in row.get("searches") or [row]:
+                if search.get("results"):
+                    self._log_row_run(client, row, search)
         for i in range(0, len(metrics), BATCH):
             client.log_batch(self.run_id, metrics=metrics[i:i + BATCH])
         for path in files:
@@ -114,23 +138,25 @@ class ComparisonRun:
                 client.log_artifacts(self.run_id, str(folder), folder.name)
         failed = [r["label"] for r in rows if not r.get("results")]
         client.set_tag(self.run_id, "arms.failed", ", ".join(failed) or "none")
-        trials = {r.get("trials") for r in rows if "trials" in r}
+        trials = {t.get("trials") for r in rows for t in r.get("searches") or [r] if "trials" in t}
         if trials:
             client.set_tag(self.run_id, "equal_trials", str(len(trials) == 1).lower())
         status = "KILLED" if interrupted else ("FAILED" if len(failed) == len(rows) else "FINISHED")
         client.set_terminated(self.run_id, status)
 
-    def _log_row_run(self, client, row: dict[str, Any], res: dict) -> None:
-        """Production metrics on the row's study run (tuned) or on a nested run of its own (untuned)."""
-        run_id = row.get("study_run_id") or row.get("arm_run_id")
+    def _log_row_run(self, client, row: dict[str, Any], search: dict[str, Any]) -> None:
+        """Production metrics of one of `row`'s searches (the row itself where it has one) on
+        the search's study run (tuned) or on a nested run of the row's own (untuned)."""
+        res = search["results"]
+        run_id = search.get("study_run_id") or search.get("arm_run_id")
         if run_id is None:
             tags = {"mlflow.parentRunId": self.run_id, "bmlr.role": "production", "comparison": self.name,
-                    "arm": row["label"], "method": row["method"], "run_dir": row["run_dir"]}
+                    "arm": row["label"], "method": row["method"], "run_dir": search["run_dir"]}
             run_id = client.create_run(self.experiment_id, run_name=f"{self.name}/{slug(row['label'])}",
                                        tags=tags).info.run_id
             tracking.log_params(client, run_id, res["config"])
-            row["arm_run_id"] = run_id
+            search["arm_run_id"] = run_id
         client.log_batch(run_id, metrics=_summary_metrics(res["summary"], "production.", short=False))
-        client.log_artifact(run_id, str(Path(row["run_dir"]) / RESULTS_FILE), "production")
-        if not row.get("study_run_id"):
+        client.log_artifact(run_id, str(Path(search["run_dir"]) / RESULTS_FILE), "production")
+        if not search.get("study_run_id"):
             client.set_terminated(run_id, "FINISHED")

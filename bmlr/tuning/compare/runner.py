@@ -11,19 +11,27 @@ Folder `<storage>/<dataset>/<name>/`:
     logs/<arm>.log      its output
     comparison.md       the tables
 
-The studies themselves are ordinary studies, `<storage>/<dataset>/<name>-<arm>/`.
+The studies themselves are ordinary studies, `<storage>/<dataset>/<name>-<arm>/`. With
+`--study-seeds N` (N > 1) each tuned row is searched N times, with TPE seeds seed, seed+1, ...:
+its studies are `<name>-<arm>-seed<s>/`, and each search's winner is trained (`configs/`,
+`runs/`, `logs/` `<arm>-seed<s>`); the row keeps them in `searches`, and its first search
+(with a result) at its top level, as a row of one search has it.
+
+Every study of a comparison draws TPE's random start-up trials from common random numbers
+(:mod:`bmlr.tuning.crn_sampler`): the keys the rows share (lr, fusion, ...) take the same
+values in trial k of every row, so rows differ by the method and its own keys only.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from bmlr.config import Config, load_config
-from bmlr.fileio import abs_path, atomic_write_text, read_json, write_json
+from bmlr.fileio import abs_path, atomic_write_text, finite_or_none, read_json, write_json
 from bmlr.tuning import tracking
 from bmlr.tuning.compare.identity import find_reusable, is_finished_run_of, load_results
 from bmlr.tuning.compare.mlflow_run import ComparisonRun
@@ -33,9 +41,9 @@ from bmlr.tuning.compare.spaces import arm_space, check_overrides, production_se
 from bmlr.tuning.compare.tables import render_markdown
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, resolve_search_space
-from bmlr.tuning.selection import choose_best, score
+from bmlr.tuning.selection import choose_best, score, standard_error
 from bmlr.tuning.store import StudyStore
-from bmlr.tuning.study import StudyError, build_cache, ray_session, run_study
+from bmlr.tuning.study import StudyError, StudySettings, build_cache, ray_session, run_study
 
 __all__ = ["COMPARISON_FILE", "TABLE_FILE", "Comparison", "ComparisonOutcome", "find_comparison"]
 
@@ -56,6 +64,14 @@ class ComparisonOutcome:
     @property
     def failed(self) -> list[str]:
         return [r["label"] for r in self.rows if not r.get("results")]
+
+
+def _without_results(row: Row) -> Row:
+    """A row as comparison.json keeps it: the results stay in each run's results.json."""
+    kept = {k: v for k, v in row.items() if k != "results"}
+    if "searches" in kept:
+        kept["searches"] = [{k: v for k, v in t.items() if k != "results"} for t in kept["searches"]]
+    return kept
 
 
 def find_comparison(storage: Path, dataset: str, name: str | None) -> Path:
@@ -174,49 +190,67 @@ class Comparison:
                 "tracking_uri": self.tracking_uri, "experiment_id": self.experiment_id, "command": self.command,
                 "title": self.title, "notes": list(self.notes), "created": self.state.get("created") or
                 time.strftime("%Y-%m-%d %H:%M:%S")}
-        data["rows"] = [{k: v for k, v in r.items() if k != "results"} for r in (rows or self.state.get("rows", []))]
+        data["rows"] = [_without_results(r) for r in (rows or self.state.get("rows", []))]
         self.state = data
         write_json(self.dir / COMPARISON_FILE, data)
 
     # --- tuning -----------------------------------------------------------------------------
-    def study_dir(self, arm: Arm) -> Path:
-        return Path(self.settings.storage) / self.settings.dataset / f"{self.settings.name}-{slug(arm.label)}"
+    def study_seeds(self) -> list[int]:
+        """The TPE seeds each tuned row is searched with: seed, seed+1, ... (`--study-seeds`)."""
+        return [self.settings.seed + k for k in range(self.settings.study_seeds)]
 
-    def tune(self, arm: Arm, address: str | None, num_cpus: int | None, verbose: int) -> Row:
-        """One study for `arm` (or the finished one of an earlier run of this comparison)."""
-        store = StudyStore(self.study_dir(arm))
+    def suffix(self, study_seed: int | None) -> str:
+        """What tells a row's searches apart in folder and file names ('' for one search)."""
+        return f"-seed{study_seed}" if study_seed is not None and len(self.study_seeds()) > 1 else ""
+
+    def study_dir(self, arm: Arm, study_seed: int | None = None) -> Path:
+        return (Path(self.settings.storage) / self.settings.dataset /
+                f"{self.settings.name}-{slug(arm.label)}{self.suffix(study_seed)}")
+
+    def tune(self, arm: Arm, study_seed: int, address: str | None, num_cpus: int | None, verbose: int) -> Row:
+        """One study for `arm` with TPE seed `study_seed` (or the finished one of an earlier run
+        of this comparison); what the row keeps of it (:meth:`_study_row`)."""
+        store = StudyStore(self.study_dir(arm, study_seed))
         finished = store.best_path.is_file() and store.is_finished() and \
             len(store.read_rows()) >= self.settings.samples
         if finished:
             self.log(f"[{arm.label}] study {store.dir} already finished")
         else:
-            self._run_study(arm, store, address, num_cpus, verbose)
+            self._run_study(arm, store, study_seed, address, num_cpus, verbose)
         row = self._study_row(arm, store)
+        row["study_seed"] = study_seed
         if row["study_run_id"]:
-            self.mlflow.link_study(arm.label, row["study_run_id"])
+            self.mlflow.link_study(arm.label + self.suffix(study_seed), row["study_run_id"])
         return row
 
-    def _run_study(self, arm: Arm, store: StudyStore, address: str | None, num_cpus: int | None,
+    def _study_settings(self, arm: Arm, space_file: Path, store: StudyStore, study_seed: int) -> StudySettings:
+        """The row's study settings with TPE seed `study_seed` and common random numbers."""
+        settings = self.settings.study_settings(arm, space_file, store.dir, self.parent_run_id)
+        return replace(settings, seed=study_seed, crn=True)
+
+    def _run_study(self, arm: Arm, store: StudyStore, study_seed: int, address: str | None, num_cpus: int | None,
                    verbose: int) -> None:
-        """Run (or resume) the study of `arm` on its search space (handed over as an object; the
+        """Run (or resume) a study of `arm` on its search space (handed over as an object; the
         comparison keeps a copy in `spaces/<arm>.yaml`, logged with its tables)."""
         space_file = self.dir / "spaces" / f"{slug(arm.label)}.yaml"
         resume = store.exists()
         if not resume:
             atomic_write_text(space_file, self.spaces[arm.label].text)
         self.log(f"\n=== [{arm.label}] {'resuming' if resume else 'tuning'} method {arm.method}: "
-                 f"{', '.join(self.spaces[arm.label].params)} ({self.settings.samples} trials) ===")
-        settings = self.settings.study_settings(arm, space_file, store.dir, self.parent_run_id)
+                 f"{', '.join(self.spaces[arm.label].params)} ({self.settings.samples} trials, "
+                 f"TPE seed {study_seed}) ===")
+        settings = self._study_settings(arm, space_file, store, study_seed)
         try:
             outcome = run_study(settings, resume=resume, address=address, num_cpus=num_cpus, verbose=verbose,
                                 top=3, log=self.log, space=self.spaces[arm.label])
         finally:
-            self.mlflow.nest_study(store.dir, arm.label)
+            self.mlflow.nest_study(store.dir, arm.label, study_seed)
         if outcome.interrupted:
             raise KeyboardInterrupt
 
     def _study_row(self, arm: Arm, store: StudyStore) -> Row:
-        """What the comparison keeps of a row's finished study: its run, trials, best score."""
+        """What the comparison keeps of a row's finished study: its run, trials, best score (and
+        its binomial standard error where the study knew the validation split's size)."""
         # a study stopped before it wrote its trials table has no trials
         trials = store.read_rows() if store.is_finished() else []
         best = choose_best(trials)
@@ -226,53 +260,77 @@ class Comparison:
                     "trial_status": {st: sum(t["status"] == st for t in trials)
                                      for st in sorted({t["status"] for t in trials})},
                     "best_val_acc": score(best) if best else None,
+                    "best_val_se": self._standard_error(best, store),
                     "best_yaml": str(store.best_path) if store.best_path.is_file() else None}
         if row["trials"] != self.settings.samples:
             self.log(f"warning: [{arm.label}] ran {row['trials']} trials, not {self.settings.samples}")
         return row
 
+    @staticmethod
+    def _standard_error(best: Row | None, store: StudyStore) -> float | None:
+        """The binomial standard error of the winner's validation score: the trials table's,
+        else from the validation split's size the study recorded (None where neither is known)."""
+        if best is None:
+            return None
+        se = finite_or_none(best.get("score_se"))
+        return se if se is not None else standard_error(score(best), (store.data_info().get("sizes") or {}).get("val"))
+
+    @staticmethod
+    def searches(row: Row) -> list[Row]:
+        """The searches of a row (`searches`: one per study seed), or the row itself (one)."""
+        return row["searches"] if "searches" in row else [row]
+
     # --- production -----------------------------------------------------------------------
     def production_config(self, arm: Arm, row: Row) -> Config | None:
-        """The row's winner (tuned) or its untuned configuration, with the production seeds
-        and epochs; None where its study has no winner."""
+        """The winner of the search `row` (tuned) or the row's untuned configuration, with the
+        production seeds and epochs; None where its study has no winner."""
         if self.settings.tune:
             if not row.get("best_yaml"):
                 return None
             cfg = load_config(row["best_yaml"])
         else:
             cfg = self.base_configs[arm.label]
-        return production_settings(cfg, self.settings, self.dir / "runs" / slug(arm.label))
+        return production_settings(cfg, self.settings, self.dir / "runs" /
+                                   (slug(arm.label) + self.suffix(row.get("study_seed"))))
 
-    def train_all(self, jobs: list[tuple[Arm, Config]], rows: dict[str, Row]) -> None:
-        """`bmlr.train` for each job: in this process with `--jobs 1`, else `python -m bmlr.train`
-        processes, `--jobs` at a time. Finished runs are reused."""
+    def train_all(self, jobs: list[tuple[Arm, Config, Row]]) -> None:
+        """`bmlr.train` for each job (a row's search or untuned row, `Row`, to record the run
+        in): in this process with `--jobs 1`, else `python -m bmlr.train` processes, `--jobs`
+        at a time. Finished runs are reused."""
         (self.dir / "configs").mkdir(parents=True, exist_ok=True)
         (self.dir / "logs").mkdir(parents=True, exist_ok=True)
-        queue = [job for job in (self._job(arm, cfg, rows[arm.label]) for arm, cfg in jobs) if job is not None]
+        targets: dict[str, Row] = {}
+        queue = []
+        for arm, cfg, target in jobs:
+            job = self._job(arm, cfg, target)
+            if job is not None:
+                targets[job.label] = target
+                queue.append(job)
 
         def done(job: Job, error: str | None) -> None:
             if error is None:
-                rows[job.label]["run_dir"] = str(job.run_dir)
+                targets[job.label]["run_dir"] = str(job.run_dir)
             else:
-                rows[job.label]["error"] = error
+                targets[job.label]["error"] = error
 
         run_jobs(queue, self.settings.jobs, self.log, done)
 
     def _job(self, arm: Arm, cfg: Config, row: Row) -> Job | None:
-        """The training of a row, or None where a finished run of its configuration exists
-        (this comparison's, or with --reuse another's)."""
-        job = Job(arm.label, cfg, self.dir / "configs" / f"{slug(arm.label)}.yaml",
-                  self.dir / "logs" / f"{slug(arm.label)}.log")
+        """The training of a row's search (or untuned row), or None where a finished run of its
+        configuration exists (this comparison's, or with --reuse another's)."""
+        suffix = self.suffix(row.get("study_seed"))
+        job = Job(arm.label + suffix, cfg, self.dir / "configs" / f"{slug(arm.label)}{suffix}.yaml",
+                  self.dir / "logs" / f"{slug(arm.label)}{suffix}.log")
         row["config"] = str(job.config_path)
         cfg.to_yaml(row["config"])
         if is_finished_run_of(load_results(job.run_dir), cfg):
-            self.log(f"[{arm.label}] production run {job.run_dir} already finished")
+            self.log(f"[{job.label}] production run {job.run_dir} already finished")
             row["run_dir"] = str(job.run_dir)
             return None
         if self.settings.reuse:
             other = find_reusable(cfg, Path(self.settings.storage) / self.settings.dataset, exclude=self.dir)
             if other is not None:
-                self.log(f"[{arm.label}] reusing the finished run {other} (same configuration)")
+                self.log(f"[{job.label}] reusing the finished run {other} (same configuration)")
                 row["run_dir"] = str(other)
                 row["reused"] = True
                 return None
@@ -281,10 +339,19 @@ class Comparison:
         return job
 
     # --- reporting -------------------------------------------------------------------------
+    def load_row_results(self, row: Row) -> None:
+        """Each search's results; a row of several searches takes its first search with a
+        result (else its first) as its own run, so its top level reads as a row of one."""
+        for search in self.searches(row):
+            search["results"] = load_results(search["run_dir"]) if search.get("run_dir") else None
+        if "searches" in row and row["searches"]:
+            first = next((t for t in row["searches"] if t.get("results")), row["searches"][0])
+            row.update({k: v for k, v in first.items() if k not in ("label", "method")})
+
     def report(self, rows: list[Row], interrupted: bool) -> str:
         """comparison.md, comparison.json and the MLflow run from the rows' results."""
         for row in rows:
-            row["results"] = load_results(row["run_dir"]) if row.get("run_dir") else None
+            self.load_row_results(row)
         markdown = render_markdown(self.title or f"Comparison {self.settings.name}", rows, self.settings,
                                    self.command, self.notes)
         atomic_write_text(self.dir / TABLE_FILE, markdown)
@@ -324,27 +391,42 @@ class Comparison:
 
     def _describe(self) -> str:
         s = self.settings
+        seeds = self.study_seeds()
         budget = (f"{s.samples} trials per row, at most {s.max_epochs or 'the fixed'} epochs each (ASHA grace "
-                  f"{s.grace_period}, reduction {s.reduction_factor}), seed {s.seed}" if s.tune else
-                  "untuned (search space defaults)")
+                  f"{s.grace_period}, reduction {s.reduction_factor}), "
+                  f"{'seed ' + str(s.seed) if len(seeds) == 1 else f'{len(seeds)} searches per row, seeds {seeds}'}"
+                  if s.tune else "untuned (search space defaults)")
         return (f"comparison {self.dir}\n  rows: {', '.join(a.label for a in self.arms)}\n  {budget}"
                 f"\n  MLflow: {self.tracking_uri} experiment {s.experiment!r} parent run {self.parent_run_id}")
 
     def _tune_all(self, rows: dict[str, Row], address: str | None, num_cpus: int | None, verbose: int) -> None:
-        """Every row's study, in one Ray instance (started here unless one is running)."""
+        """Every row's studies, first study seed first for every row, in one Ray instance
+        (started here unless one is running). Each row records TPE's number of random start-up
+        trials (`startup_trials`, for the table's budget flag) and whether its start-up draws
+        were common random numbers (`crn`)."""
+        from bmlr.tuning.crn_sampler import tpe_startup_trials  # imports Optuna: only where a row is tuned
+
+        seeds = self.study_seeds()
+        for row in rows.values():
+            row.update(startup_trials=tpe_startup_trials(), crn=True)
+            if len(seeds) > 1:
+                row["searches"] = [{"study_seed": seed} for seed in seeds]
         with ray_session(address, num_cpus, verbose):
-            for arm in self.arms:
-                rows[arm.label].update(self.tune(arm, address, num_cpus, verbose))
-                self.save(list(rows.values()))
+            for k, seed in enumerate(seeds):
+                for arm in self.arms:
+                    self.searches(rows[arm.label])[k].update(self.tune(arm, seed, address, num_cpus, verbose))
+                    self.save(list(rows.values()))
 
     def _produce(self, rows: dict[str, Row]) -> None:
-        """Every row with a configuration trained with every production seed."""
+        """Every search's winner (tuned) or every row's configuration (untuned) trained with
+        every production seed."""
         jobs = []
         for arm in self.arms:
-            cfg = self.production_config(arm, rows[arm.label])
-            if cfg is None:
-                rows[arm.label]["error"] = "no trial of its study succeeded"
-                continue
-            jobs.append((arm, cfg))
-        self.log(f"\n=== production: {len(jobs)} rows, {self.settings.jobs} at a time ===")
-        self.train_all(jobs, rows)
+            for target in self.searches(rows[arm.label]):
+                cfg = self.production_config(arm, target)
+                if cfg is None:
+                    target["error"] = "no trial of its study succeeded"
+                    continue
+                jobs.append((arm, cfg, target))
+        self.log(f"\n=== production: {len(jobs)} trainings, {self.settings.jobs} at a time ===")
+        self.train_all(jobs)

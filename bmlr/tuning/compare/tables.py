@@ -1,11 +1,30 @@
 """The comparison's tables in Markdown, from the rows' `results.json` only: Table I style
 (test accuracy), Table III style (per-modality accuracy and imbalance ratio), Table II style
-(each fusion with and without BMLR), and the whole `comparison.md`."""
+(each fusion with and without BMLR), and the whole `comparison.md`.
+
+A tuned row searched with several study seeds (`--study-seeds`) shows the spread of its
+searches' winners (mean ± std over study seeds of each winner's mean test accuracy); the
+rows whose verdict may be the search's luck are flagged (:func:`search_flags`) and left out
+of the ranking, with the reason, instead of being ranked silently."""
 from __future__ import annotations
+
+import statistics
 
 from bmlr.tuning.compare.settings import ComparisonSettings
 
-__all__ = ["modalities_of", "accuracy_table", "modality_table", "fusion_table", "render_markdown"]
+__all__ = ["modalities_of", "searches_of", "row_accuracy", "search_flags", "accuracy_table", "modality_table",
+           "fusion_table", "render_markdown", "FLAG_NOTES"]
+
+# what each flag means, printed under the accuracy table where a row has it
+FLAG_NOTES = {
+    "search": "its search's best validation score (mean over study seeds) is below the best other row's by more "
+              "than its own spread across study seeds, and by more than two binomial standard errors of "
+              "validation (one study seed: by more than the two standard errors); the search may have missed "
+              "the good region (e.g. of the shared lr) rather than the method lost: rerun with more `--samples` "
+              "or `--study-seeds` before reading this row's place",
+    "budget": "the budget leaves TPE only its random start-up trials (samples <= n_startup_trials): every row "
+              "was a random search of its space, so the verdict rests on which values were drawn",
+}
 
 
 def modalities_of(results: dict) -> list[str]:
@@ -16,7 +35,70 @@ def modalities_of(results: dict) -> list[str]:
 def _pct(stats: dict | None) -> str:
     if not stats:
         return "-"
-    return f"{100 * stats['mean']:.2f} ± {100 * stats['std']:.2f}"
+    std = stats["std"]
+    return f"{100 * stats['mean']:.2f} ± {100 * std:.2f}" if std == std else f"{100 * stats['mean']:.2f} ± -"
+
+
+def _spread(values: list[float]) -> dict[str, float] | None:
+    """Mean and sample std (nan for one value) of `values`; None for none."""
+    if not values:
+        return None
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else float("nan")}
+
+
+def searches_of(row: dict) -> list[dict]:
+    """The row's searches, one per study seed (`searches`), or the row itself (one search, or
+    an untuned row)."""
+    return row.get("searches") or [row]
+
+
+def row_accuracy(row: dict) -> dict[str, float] | None:
+    """The row's test accuracy: its run's mean ± std over production seeds (one search), or the
+    mean ± std over study seeds of each search's winner's mean (several); None: no result."""
+    searches = searches_of(row)
+    if len(searches) == 1:
+        res = row.get("results")
+        return res["summary"]["test_acc"] if res else None
+    return _spread([s["results"]["summary"]["test_acc"]["mean"] for s in searches if s.get("results")])
+
+
+def _best_vals(row: dict) -> list[float]:
+    return [s["best_val_acc"] for s in searches_of(row) if isinstance(s.get("best_val_acc"), (int, float))]
+
+
+def _val_margin(row: dict) -> tuple[float | None, str]:
+    """How far below the best other row a row's search may end by the search's own luck: its
+    spread across study seeds, never less than two standard errors of validation where known."""
+    vals = _best_vals(row)
+    ses = [s.get("best_val_se") for s in searches_of(row) if isinstance(s.get("best_val_se"), (int, float))]
+    two_se = 2 * max(ses) if ses else None
+    if len(vals) > 1:
+        spread = statistics.stdev(vals)
+        if two_se is not None and two_se > spread:
+            return two_se, f"2 SE {100 * two_se:.2f}"
+        return spread, f"its spread {100 * spread:.2f} over {len(vals)} study seeds"
+    return two_se, f"2 SE {100 * two_se:.2f}" if two_se is not None else ""
+
+
+def search_flags(rows: list[dict], samples: int | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Per row label, its flags as (kind, reason) (:data:`FLAG_NOTES`): `search` where its best
+    validation score (mean over study seeds) is below the best other row's by more than
+    :func:`_val_margin`, `budget` where `samples` <= the row's `startup_trials`. Rows without a
+    search (untuned, failed) get none of `search`."""
+    means = {r["label"]: statistics.fmean(_best_vals(r)) for r in rows if _best_vals(r)}
+    flags: dict[str, list[tuple[str, str]]] = {r["label"]: [] for r in rows}
+    for r in rows:
+        label = r["label"]
+        others = [v for k, v in means.items() if k != label]
+        margin, how = _val_margin(r)
+        if label in means and others and margin is not None and max(others) - means[label] > margin:
+            gap = max(others) - means[label]
+            flags[label].append(("search", f"search {100 * gap:.2f} below the best row's validation "
+                                           f"(> {how})"))
+        startup = r.get("startup_trials")
+        if samples is not None and isinstance(startup, int) and samples <= startup:
+            flags[label].append(("budget", f"random search only ({samples} trials <= {startup} start-up)"))
+    return flags
 
 
 def _ratio(stats: dict | None) -> str:
@@ -36,26 +118,55 @@ def _delta(a: dict | None, b: dict | None) -> str:
     return f"{d:+.2f}"
 
 
-def accuracy_table(rows: list[dict], reference: str | None, tuned: bool) -> str:
-    """Table I style: one row per arm, test accuracy (mean ± std over seeds), the difference
-    to the reference row, and (tuned) the search each arm had."""
+def _points(a: dict | None, b: dict | None) -> str:
+    """Mean accuracy `a` minus mean accuracy `b`, in points."""
+    if not a or not b:
+        return "-"
+    return f"{100 * (a['mean'] - b['mean']):+.2f}"
+
+
+def _search_cells(r: dict, multi: bool) -> list[str]:
+    """A tuned row's trials, epochs searched, best validation score (mean ± std over study
+    seeds where several) and (several) each search's winner's test accuracy."""
+    vals = _best_vals(r)
+    if not multi:
+        val = r.get("best_val_acc")
+        return [str(r.get("trials", "-")), str(r.get("epochs_searched", "-")),
+                f"{100 * val:.2f}" if isinstance(val, (int, float)) else "-"]
+    searches = searches_of(r)
+    winners = " / ".join(f"{100 * s['results']['summary']['test_acc']['mean']:.2f}" if s.get("results") else "failed"
+                         for s in searches)
+    return ["/".join(str(s.get("trials", "-")) for s in searches),
+            str(sum(int(s.get("epochs_searched") or 0) for s in searches)), _pct(_spread(vals)), winners]
+
+
+def accuracy_table(rows: list[dict], reference: str | None, tuned: bool,
+                   flags: dict[str, list[tuple[str, str]]] | None = None) -> str:
+    """Table I style: one row per arm, test accuracy (:func:`row_accuracy`), the difference to
+    the reference row, (tuned) the search each arm had, and (`flags` given) each row's flags."""
     ref = next((r for r in rows if r["label"] == reference), None)
-    best = max((r["results"]["summary"]["test_acc"]["mean"] for r in rows if r.get("results")), default=None)
-    head = ["method", "test acc % (mean ± std)", f"Δ vs {reference} (points)" if ref else "Δ", "seeds"]
+    multi = any(len(searches_of(r)) > 1 for r in rows)
+    accs = {r["label"]: row_accuracy(r) for r in rows}
+    best = max((a["mean"] for a in accs.values() if a), default=None)
+    n = max(len(searches_of(r)) for r in rows) if rows else 1
+    head = ["method", f"test acc % (winners of {n} study seeds: mean ± std)" if multi else "test acc % (mean ± std)",
+            f"Δ vs {reference} (points)" if ref else "Δ", "seeds"]
     if tuned:
         head += ["trials", "epochs trained in search", "best val acc % (search)"]
+        head += ["winners' test acc % by study seed"] if multi else []
+    head += ["flags"] if flags is not None else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        res = r.get("results")
-        acc = _pct(res["summary"]["test_acc"]) if res else "failed"
-        if res and best is not None and res["summary"]["test_acc"]["mean"] == best:
-            acc = f"**{acc}**"
-        cells = [r["label"], acc, "" if r is ref else _delta(res, ref and ref.get("results")),
+        res, acc = r.get("results"), accs[r["label"]]
+        text = _pct(acc) if acc else "failed"
+        if acc and best is not None and acc["mean"] == best:
+            text = f"**{text}**"
+        cells = [r["label"], text, "" if r is ref else _points(acc, ref and accs[ref["label"]]),
                  str(len(res["seeds"])) if res else "-"]
         if tuned:
-            val = r.get("best_val_acc")
-            cells += [str(r.get("trials", "-")), str(r.get("epochs_searched", "-")),
-                      f"{100 * val:.2f}" if isinstance(val, (int, float)) else "-"]
+            cells += _search_cells(r, multi)
+        if flags is not None:
+            cells.append("; ".join(reason for _, reason in flags.get(r["label"], [])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -106,28 +217,60 @@ def fusion_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _ranking(rows: list[dict], flags: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """The ranking of the unflagged rows by mean test accuracy, and the flagged rows apart."""
+    accs = {r["label"]: row_accuracy(r) for r in rows}
+    done = [r for r in rows if accs[r["label"]]]
+    ranked = sorted((r for r in done if not flags.get(r["label"])), key=lambda r: -accs[r["label"]]["mean"])
+    held = [r for r in done if flags.get(r["label"])]
+    lines = []
+    if ranked:
+        lines.append("Ranking by mean test accuracy" + (" (unflagged rows)" if held else "") + ": " + " > ".join(
+            f"{r['label']} ({100 * accs[r['label']]['mean']:.2f})" for r in ranked) + ".")
+    if held:
+        lines += [""] if lines else []
+        lines.append("Not ranked, flagged: " + "; ".join(
+            f"{r['label']} ({100 * accs[r['label']]['mean']:.2f}: {', '.join(k for k, _ in flags[r['label']])})"
+            for r in held) + ".")
+        kinds = dict.fromkeys(k for r in held for k, _ in flags[r["label"]])
+        lines += [""] + [f"- flag *{k}*: {FLAG_NOTES[k]}." for k in kinds] + [""]
+    return lines
+
+
+def _how(settings: ComparisonSettings, rows: list[dict]) -> str:
+    """How the rows were searched (tuned) or configured (untuned)."""
+    if not settings.tune:
+        return "untuned: each row trains the search space's fixed settings and defaults"
+    n = settings.study_seeds
+    crn = ("; the keys rows share drawn from common random numbers in TPE's start-up trials"
+           if rows and all(r.get("crn") for r in rows) else "")
+    seeds = (f"TPE seed {settings.seed}" if n == 1 else
+             f"{n} searches, TPE seeds {settings.seed}..{settings.seed + n - 1}")
+    return (f"each row tuned with {settings.samples} trials (ASHA: at most {settings.max_epochs or 'the fixed'} "
+            f"epochs, grace {settings.grace_period}, reduction {settings.reduction_factor}; {seeds}{crn}), "
+            f"then the best configuration of each search trained with every seed")
+
+
 def render_markdown(title: str, rows: list[dict], settings: ComparisonSettings, command: str,
                     notes: tuple[str, ...] = ()) -> str:
-    """`comparison.md`: how the rows were trained, the command, the tables, the ranking."""
+    """`comparison.md`: how the rows were trained, the command, the tables, the flags, the ranking."""
     reference = settings.reference
     tuned = settings.tune
     done = [r for r in rows if r.get("results")]
     seeds = sorted({len(r["results"]["seeds"]) for r in done})
-    how = (f"each row tuned with {settings.samples} trials (ASHA: at most {settings.max_epochs or 'the fixed'} "
-           f"epochs, grace {settings.grace_period}, reduction {settings.reduction_factor}; TPE seed {settings.seed}), "
-           f"then its best configuration trained with every seed" if tuned else
-           "untuned: each row trains the search space's fixed settings and defaults")
+    flags = search_flags(rows, settings.samples) if tuned else {}
     parts = [f"## {title}", "",
-             f"Data set `{settings.dataset}`; {how}; test accuracy over {'/'.join(map(str, seeds)) or '?'} "
-             f"seeds (mean ± sample std), epoch chosen on validation.", "", f"```bash\n{command}\n```", ""]
+             f"Data set `{settings.dataset}`; {_how(settings, rows)}; test accuracy over "
+             f"{'/'.join(map(str, seeds)) or '?'} seeds (mean ± sample std), epoch chosen on validation.", "",
+             f"```bash\n{command}\n```", ""]
     if settings.layout == "fusions":
         parts += [fusion_table(rows), ""]
-    parts += [accuracy_table(rows, reference, tuned), "", modality_table(rows, reference), ""]
-    ranked = sorted(done, key=lambda r: -r["results"]["summary"]["test_acc"]["mean"])
-    if ranked:
-        parts.append("Ranking by mean test accuracy: " + " > ".join(
-            f"{r['label']} ({100 * r['results']['summary']['test_acc']['mean']:.2f})" for r in ranked) + ".")
-    failed = [r["label"] for r in rows if not r.get("results")]
+    parts += [accuracy_table(rows, reference, tuned, flags if tuned else None), ""]
+    if any(len(searches_of(r)) > 1 for r in rows):
+        parts += ["The per-modality table shows each row's first study seed's winner.", ""]
+    parts += [modality_table(rows, reference), ""]
+    parts += _ranking(rows, flags)
+    failed = [r["label"] for r in rows if not row_accuracy(r)]
     if failed:
         parts.append(f"No result for: {', '.join(failed)} (see the log of each).")
     parts += [f"- {n}" for n in notes]
