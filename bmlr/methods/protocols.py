@@ -91,6 +91,10 @@ PROTOCOLS: Mapping[str, Protocol] = MappingProxyType({p.method: p for p in (
     Protocol("pmr", "Fan et al., CVPR 2023; fanyunfeng-bit/Modal-Imbalance-PMR main_Prototype_grad.py: SGD "
              "momentum 0.9, weight decay 1e-4, StepLR(70, 0.1); lr 1e-3 as in the checkpoint names of its bash.sh "
              "(argument default 1e-4)", {**_SGD, "lr": 1e-3, **_STEP70}, note="150 epochs there"),
+    Protocol("agm", "Li et al., ICCV 2023; lihong2303/AGM_ICCV2023 utils/config.py and README: SGD, lr 1e-4 in "
+             "the README's AV-MNIST command (argument default 1e-5), StepLR(70, 0.1), modulation in epochs 0-20",
+             {"optimizer": "sgd", "lr": 1e-4, **_STEP70}, note="100 epochs there; momentum and weight decay not "
+             "visible in the files read, so torch's SGD defaults (none)"),
     Protocol("udi", "no public code (UDI is our reading of the abstract of Wang et al., arXiv 2509.02281): the "
              "project's settings"),
 )})
