@@ -481,6 +481,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "...-e12.jsonl with --epochs 12 --horizon 12: the replays then need no training")
     args = p.parse_args(argv)
 
+    from bmlr.tuning.plan import DEFAULT_GRACE_PERIOD
     from bmlr.tuning.study import StudySettings
 
     defaults = StudySettings()
@@ -494,7 +495,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.epochs = args.epochs or int(space_fixed()["epochs"])
     args.samples = args.samples or defaults.samples
     args.live_samples = args.live_samples or defaults.samples
-    args.grace_period = args.grace_period or defaults.grace_period
+    args.grace_period = args.grace_period or DEFAULT_GRACE_PERIOD
     args.reduction_factor = args.reduction_factor or defaults.reduction_factor
     return args
 

@@ -246,10 +246,10 @@ class ReplaySettings:
     sleep_s: float = 0.01
 
     def resolved(self) -> "ReplaySettings":
-        from bmlr.tuning.plan import StudySettings
+        from bmlr.tuning.plan import DEFAULT_GRACE_PERIOD, StudySettings
 
-        d = StudySettings()
-        return ReplaySettings(self.max_epochs, self.grace_period or d.grace_period,
+        d = StudySettings()  # grace: the code's default (a search space may say another: --grace-period)
+        return ReplaySettings(self.max_epochs, self.grace_period or DEFAULT_GRACE_PERIOD,
                               self.reduction_factor or d.reduction_factor, self.startup, self.concurrent, self.sleep_s)
 
 

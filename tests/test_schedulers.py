@@ -76,3 +76,33 @@ def test_the_study_summary_reports_the_rung_agreement(finished_study):
     assert len(lines) == 1 and "epoch 1: " in lines[0], finished_study["out"][-3000:]
     tag = MlflowClient(finished_study["uri"]).get_run(finished_study["parent_run_id"]).data.tags["rung_agreement"]
     assert tag.startswith(lines[0])
+
+
+SPACE = {"search": {"lr": {"loguniform": [1.0e-4, 1.0e-2]}}, "fixed": {"epochs": 4}}
+
+
+def test_grace_period_in_the_search_space():
+    """`grace_period:` is the space's default for ASHA: parsed and checked, carried into the
+    method's view and the written space, overridden by --grace-period, cut to a short study's
+    epochs (an explicit --grace-period that long is an error), else the code's default."""
+    from bmlr.tuning.plan import DEFAULT_GRACE_PERIOD, StudyError, StudySettings, resolve_grace
+
+    space = parse_search_space({**SPACE, "grace_period": 3}, source="s.yaml")
+    assert space.grace_period == 3 and space.for_method("bmlr").grace_period == 3
+    assert "grace_period: 3" in space.to_yaml()
+    for bad in (0, -1, 2.5, "3", True):
+        with pytest.raises(SearchSpaceError, match=r"s.yaml: grace_period: expected a whole number"):
+            parse_search_space({**SPACE, "grace_period": bad}, source="s.yaml")
+
+    def resolved(cli, space, max_epochs):
+        settings = StudySettings(grace_period=cli)
+        resolve_grace(settings, space, max_epochs)
+        return settings.grace_period
+
+    plain = parse_search_space(SPACE, source="s.yaml")
+    assert plain.grace_period is None
+    assert resolved(None, space, 20) == 3 and resolved(2, space, 20) == 2
+    assert resolved(None, space, 2) == 2  # a two-epoch study cannot wait three
+    assert resolved(None, plain, 20) == DEFAULT_GRACE_PERIOD == 1
+    with pytest.raises(StudyError, match="--grace-period 5 exceeds the 4 epochs"):
+        resolved(5, space, 4)

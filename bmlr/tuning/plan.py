@@ -30,6 +30,10 @@ from bmlr.tuning.store import StoreError, StudyLock, StudyStore, find_study
 __all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "resume_store", "plan_study"]
 
 # the settings --resume takes from the stored study, with a note where the command line differs
+# ASHA's grace period where neither --grace-period nor the search space's `grace_period:` says
+# one: 1 epoch, the right unit where an epoch is hundreds of optimizer steps (Kinetics-Sounds, AVE
+# on a GPU); the small embedded data sets set 3 in their search spaces (docs/performance.md)
+DEFAULT_GRACE_PERIOD = 1
 RESUME_KEEPS = ("samples", "max_epochs", "grace_period", "reduction_factor", "seed", "method", "data_root",
                 "tracking_uri", "experiment", "overrides", "score", "scheduler", "confirm", "confirm_seeds")
 
@@ -48,7 +52,7 @@ class StudySettings:
     method: str | None = None  # None: the search space's fixed method, else "bmlr"
     samples: int = 16
     max_epochs: int | None = None  # None: the search space's fixed epochs
-    grace_period: int = 1
+    grace_period: int | None = None  # None: the search space's `grace_period:`, else DEFAULT_GRACE_PERIOD
     reduction_factor: int = 3
     concurrent: int | None = None  # None: as many as the resources allow
     cpus_per_trial: float = 1.0
@@ -85,7 +89,7 @@ class StudySettings:
 
         need(self.samples >= 1, f"--samples must be >= 1, got {self.samples}")
         need(self.max_epochs is None or self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}")
-        need(self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}")
+        need(self.grace_period is None or self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}")
         need(self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}")
         need(self.concurrent is None or self.concurrent >= 1, f"--concurrent must be >= 1, got {self.concurrent}")
         need(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
@@ -190,8 +194,7 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
         _check_data_root(settings)
         flat, production = _resolve(settings, source)
         max_epochs = settings.max_epochs or production.epochs
-        if settings.grace_period > max_epochs:
-            raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
+        resolve_grace(settings, source, max_epochs)
         if not production.threads:  # the thread count the trial runs with, recorded: numbers depend on it
             production.threads = max(1, int(settings.cpus_per_trial))
         # a trial has no source run (a base from an exported best.yaml would carry an older one)
@@ -270,6 +273,17 @@ def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, 
     except ConfigError as err:
         raise SearchSpaceError(str(err)) from None
     return flat, production
+
+
+def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) -> None:
+    """ASHA's grace period: the command line's (an error where it exceeds a trial's epochs), else
+    the search space's `grace_period:` (at most a trial's epochs: a shorter study, e.g.
+    `--max-epochs 2`, cannot wait longer), else DEFAULT_GRACE_PERIOD."""
+    if settings.grace_period is not None:
+        if settings.grace_period > max_epochs:
+            raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
+        return
+    settings.grace_period = min(space.grace_period or DEFAULT_GRACE_PERIOD, max_epochs)
 
 
 def _tracking(settings: StudySettings, storage: Path) -> tuple[str, str]:

@@ -20,7 +20,7 @@ from bmlr.tuning.search_space_types import (KINDS, METHOD_ARGS, NOT_SEARCHABLE, 
 
 __all__ = ["SECTIONS", "METHOD_SECTIONS", "parse_search_space", "grid_space"]
 
-SECTIONS = ("search", "fixed", "methods", "score", "scheduler")
+SECTIONS = ("search", "fixed", "methods", "score", "scheduler", "grace_period")
 METHOD_SECTIONS = ("search", "fixed")
 
 
@@ -271,8 +271,11 @@ def parse_search_space(data: Any, source: str = "<search space>", text: str = ""
     scheduler = data.get("scheduler")
     if scheduler is not None and scheduler not in SCHEDULERS:
         raise SearchSpaceError(f"{source}: scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    grace = data.get("grace_period")
+    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 1):
+        raise SearchSpaceError(f"{source}: grace_period: expected a whole number of epochs >= 1, got {grace!r}")
     return SearchSpace(params=params, fixed=all_fixed, source=source, text=text, methods=sections, score=score,
-                       scheduler=scheduler)
+                       scheduler=scheduler, grace_period=grace)
 
 
 def grid_space(values: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], source: str,

@@ -109,6 +109,7 @@ class SearchSpace:
     dropped: tuple[str, ...] = ()  # shared keys for_method left out (the method ignores them)
     score: str | None = None  # the trial score rule (`score:`, bmlr.tuning.scores); None: the default
     scheduler: str | None = None  # `scheduler:` asha | hyperband | none; None: the default (asha)
+    grace_period: int | None = None  # `grace_period:` ASHA's, in epochs; None: the default (plan.py)
 
     def optuna_space(self) -> dict:
         """`{key: optuna distribution}` in file order (OptunaSearch's `space`)."""
@@ -150,7 +151,7 @@ class SearchSpace:
         fixed["method"] = method
         dropped = tuple(k for k in self.params if k in ignored)
         flat = SearchSpace(params=params, fixed=fixed, source=f"{self.source} [method {method}]", dropped=dropped,
-                           score=self.score, scheduler=self.scheduler)
+                           score=self.score, scheduler=self.scheduler, grace_period=self.grace_period)
         # (a flat space with nothing to search still gives the untuned configuration; a study of it
         # is refused where it is built: bmlr.tuning.compare.arm_space)
         flat.text = flat.to_yaml(header=[f"The search space of method {method!r}, from {self.source}."]
@@ -170,7 +171,8 @@ class SearchSpace:
         except ConfigError as err:
             raise SearchSpaceError(str(err)) from None
         out = SearchSpace(params=params, fixed=fixed, source=self.source, methods=dict(self.methods),
-                          dropped=self.dropped, score=self.score, scheduler=self.scheduler)
+                          dropped=self.dropped, score=self.score, scheduler=self.scheduler,
+                          grace_period=self.grace_period)
         out.text = out.to_yaml(header=[f"From {self.source}, with {', '.join(f'{k}={v}' for k, v in values.items())}."])
         return out
 
@@ -213,6 +215,7 @@ class SearchSpace:
 
         lines = [f"# {line}" for line in (header or [])] + ([f"score: {self.score}"] if self.score else [])
         lines += [f"scheduler: {self.scheduler}"] if self.scheduler else []
+        lines += [f"grace_period: {self.grace_period}"] if self.grace_period else []
         lines += block(self.params, self.fixed, "")
         if self.methods:
             lines.append("methods:")

@@ -284,7 +284,7 @@ def _create_run(base: StudySettings, probe: Plan, staged: dict[str, Any], folder
         tags["git_commit"] = commit
     params = {"samples": base.samples, "stage1_samples": staged["stage1_samples"],
               "stage2_samples": staged["stage2_samples"], "stage1_alpha": staged["stage1_alpha"],
-              "max_epochs": probe.max_epochs, "grace_period": base.grace_period,
+              "max_epochs": probe.max_epochs, "grace_period": probe.settings.grace_period,
               "reduction_factor": base.reduction_factor, "seed": base.seed,
               "stage1_searched": staged["stage1_searched"], "stage2_searched": staged["stage2_searched"]}
     return tracking.create_parent_run(probe.tracking_uri, probe.experiment_id, base.name, tags, params)

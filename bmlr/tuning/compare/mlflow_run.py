@@ -83,7 +83,7 @@ class ComparisonRun:
                   "overrides": s.overrides or "none", "reference": s.reference}
         if s.tune:
             params.update({"samples": s.samples, "max_epochs": s.max_epochs or "fixed epochs",
-                           "grace_period": s.grace_period, "reduction_factor": s.reduction_factor, "seed": s.seed,
+                           "grace_period": s.grace_period or "search space", "reduction_factor": s.reduction_factor, "seed": s.seed,
                            "study_seeds": s.study_seeds,
                            "searcher": "optuna-tpe", "scheduler": "asha"})
             params.update({f"searched.{slug(label)}": ", ".join(sp.params) for label, sp in spaces.items()})
