@@ -272,7 +272,9 @@ def test_agm_scales_each_encoder_gradient_by_its_coefficient(epoch, modulated):
     groups = model.parameter_groups()
     for u in model.modalities:
         for got, want in zip(grads(result.loss, groups[u]), grads(plain, groups[u])):
-            torch.testing.assert_close(got, coeffs[u] * want, rtol=1e-4, atol=1e-7)
+            # float32 through two different graphs: entries near zero differ by rounding, so the
+            # absolute tolerance follows the tensor's scale (a wrong coefficient is off by percents)
+            torch.testing.assert_close(got, coeffs[u] * want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
     assert method.iteration == 1 and method.running == pytest.approx(
         response_scores(model.fusion.unimodal_logits(features), labels), rel=1e-4)
 
