@@ -19,19 +19,7 @@ from bmlr.methods.ogm_ge import modulated_parameters, ogm_coefficient, ogm_coeff
 from bmlr.methods.udi import dynamic_weight, kl_consistency, plateaued
 from bmlr.models import build_model
 from bmlr.models.fusion import ConcatFusion, SumFusion
-
-C = 5
-L3 = math.log(3.0)  # softmax([ln 3, 0]) = [0.75, 0.25]
-
-
-def tiny_model(fusion: str = "concat", seed: int = 0):
-    torch.manual_seed(seed)
-    encoders = {
-        "audio": ("resnet_audio", {"in_channels": 1, "base_width": 4, "blocks": (1, 1, 1, 1)}),
-        "visual": ("resnet_visual", {"base_width": 4, "blocks": (1, 1, 1, 1)}),
-    }
-    return build_model(encoders, fusion, C)
-
+from method_helpers import C, L3, grads, tiny_model
 
 def batch(n: int = 6, seed: int = 1):
     g = torch.Generator().manual_seed(seed)
@@ -58,11 +46,6 @@ def train_steps(model, method, optimizer, inputs, labels, steps: int = 3, check=
         optimizer.step()
         results.append(result)
     return results
-
-
-def grads(loss, params):
-    out = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, out)]
 
 
 def test_registry_and_argument_validation():

@@ -14,6 +14,7 @@ from bmlr.methods import METHODS
 from bmlr.methods.base import soft_cross_entropy
 from bmlr.models import build_model
 from bmlr.reshaping import Readings, RunningConfidence, compute_reshaping
+from method_helpers import grads
 
 ATOL = 1e-4  # the hand values below are written to 4 decimals
 
@@ -31,11 +32,6 @@ def mlp_model(dims: dict[str, int], num_classes: int, seed: int = 0):
     torch.manual_seed(seed)
     return build_model({u: ("mlp", {"d_in": d, "hidden": 8, "layers": 1, "dropout": 0.0}) for u, d in dims.items()},
                        "concat", num_classes)
-
-
-def grads(loss, params):
-    out = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, out)]
 
 
 # ----------------------------------------------------------------------------------------------

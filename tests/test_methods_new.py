@@ -16,19 +16,7 @@ from bmlr.methods.base import hard_cross_entropy
 from bmlr.methods.mmpareto import (combined_gradient, encoder_parameters, min_norm_weight, pareto_weights)
 from bmlr.methods.pmr import PrototypeBank, entropy, imbalance_coefficients, prototype_logits, prototype_scores
 from bmlr.models import build_model
-
-C = 5
-L3 = math.log(3.0)  # softmax([ln 3, 0]) = [0.75, 0.25]
-
-
-def tiny_model(fusion: str = "concat", seed: int = 0):
-    torch.manual_seed(seed)
-    encoders = {
-        "audio": ("resnet_audio", {"in_channels": 1, "base_width": 4, "blocks": (1, 1, 1, 1)}),
-        "visual": ("resnet_visual", {"base_width": 4, "blocks": (1, 1, 1, 1)}),
-    }
-    return build_model(encoders, fusion, C)
-
+from method_helpers import C, L3, grads, tiny_model
 
 def three_modality_model(fusion: str = "concat"):
     torch.manual_seed(0)
@@ -49,11 +37,6 @@ def vector_batch(n: int = 10):
 
 def make(name: str, fusion: str = "concat", **method_args):
     return METHODS.get(name)(from_dict({"method": name, "fusion": fusion, "method_args": method_args}))
-
-
-def grads(loss, params):
-    out = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, out)]
 
 
 def backward(method, model, result):
