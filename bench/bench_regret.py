@@ -275,8 +275,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 # --- the command ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    import yaml
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tables", nargs="+", required=True, help="grid tables of one grid, one per training seed")
     p.add_argument("--name", required=True, help="the data set's label (synthetic, avmnist): file names, JSON key")
@@ -287,17 +285,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=48, help="trials per study (--samples)")
     p.add_argument("--reference-samples", type=int, help="trials of the random+none reference (default --samples)")
     p.add_argument("--rule", help="the trial score rule (default: the product's, bmlr.tuning.scores)")
-    p.add_argument("--max-epochs", type=int, help="a trial's epochs at most (default: the grid's)")
-    p.add_argument("--reduction-factor", type=int, help="ASHA's reduction factor (default: the study's)")
-    p.add_argument("--startup", type=int, help="TPE's random start-up trials (default: the product's)")
-    p.add_argument("--concurrent", type=int, default=2, help="trials at once in a study")
-    p.add_argument("--replay-sleep", type=float, default=0.01, help="seconds a replayed epoch takes")
-    p.add_argument("--workers", type=int, default=1, help="processes replaying studies (a Ray instance each)")
-    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE", help="a sub-grid (e.g. alpha=0.5)")
+    bw.add_replay_arguments(p)
     p.add_argument("--logx", action="store_true", help="log-scaled epoch axis")
     p.add_argument("--docs", action="store_true", help="copy the figure to docs/img and merge the summary JSON")
-    args = p.parse_args(argv)
-    args.only = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.only)}
+    args = bw.parse_replay_arguments(p, argv)
     from bmlr.tuning.scores import DEFAULT_SCORE, parse_score
 
     args.rule = args.rule or DEFAULT_SCORE

@@ -553,6 +553,26 @@ def describe(grid: Grid, paths: Sequence[str]) -> dict[str, Any]:
             "quality": {k: grid.quality(k) for k in grid.points}, "epochs": grid.epochs}
 
 
+def add_replay_arguments(p: argparse.ArgumentParser) -> None:
+    """How studies are replayed and over which configurations (this script's and bench_regret's)."""
+    p.add_argument("--max-epochs", type=int, help="a trial's epochs at most (default: the grid's)")
+    p.add_argument("--reduction-factor", type=int, help="ASHA's reduction factor (default: the study's)")
+    p.add_argument("--startup", type=int, help="TPE's random start-up trials (default: the product's)")
+    p.add_argument("--concurrent", type=int, default=2, help="trials at once in a study")
+    p.add_argument("--replay-sleep", type=float, default=0.01, help="seconds a replayed epoch takes")
+    p.add_argument("--workers", type=int, default=1, help="processes replaying studies (a Ray instance each)")
+    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="use only the configurations with these values (a complete sub-grid of tables still "
+                   "being written, e.g. alpha=0.5)")
+
+
+def parse_replay_arguments(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The command line, `--only`'s KEY=VALUE items as a mapping (values parsed as YAML)."""
+    args = p.parse_args(argv)
+    args.only = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.only)}
+    return args
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tables", nargs="+", required=True, help="grid tables of one grid, one per training seed")
@@ -566,18 +586,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "N + the trials the confirmation's epochs buy)")
     p.add_argument("--match-rounds", type=int, default=2, help="replays of today's default to match the "
                    "confirmation's cost: the first M, then corrections (see match_default)")
-    p.add_argument("--max-epochs", type=int, help="a trial's epochs at most (default: the grid's)")
     p.add_argument("--grace-period", type=int, help="ASHA's grace period (default: the study's)")
-    p.add_argument("--reduction-factor", type=int, help="ASHA's reduction factor (default: the study's)")
-    p.add_argument("--startup", type=int, help="TPE's random start-up trials (default: the product's)")
-    p.add_argument("--concurrent", type=int, default=2, help="trials at once in a study")
-    p.add_argument("--replay-sleep", type=float, default=0.01, help="seconds a replayed epoch takes")
-    p.add_argument("--workers", type=int, default=1, help="processes replaying studies (a Ray instance each)")
-    p.add_argument("--only", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="use only the configurations with these values (a complete sub-grid of tables still "
-                   "being written, e.g. alpha=0.5)")
-    args = p.parse_args(argv)
-    args.only = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.only)}
+    add_replay_arguments(p)
+    args = parse_replay_arguments(p, argv)
     from bmlr.tuning.scores import parse_score
 
     for rule in args.rules:
