@@ -257,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
             for n in values:
                 root = work / f"data-{n}"
                 if not (root / ".complete").exists():
-                    generate(root, seed=0, n_train_per_class=n)
+                    generate(root, seed=0, version="v2", n_train_per_class=n)
                 # grace = max epochs: no trial is stopped early, so every size does the same work
                 extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs)] + (
                     ["--concurrent", str(args.concurrent)] if args.concurrent else [])

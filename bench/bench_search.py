@@ -68,6 +68,7 @@ GRIDS = {"synthetic": GRID,
          "avmnist": {"alpha": [0.5, 2.0], "beta": [0.1, 0.5], "lr": [1.0e-3, 3.0e-3, 1.0e-2],
                      "fusion": ["concat", "sum"]}}
 AVMNIST_CONFIG = ROOT / "configs" / "avmnist-hard.yaml"
+SYNTHETIC_VERSION = "v2"  # the generator version of the synthetic grids (bmlr.data.synthetic.VERSIONS)
 
 
 def grid_points(grid: dict[str, list[Any]] = GRID) -> list[dict[str, Any]]:
@@ -84,17 +85,20 @@ def data_overrides(args) -> dict[str, Any]:
     the default's size (80 clips per class) while validation is measured on many more clips: with
     the default's 20 per class (120 clips) one clip is 0.8 points and the standard error of an
     accuracy near 85 % is about 3 points, more than the 1-point target the benchmark measures."""
-    out: dict[str, Any] = {"val_fraction": args.val_fraction, "device": "cpu", "threads": 1}
+    # the recorded grids (bench/data/search-grid-synthetic-v2-*) are of generator version v2
+    out: dict[str, Any] = {"val_fraction": args.val_fraction, "device": "cpu", "threads": 1,
+                           "data_version": SYNTHETIC_VERSION}
     if args.cache_dir:
         out["cache_dir"] = str(Path(args.cache_dir).resolve())
     if args.val_per_class:
         from bmlr.config import from_dict
         from bmlr.data.cache import cache_root
-        from bmlr.data.synthetic import DEFAULTS, ensure_synthetic
+        from bmlr.data.synthetic import VERSIONS, ensure_synthetic
 
-        train_per_class = round(DEFAULTS["n_train_per_class"] * (1 - args.val_fraction))
+        train_per_class = round(VERSIONS[SYNTHETIC_VERSION].n_train_per_class * (1 - args.val_fraction))
         per_class = train_per_class + args.val_per_class
-        root = ensure_synthetic(cache_root(from_dict(out)), seed=0, n_train_per_class=per_class)
+        root = ensure_synthetic(cache_root(from_dict(out)), seed=0, version=SYNTHETIC_VERSION,
+                                n_train_per_class=per_class)
         out.update(data_root=str(root), val_fraction=args.val_per_class / per_class)
     return out
 
@@ -202,10 +206,8 @@ def grid_meta(args, grid: dict[str, list[Any]]) -> dict[str, Any]:
     if args.dataset == "avmnist":
         return {"dataset": "avmnist", "config": str(AVMNIST_CONFIG.relative_to(ROOT)), "epochs": args.epochs,
                 "seed": args.seed, "grid": grid}
-    from bmlr.data.synthetic import VERSION
-
     return {"epochs": args.epochs, "seed": args.seed, "val_fraction": args.val_fraction, "grid": grid,
-            "synthetic_version": VERSION}
+            "synthetic_version": SYNTHETIC_VERSION}
 
 
 def load_table(path: Path) -> dict[str, dict[str, Any]]:

@@ -112,8 +112,9 @@ def paper_data(args, cfg):
 
     params = SpectrogramParams(**PAPER_AUDIO)
     assert expected_shape(params) == (257, 188), expected_shape(params)
-    root = ensure_synthetic(cache_root(cfg) / "bench-paper", seed=0, n_train_per_class=args.paper_clips_per_class,
-                            n_test_per_class=2, image_size=224, n_frames=3)
+    root = ensure_synthetic(cache_root(cfg) / "bench-paper", seed=0, version="v2",
+                            n_train_per_class=args.paper_clips_per_class, n_test_per_class=2, image_size=224,
+                            n_frames=3)
     return build_audio_visual_splits(cfg, root, CLASS_NAMES, params, source=f"bench-paper-{root.name}")
 
 

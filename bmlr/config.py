@@ -42,6 +42,7 @@ class Config:
     dataset: str = "synthetic"
     data_root: str | None = None  # None: the synthetic default is generated into the cache
     cache_dir: str | None = None  # None: $BMLR_CACHE or ~/.cache/bmlr
+    data_version: str = "v3"  # which version of the generated synthetic data (v1, v2, v3); others ignore it
     frames: int = 3  # frames per clip (T)
     image_size: int = 224
     val_fraction: float = 0.1  # carved out of train where a data set ships no validation split

@@ -15,14 +15,16 @@ import torch
 from PIL import Image
 
 from bmlr.data import DATASETS, DataError, DataSplits, build_datasets, synthetic
+from bmlr.data.synthetic_signals import tone
 from bmlr.data.audio import SpectrogramParams, compute_spectrogram, expected_shape, load_waveform
 from bmlr.data.base import AudioVisualDataset, list_frames, read_split_csv, stratified_split
 from bmlr.data.cache import SpectrogramStore, atomic_save_npy, cache_root, params_key
 from bmlr.data.frames import IMAGENET_MEAN, IMAGENET_STD, load_frames, sample_frame_indices
 from bmlr.data.types import ClipRecord
 
-SMALL = dict(n_train_per_class=4, n_test_per_class=2, image_size=16, n_frames=3)
-PARAMS = synthetic.SPECTROGRAM_PARAMS
+# version v2 (no val.csv: validation is carved out of train) for the data package's tests
+SMALL = dict(version="v2", n_train_per_class=4, n_test_per_class=2, image_size=16, n_frames=3)
+PARAMS = synthetic.SPECTROGRAM_PARAMS  # v2's
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,7 @@ def test_generated_files_are_real(small_root):
     assert sorted(np.bincount([y for _, y in train])) == [SMALL["n_train_per_class"]] * 6  # balanced
     assert not {c for c, _ in train} & {c for c, _ in test}
     assert (small_root / "classes.txt").read_text().split() == synthetic.CLASS_NAMES
-    assert "66.7" in (small_root / "README.txt").read_text()
+    assert "66.7%" in (small_root / "README.txt").read_text()  # v2's audio ceiling
     assert (small_root / ".complete").is_file()
     clip = train[0][0]
     y, sr = librosa.load(small_root / "AudioWAV" / f"{clip}.wav", sr=None)
@@ -67,32 +69,58 @@ def test_generated_files_are_real(small_root):
         assert img.format == "JPEG" and img.size == (16, 16)
 
 
-def test_generation_is_deterministic(tmp_path, small_root):
-    again = synthetic.generate(tmp_path / "again", seed=0, **SMALL)
-    other = synthetic.generate(tmp_path / "other", seed=1, **SMALL)
-    for name in ("train.csv", "test.csv", "classes.txt"):
-        assert (again / name).read_bytes() == (small_root / name).read_bytes()
-    wavs = sorted(p.name for p in (small_root / "AudioWAV").iterdir())
-    assert wavs == sorted(p.name for p in (again / "AudioWAV").iterdir())
-    for name in wavs:
-        assert (again / "AudioWAV" / name).read_bytes() == (small_root / "AudioWAV" / name).read_bytes()
-    clip = wavs[0][:-4]
-    for f in ("frame_000.jpg", "frame_002.jpg"):
-        assert (again / "Frames" / clip / f).read_bytes() == (small_root / "Frames" / clip / f).read_bytes()
-    differing = [n for n in wavs if (other / "AudioWAV" / n).read_bytes() != (small_root / "AudioWAV" / n).read_bytes()]
-    assert len(differing) == len(wavs)
-    assert (other / "train.csv").read_bytes() != (small_root / "train.csv").read_bytes()
+def _digest(root: Path, suffixes: tuple[str, ...]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix in suffixes:
+            h.update(str(p.relative_to(root)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()
 
 
-def test_audio_groups_share_pitch_and_ceiling(tmp_path):
-    assert synthetic.audio_ceiling() == pytest.approx(4 / 6)
-    # classes 0 and 1 share an audio distribution; class 4 has its own pitch
-    def pitch(label: int, i: int) -> float:
-        y = synthetic._make_audio(np.random.default_rng([9, label, i]), synthetic.AUDIO_GROUP[label])
-        spectrum = np.abs(np.fft.rfft(y, 8000))
-        return float(np.argmax(spectrum[100:]) + 100)
-    f0, f1, f4 = pitch(0, 0), pitch(1, 1), pitch(4, 2)
-    assert abs(f0 - f1) < 0.07 * 260 and abs(f0 - 260) < 0.05 * 260 and abs(f4 - 585) < 0.05 * 585
+@pytest.mark.parametrize("version", sorted(synthetic.VERSIONS))
+def test_every_version_is_deterministic(tmp_path, version):
+    small = dict(SMALL, version=version, n_train_per_class=2, n_val_per_class=1, n_test_per_class=1, n_frames=2)
+    one = synthetic.generate(tmp_path / "one", seed=0, **small)
+    two = synthetic.generate(tmp_path / "two", seed=0, **small)
+    other = synthetic.generate(tmp_path / "other", seed=1, **small)
+    for suffixes in ((".wav", ".csv", ".txt"), (".jpg",)):  # jpg: the same for one Pillow version
+        assert _digest(one, suffixes) == _digest(two, suffixes)
+    assert _digest(one, (".wav",)) != _digest(other, (".wav",))
+    assert (one / ".complete").read_text() == f"{version} seed 0\n"
+
+
+def test_version_v2_still_writes_the_files_it_always_wrote(tmp_path):
+    """Recorded from the generator before versions existed (v2 was then the only one): the grids
+    in bench/data were trained on these bytes."""
+    root = synthetic.generate(tmp_path / "v2", seed=0, version="v2", n_train_per_class=3, n_test_per_class=2,
+                              image_size=16, n_frames=2)
+    assert _digest(root, (".wav", ".csv")) == "fceccc051ace6cbb0a43e453a341bb688cbf42c03283cc93824f47eef596f9fb"
+
+
+def test_v3_ships_a_validation_split_and_every_class_has_its_own_tone(tmp_path):
+    v3 = synthetic.VERSIONS["v3"]
+    assert len(set(v3.pitches)) == 6 and synthetic.audio_ceiling("v3") == pytest.approx(1 - v3.audio_swap)
+    assert synthetic.audio_ceiling("v2") == pytest.approx(4 / 6)
+    assert 6 * v3.n_val_per_class >= 711  # one standard error <= 1.5 points at 80 %
+    root = synthetic.generate(tmp_path / "v3", seed=0, version="v3", n_train_per_class=3, n_val_per_class=2,
+                              n_test_per_class=1, image_size=16, n_frames=2)
+    data = build_datasets(make_cfg(tmp_path, data_root=root, image_size=16))
+    assert (len(data.train), len(data.val), len(data.test)) == (18, 12, 6)
+    assert data.info["val_from"] == "split file"
+    assert data.modalities["audio"].shape == (1, 129, 63)  # v3's hop of 128 samples
+    with pytest.raises(DataError, match="unknown synthetic data version 'v9'"):
+        build_datasets(make_cfg(tmp_path, data_version="v9"))
+
+
+def test_v3_swaps_the_tone_of_its_share_of_clips():
+    rng = np.random.default_rng(0)
+    classes = [synthetic._tone_class(rng, 2, 0.15) for _ in range(4000)]
+    swapped = [c for c in classes if c != 2]
+    assert abs(len(swapped) / 4000 - 0.15) < 0.02
+    assert sorted(set(swapped)) == [0, 1, 3, 4, 5]  # uniformly among the other classes
 
 
 def test_ensure_synthetic_is_atomic_and_generates_once(tmp_path, monkeypatch):
@@ -100,7 +128,7 @@ def test_ensure_synthetic_is_atomic_and_generates_once(tmp_path, monkeypatch):
     calls = []
 
     def broken(root, seed=0, **kw):
-        real(root, seed=seed, n_train_per_class=1, n_test_per_class=1, image_size=8)
+        real(root, seed=seed, n_train_per_class=1, n_test_per_class=1, n_val_per_class=1, image_size=8)
         raise KeyboardInterrupt  # killed half way
 
     monkeypatch.setattr(synthetic, "generate", broken)
@@ -114,7 +142,7 @@ def test_ensure_synthetic_is_atomic_and_generates_once(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic, "generate", small)
     root = synthetic.ensure_synthetic(tmp_path, seed=3)
-    assert root == tmp_path / "synthetic" / "v2-seed3" and (root / ".complete").is_file()
+    assert root == tmp_path / "synthetic" / f"{synthetic.LATEST}-seed3" and (root / ".complete").is_file()
     assert synthetic.ensure_synthetic(tmp_path, seed=3) == root and calls == [3]
 
 
@@ -309,7 +337,7 @@ def test_build_synthetic_from_data_root(tmp_path, small_root):
 
 def test_build_synthetic_generates_into_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(synthetic, "generate", functools.partial(synthetic.generate, **SMALL))
-    data = build_datasets(make_cfg(tmp_path))
+    data = build_datasets(make_cfg(tmp_path, data_version="v2"))
     root = tmp_path / "cache" / "synthetic" / "v2-seed0"
     assert (root / ".complete").is_file() and data.info["root"] == str(root)
     assert data.info["spectrograms_computed"] == 36

@@ -348,16 +348,18 @@ def build_clip_splits(cfg, *, root: str | os.PathLike, class_names: Sequence[str
 
 def build_audio_visual_splits(cfg, root: str | os.PathLike, class_names: Sequence[str], params: SpectrogramParams,
                               source: str, train_csv: str = "train.csv", test_csv: str = "test.csv",
-                              audio_dir: str = "AudioWAV", frames_dir: str = "Frames") -> DataSplits:
+                              audio_dir: str = "AudioWAV", frames_dir: str = "Frames",
+                              val_csv: str | None = None) -> DataSplits:
     """DataSplits of a CREMA-D-style root (``train_csv`` / ``test_csv`` with rows ``clip,LABEL``,
-    ``<audio_dir>/<clip>.wav``, ``<frames_dir>/<clip>/``); validation carved out of train.
-    See :func:`build_clip_splits`."""
+    ``<audio_dir>/<clip>.wav``, ``<frames_dir>/<clip>/``); validation read from ``val_csv`` where
+    given, else carved out of train. See :func:`build_clip_splits`."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data root not found: {root}")
     train_rows = read_split_csv(root / train_csv, class_names)
     test_rows = read_split_csv(root / test_csv, class_names)
+    val_rows = read_split_csv(root / val_csv, class_names) if val_csv else None
     return build_clip_splits(cfg, root=root, class_names=class_names, params=params, source=source,
-                             train_rows=train_rows, test_rows=test_rows,
+                             train_rows=train_rows, test_rows=test_rows, val_rows=val_rows,
                              locate=in_folders(root / audio_dir, root / frames_dir),
-                             split_names=(train_csv, "carved from " + train_csv, test_csv))
+                             split_names=(train_csv, val_csv or "carved from " + train_csv, test_csv))
