@@ -34,7 +34,8 @@ TINY_STUDY_SPACE = {"search": {"beta": {"uniform": [0.1, 0.9]}, "alpha": {"logun
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory) -> dict:
     """``{"storage", "dir", "uri", "experiment_id", "parent_run_id", "out", "data", "cache"}`` of
-    a finished study named ``tiny`` (6 trials, at most 2 epochs, no scheduler stops)."""
+    a finished study named ``tiny`` (6 trials, at most 2 epochs, no scheduler stops, the full
+    report, the references of bmlr.tuning.references)."""
     import json
     import subprocess
     import sys
@@ -44,7 +45,7 @@ def finished_study(tmp_path_factory) -> dict:
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("finished-study")
-    data = generate(base / "data", seed=0, n_train_per_class=12, n_test_per_class=2, image_size=32, n_frames=2)
+    data = generate(base / "data", seed=0, n_train_per_class=12, n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
     space = base / "space.yaml"
     space.write_text(yaml.safe_dump(TINY_STUDY_SPACE, sort_keys=False))
     storage = base / "runs"
@@ -52,7 +53,7 @@ def finished_study(tmp_path_factory) -> dict:
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, str(PROJECT_ROOT / "tune.py"), "--data-root", str(data), "--search-space", str(space),
            "--storage", str(storage), "--set", f"cache_dir={base / 'cache'}", "--num-cpus", "2", "-v", "0",
-           "--samples", "6", "--max-epochs", "2", "--name", "tiny", "--seed", "3"]
+           "--samples", "6", "--max-epochs", "2", "--name", "tiny", "--seed", "3", "--references"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=base)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study_dir = storage / "synthetic" / "tiny"

@@ -103,6 +103,10 @@ def study_parser() -> argparse.ArgumentParser:
                    "at least 2)")
     g.add_argument("--stage1-alpha", type=float, help="staged: alpha of stage 1 (default: the search space's alpha "
                    "default, else 1.0)")
+    g.add_argument("--references", action=argparse.BooleanOptionalAction, default=None,
+                   help="after the search, train the method untuned (the search space's defaults) and the baseline "
+                   "at the winner's configuration once each, with a trial's seed and budget, and print the winner "
+                   "against them on the validation split (default: on for the embedded synthetic data, else off)")
     _report_options(g)
     return p
 
@@ -266,8 +270,10 @@ def study_main(argv: list[str]) -> int:
         check_study_options(args)
         check_storage(args.storage)
         search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
+        embedded = args.dataset == "synthetic" and not args.data_root  # the generated default data set
+        references = embedded if args.references is None else args.references
         settings = settings_from(StudySettings, args, search_space=search_space,
-                                 overrides=parse_overrides(args.overrides))
+                                 overrides=parse_overrides(args.overrides), references=references)
         run_kwargs = dict(resume=args.resume, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose,
                           top=args.top, report=args.report, baseline_study=args.baseline_study)
         kind = _resumed_kind(settings) if args.resume else None

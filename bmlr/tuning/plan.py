@@ -81,6 +81,9 @@ class StudySettings:
     # TPE's random start-up trials draw common random numbers (bmlr.tuning.crn_sampler): a key's
     # value in trial k depends on the seed, the key and k only; a comparison's rows set it
     crn: bool = False
+    # after the search, train the method untuned and the baseline counterpart once each and print
+    # the winner against them (bmlr.tuning.references); the command line turns it on for synthetic
+    references: bool = False
 
     def check(self) -> None:
         def need(ok: bool, message: str) -> None:

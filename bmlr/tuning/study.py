@@ -1,5 +1,6 @@
 """Run (or resume) one tuning study: checks, data cache, MLflow parent run, Ray Tune
-(Optuna TPE + ASHA, or a grid), then the trials table, `best.yaml`, a summary and the report.
+(Optuna TPE + ASHA, or a grid), then the trials table, `best.yaml`, a summary, the references
+(the method untuned and the baseline, :mod:`bmlr.tuning.references`) and the report.
 
 Study folder `<storage>/<dataset>/<name>/` (owned by :class:`bmlr.tuning.store.StudyStore`):
 
@@ -34,6 +35,7 @@ from bmlr.tuning.config_drift import config_drift, describe_drift
 from bmlr.tuning.confirm import confirm
 from bmlr.tuning.plan import Plan, StudyError, StudyOutcome, StudySettings, plan_study, resume_store
 from bmlr.tuning.ray_backend import METRIC, MODE, RayStartError, make_sampler, make_scheduler, make_searcher
+from bmlr.tuning.references import run_references
 from bmlr.tuning.results import Chooser, finish
 from bmlr.tuning.selection import choose_best
 from bmlr.tuning.search_space import SearchSpace, project_root
@@ -273,8 +275,11 @@ def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, to
             raise
         done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
         outcome = finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
-        if s.confirm and s.kind == "search" and not (outcome.interrupted or chooser or s.outer_run_id):
+        plain = s.kind == "search" and not (chooser or s.outer_run_id)
+        if s.confirm and plain and not outcome.interrupted:
             outcome = confirm(plan, outcome, verbose, log)
+        if s.references and plain and not outcome.interrupted:
+            run_references(plan, outcome, log)
         return outcome
 
 

@@ -1,0 +1,50 @@
+"""The end-of-study references (bmlr.tuning.references): the tuned winner against the method
+untuned and against the baseline, on the finished tiny study of conftest (run with --references)."""
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pytest
+
+from bmlr.tuning.references import difference_text
+from bmlr.tuning.report.baseline import CACHE_FILE
+from bmlr.tuning.store import StudyStore
+
+
+def test_difference_text_says_when_a_difference_is_noise():
+    assert difference_text(0.80, 0.01, 0.70, 0.01) == "+10.0 points (2 SE of the difference: 2.8)"
+    assert difference_text(0.80, 0.02, 0.78, 0.02).endswith("(2 SE of the difference: 5.7; within the noise)")
+    assert difference_text(0.5, None, 0.6, 0.01) == "-10.0 points"
+
+
+def test_the_summary_compares_the_winner_with_the_untuned_method_and_the_baseline(finished_study):
+    out, study = finished_study["out"], finished_study["dir"]
+    record = json.loads((study / "references.json").read_text())
+    refs = record["references"]
+    assert set(refs) == {"untuned", "baseline"}
+    untuned, baseline = refs["untuned"]["config"], refs["baseline"]["config"]
+    space = json.loads(json.dumps(StudyStore(study).read_info()))  # the study's own settings
+    seed = space["settings"]["seed"]
+    # the same seed, budget and thread count as a trial; untuned = the method at the space's defaults
+    assert untuned["seeds"] == baseline["seeds"] == [seed] and untuned["method"] == "bmlr"
+    assert baseline["method"] == "baseline" and len(refs["untuned"]["history"]) == record["max_epochs"] == 2
+    best = StudyStore(study).read_rows()
+    winner = next(r for r in best if str(r["trial_id"]) == str(record["winner"]["trial_id"]))
+    for key in ("lr", "fusion", "alpha", "beta"):  # the baseline reference is the winner's configuration
+        assert baseline[key] == pytest.approx(winner[f"param.{key}"]) if key != "fusion" else \
+            baseline[key] == winner[f"param.{key}"]
+    # each score is the study's rule on that run's validation history
+    for entry in refs.values():
+        accs = [h["val_acc"] for h in entry["history"]]
+        assert entry["score"] == pytest.approx(max(accs))
+    assert "tuned against untuned, on the same validation split" in out
+    assert f"untuned (bmlr with the search space's defaults" in out and "tuned - baseline = " in out
+    # the report reused the baseline reference as its counterpart instead of training it again
+    cached = json.loads((study / "report" / CACHE_FILE).read_text())
+    assert cached["history"] == refs["baseline"]["history"]
+    assert "training the baseline counterpart" not in out
+    # and the parent MLflow run holds the numbers
+    run = mlflow.MlflowClient(finished_study["uri"]).get_run(finished_study["parent_run_id"])
+    assert run.data.metrics["reference.untuned.score"] == pytest.approx(refs["untuned"]["score"])
+    assert run.data.tags["reference.baseline"].startswith("baseline at the winner's configuration")
