@@ -45,7 +45,8 @@ def finished_study(tmp_path_factory) -> dict:
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("finished-study")
-    data = generate(base / "data", seed=0, n_train_per_class=12, n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
+    data = generate(base / "data", seed=0, n_train_per_class=12,
+        n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
     space = base / "space.yaml"
     space.write_text(yaml.safe_dump(TINY_STUDY_SPACE, sort_keys=False))
     storage = base / "runs"

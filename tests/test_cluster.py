@@ -145,7 +145,8 @@ def test_study_runs_trials_on_both_nodes_of_a_two_node_cluster(two_node_cluster,
 
     from bmlr.data.synthetic import generate
 
-    data = generate(tmp_path / "data", seed=0, n_train_per_class=6, n_test_per_class=1, image_size=32, n_frames=2)
+    data = generate(tmp_path / "data", seed=0, n_train_per_class=6,
+        n_test_per_class=1, n_val_per_class=1, image_size=32, n_frames=2)
     space = tmp_path / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
     storage = tmp_path / "runs"

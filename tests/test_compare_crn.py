@@ -225,7 +225,8 @@ def two_seed_comparison(tmp_path_factory):
 
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     base = tmp_path_factory.mktemp("crn")
-    data = generate(base / "data", seed=0, n_train_per_class=12, n_test_per_class=2, image_size=32, n_frames=2)
+    data = generate(base / "data", seed=0, n_train_per_class=12,
+        n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
     space = base / "space.yaml"
     space.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
     settings = ComparisonSettings(dataset="synthetic", arms=[{"label": m, "method": m} for m in ("baseline", "bmlr")],

@@ -40,7 +40,8 @@ def tiny(tmp_path_factory):
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("faults_inputs")
-    data = generate(base / "data", seed=0, n_train_per_class=12, n_test_per_class=2, image_size=32, n_frames=2)
+    data = generate(base / "data", seed=0, n_train_per_class=12,
+        n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
     return {"base": base, "data": data, "cache": base / "cache"}
 
 

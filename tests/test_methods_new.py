@@ -296,7 +296,8 @@ def tiny(tmp_path_factory):
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("new_methods")
-    data = generate(base / "data", seed=0, n_train_per_class=8, n_test_per_class=2, image_size=32, n_frames=2)
+    data = generate(base / "data", seed=0, n_train_per_class=8,
+        n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
     return {"data_root": str(data), "cache_dir": str(base / "cache"), "image_size": 32, "frames": 2,
             "model_width": 4, "model_depth": 1, "batch_size": 16, "lr": 1e-3, "val_fraction": 0.25}
 

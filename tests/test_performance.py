@@ -31,7 +31,8 @@ def tiny_data(tmp_path_factory):
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("perf")
-    root = generate(base / "data", seed=0, n_train_per_class=6, n_test_per_class=1, image_size=32, n_frames=2)
+    root = generate(base / "data", seed=0, n_train_per_class=6,
+        n_test_per_class=1, n_val_per_class=1, image_size=32, n_frames=2)
     return {"data_root": str(root), "cache_dir": str(base / "cache")}
 
 

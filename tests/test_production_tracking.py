@@ -149,7 +149,8 @@ def test_an_unreachable_server_stops_before_training(tmp_path):
 def test_an_interrupted_run_ends_killed_with_the_finished_seeds(tmp_path):
     from bmlr.data.synthetic import generate
 
-    data = generate(tmp_path / "data", seed=0, n_train_per_class=12, n_test_per_class=2, image_size=32, n_frames=2)
+    data = generate(tmp_path / "data", seed=0, n_train_per_class=12,
+        n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     args = ["--tracking-uri", uri, "--experiment", "prod"] + [
         a for k, v in {**TINY, "data_root": str(data), "cache_dir": str(tmp_path / "cache"), "epochs": 1000,

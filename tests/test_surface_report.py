@@ -32,7 +32,8 @@ def tiny(tmp_path_factory):
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("surface")
-    data = generate(base / "data", seed=0, n_train_per_class=10, n_test_per_class=2, image_size=32, n_frames=2)
+    data = generate(base / "data", seed=0, n_train_per_class=10,
+        n_test_per_class=2, n_val_per_class=2, image_size=32, n_frames=2)
     space = base / "space.yaml"
     space.write_text(yaml.safe_dump(SPACE, sort_keys=False))
     return {"base": base, "data": data, "cache": base / "cache", "space": space, "storage": base / "runs"}

@@ -17,7 +17,8 @@ def tiny(tmp_path_factory):
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("train")
-    data = generate(base / "data", seed=0, n_train_per_class=12, n_test_per_class=4, image_size=32, n_frames=2)
+    data = generate(base / "data", seed=0, n_train_per_class=12,
+        n_test_per_class=4, n_val_per_class=4, image_size=32, n_frames=2)
     return {"base": base, "data": data, "cache": base / "cache"}
 
 
@@ -98,7 +99,7 @@ def test_baseline_shows_the_imbalance_on_synthetic_data(tmp_path_factory):
     from bmlr.data.synthetic import generate
 
     base = tmp_path_factory.mktemp("imbalance")
-    data = generate(base / "data", seed=0, n_train_per_class=40, n_test_per_class=4)
+    data = generate(base / "data", seed=0, n_train_per_class=40, n_test_per_class=4, n_val_per_class=4)
     cfg = from_dict({"data_root": str(data), "cache_dir": str(base / "cache"), "image_size": 32, "model_width": 8,
                      "model_depth": 1, "lr": 1e-3, "method": "baseline", "epochs": 4})
     trainer = Trainer(cfg, seed=0)
