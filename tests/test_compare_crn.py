@@ -208,6 +208,21 @@ def test_a_budget_of_start_up_trials_only_flags_every_row_and_ranks_none():
     assert "Ranking by mean test accuracy: bmlr (97.50) > baseline (97.00)." in lines
 
 
+def test_the_tables_state_each_rows_reading_of_an_ambiguous_method():
+    from bmlr.methods import METHODS
+    from bmlr.tuning.compare.tables import readings, render_markdown
+
+    rows = [_row("baseline", [0.99], [0.97]), _row("vanilla_reshape", [0.98], [0.96]),
+            {**_row("uni (non-target)", [0.98], [0.96]), "method": "uni_reshaping"}]
+    lines = readings(rows)
+    assert lines[0] == "" and len(lines) == 3  # baseline has no reading to state
+    assert lines[1] == f"- *vanilla_reshape* (our reading; docs/comparisons.md): {METHODS.get('vanilla_reshape').reading}."
+    assert lines[2].startswith("- *uni (non-target)* (our reading") and "`target_share: non_target`" in lines[2]
+    assert "`xi_d` is the literal reading" in render_markdown("t", rows, _settings(12, 1), "x")
+    ambiguous = {"vanilla_reshape", "uni_reshaping", "uni_distill", "udi", "aug", "pmr", "agm"}
+    assert {m for m in ambiguous if METHODS.get(m).reading} == ambiguous
+
+
 # ---------------------------------------------------------------------------------------------
 # end to end: a tuned comparison of two rows sharing lr and fusion, two study seeds each
 TINY_SPACE = {"search": {"beta": {"uniform": [0.1, 0.9], "default": 0.5},

@@ -132,6 +132,8 @@ class AGM(Method):
     """Fused CE through Shapley mono-modal responses whose gradients are scaled by k^u."""
 
     reads = ()
+    reading = ("`alpha_agm` 1.0 from the authors' config (their README shows 2.5); the optimizer's momentum and weight "
+               "decay of their runs are not published")
 
     @dataclass(frozen=True)
     class Args:

@@ -206,6 +206,8 @@ class AUG(Method):
     """Sustained boosting: the weaker modality gets extra classifier heads, each fitting the ensemble's residual."""
 
     reads = ()
+    reading = ("the boosting learners' hidden layers are trained (`train_learner_hidden: true`); the public code's "
+               "optimizer leaves them out")
 
     @dataclass(frozen=True)
     class Args:

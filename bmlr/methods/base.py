@@ -73,11 +73,16 @@ class Method:
     * ``reads``: which of ``METHOD_SPECIFIC_KEYS`` (Config ``alpha``, ``beta``) it reads; a
       method that does not say is taken to read them all;
     * ``Args``: a frozen dataclass of its ``method_args``, with defaults and checks
-      (:mod:`bmlr.methods.args`); ``self.args`` is the instance built from ``cfg.method_args``.
+      (:mod:`bmlr.methods.args`); ``self.args`` is the instance built from ``cfg.method_args``;
+    * ``reading``: where its paper or code is ambiguous, the reading trained by default and the
+      ``method_args`` that give the others (comparison tables print it under their rows).
     """
 
     reads: tuple[str, ...] = METHOD_SPECIFIC_KEYS
     Args: type = NoArgs
+    # where the method's source is ambiguous: the reading we train by default and the method_args
+    # that give the others (printed under comparison tables); empty where there is no choice
+    reading: str = ""
 
     def __init__(self, cfg) -> None:
         self.cfg = cfg

@@ -177,6 +177,8 @@ class UniDistill(LabelTargetMethod):
     """
     # the partner's plain softmax: no threshold, no temperature
     rule, targeted, reads = "distill", True, ()
+    reading = ("the target keeps the label at weight `label_weight` 0.5 beside the partner's softmax, with TPO "
+               "(`label_weight: 0`: the partner's prediction alone; `joint: true`: no TPO)")
 
     @dataclass(frozen=True)
     class Args(ReshapeArgs):
@@ -222,6 +224,8 @@ class VanillaReshape(LabelTargetMethod):
     With three modalities, the one without a partner keeps y in every reading.
     """
     rule, targeted, reads = "vanilla", True, ("alpha", "beta")
+    reading = ("equation 8 without its one-hot term is not a distribution; ours: d where xi > 0, else the label "
+               "(`target: d_else_label`; `xi_d` is the literal reading, `d` drops the fallback)")
 
     @dataclass(frozen=True)
     class Args(ReshapeArgs):
@@ -265,6 +269,8 @@ class UniReshaping(LabelTargetMethod):
     The default row is therefore "BMLR with d replaced by a uniform spread", not LFM.
     """
     rule, targeted, reads = "uniform", True, ("beta",)  # the uniform target needs no temperature
+    reading = ("LFM's uniform reshaping as BMLR with d replaced by xi / C on every class, gated by beta, with TPO "
+               "(`target_share: non_target`, `gate: none`, `tpo: false` give the other readings); not LFM itself")
 
     @dataclass(frozen=True)
     class Args(ReshapeArgs):

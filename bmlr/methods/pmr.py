@@ -175,6 +175,8 @@ class PMR(Method):
     """Multimodal CE, plus prototypical CE for the slow modality and an entropy bonus for the dominant one."""
 
     reads = ()
+    reading = ("the dominant modality's prototype-entropy bonus (`mu` 0.1 in the first 10 epochs) has no published value; "
+               "`alpha_pmr` and the prototype momentum follow the public code")
 
     @dataclass(frozen=True)
     class Args:

@@ -166,6 +166,8 @@ class UDI(Method):
     """Anchor modality first (phase 1), then the others guided by it through an unsupervised loss (phase 2)."""
 
     reads = ()
+    reading = ("the anchor is the modality with the higher running confidence (`anchor_by: confidence`; `order`: the "
+               "first modality) and its target is frozen at the switch; no published anchor rule")
 
     @dataclass(frozen=True)
     class Args:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import statistics
 
+from bmlr.methods import METHODS
 from bmlr.tuning.compare.settings import ComparisonSettings
 
 __all__ = ["modalities_of", "searches_of", "row_accuracy", "search_flags", "accuracy_table", "modality_table",
-           "fusion_table", "render_markdown", "FLAG_NOTES"]
+           "fusion_table", "readings", "render_markdown", "FLAG_NOTES"]
 
 # what each flag means, printed under the accuracy table where a row has it
 FLAG_NOTES = {
@@ -251,6 +252,16 @@ def _how(settings: ComparisonSettings, rows: list[dict]) -> str:
             f"then the best configuration of each search trained with every seed")
 
 
+def readings(rows: list[dict]) -> list[str]:
+    """One line per row whose method reads an ambiguous source one way (`Method.reading`)."""
+    lines = []
+    for r in rows:
+        method = METHODS.get(r["method"]) if r.get("method") in METHODS else None
+        if method is not None and method.reading:
+            lines.append(f"- *{r['label']}* (our reading; docs/comparisons.md): {method.reading}.")
+    return [""] + lines if lines else []
+
+
 def render_markdown(title: str, rows: list[dict], settings: ComparisonSettings, command: str,
                     notes: tuple[str, ...] = ()) -> str:
     """`comparison.md`: how the rows were trained, the command, the tables, the flags, the ranking."""
@@ -270,6 +281,7 @@ def render_markdown(title: str, rows: list[dict], settings: ComparisonSettings, 
         parts += ["The per-modality table shows each row's first study seed's winner.", ""]
     parts += [modality_table(rows, reference), ""]
     parts += _ranking(rows, flags)
+    parts += readings(rows)
     failed = [r["label"] for r in rows if not row_accuracy(r)]
     if failed:
         parts.append(f"No result for: {', '.join(failed)} (see the log of each).")
