@@ -34,7 +34,7 @@ TINY_STUDY_SPACE = {"search": {"beta": {"uniform": [0.1, 0.9]}, "alpha": {"logun
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory) -> dict:
     """``{"storage", "dir", "uri", "experiment_id", "parent_run_id", "out", "data", "cache"}`` of
-    a finished study named ``tiny`` (6 trials, at most 2 epochs, no scheduler stops, the full
+    a finished study named ``tiny`` (6 trials, at most 2 epochs, ASHA stops some after 1, the full
     report, the references of bmlr.tuning.references)."""
     import json
     import subprocess

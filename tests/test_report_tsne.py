@@ -1,6 +1,7 @@
-"""The report's t-SNE figures (the paper's Figures 1 and 3b-d): drawn from the retrained best
-model of a real finished study, said why where they cannot be, and the label distributions
-they embed checked by hand."""
+"""The report's t-SNE figures (the paper's Figures 1 and 3b-d): drawn from the best trial's own
+model (the validation sample a trial saves when it trains to its end) or, where it saved none,
+the retrained best model of a real finished study; said why where they cannot be; and the
+label distributions they embed checked by hand."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ from bmlr.tuning.report import write_report
 from bmlr.tuning.report.best_model import CACHE_FILE
 from bmlr.tuning.report.tsne import embed, perplexity_for
 from bmlr.tuning.report.tsne_labels import label_distributions, shown_classes
+from bmlr.tuning.store import StudyStore
 
 FEATURES = "## Feature space, t-SNE (the paper's Figure 1)"
 LABELS = "## Label space, t-SNE: uniform vs BMLR vs per-sample (the paper's Figure 3b-d)"
@@ -51,16 +53,27 @@ def test_the_end_of_study_report_has_both_tsne_figures(finished_study):
     n_val = info["data"]["sizes"]["val"]
     for u in info["data"]["modalities"]:
         assert f"| {u} | " in labels and f" / {n_val} |" in labels
-    assert (out / CACHE_FILE).is_file()
+    # every trial that trained all its epochs saved its best epoch's sample (one ASHA stopped did
+    # not), and the report drew the winner's own instead of retraining it
+    rows = {str(r["trial_id"]): r for r in StudyStore(finished_study["dir"]).read_rows()}
+    assert {r["status"] for r in rows.values()} >= {"completed"}
+    for trial_id, row in rows.items():
+        path = finished_study["dir"] / "trials" / f"trial_{trial_id}" / "val_sample.pt"
+        assert path.is_file() == (row["status"] == "completed")
+        if path.is_file():
+            saved = torch.load(path, weights_only=True)
+            assert saved["val_acc"] == pytest.approx(row["best_val_acc"]) and saved["n_val"] == n_val
+    assert "(the trial's own model) at its best validation epoch" in features and not (out / CACHE_FILE).exists()
 
 
 def test_fast_report_reuses_the_model_or_says_why(finished_study, tmp_path):
     study = _copy(finished_study, tmp_path)
-    # a fast report reads the cached sample of the retrained model: both figures again
+    # a fast report reads the winner's saved sample: both figures again
     write_report(study, train_baseline=False, mlflow=False, log=lambda _: None)
     assert _is_png(study / "report" / "tsne_features.png") and _is_png(study / "report" / "tsne_labels.png")
-    # without the cache a fast report trains nothing: both sections say why, no figure
-    (study / "report" / CACHE_FILE).unlink()
+    # without it (a winner stopped early) a fast report trains nothing: both sections say why, no figure
+    for path in (study / "trials").glob("trial_*/val_sample.pt"):
+        path.unlink()
     write_report(study, train_baseline=False, mlflow=False, log=lambda _: None)
     md = (study / "report" / "report.md").read_text()
     for heading in (FEATURES, LABELS):

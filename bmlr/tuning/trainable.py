@@ -38,6 +38,7 @@ from bmlr.fileio import atomic_path, atomic_write_text
 from bmlr.tuning.ray_backend import METRIC
 from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, parse_score
 from bmlr.tuning.store import history_path, write_history
+from bmlr.tuning.val_sample import save_val_sample, val_sample_path
 
 
 def report_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -104,7 +105,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     schedule must not run past its end). With `extras_dir`, the trial's whole history is kept
     in `<extras_dir>/trial_<id>/history.json` (written before each report) and the validation
     top-3 counts of the best epoch so far in `<extras_dir>/trial_<id>/val_top3.json` (for the
-    study report's Figure 4). Each report carries :data:`METRIC`, the trial's ``score`` (a
+    study report's Figure 4), and a trial that trains to its end saves its best epoch's view of a
+    validation sample (`val_sample.pt`, :mod:`bmlr.tuning.val_sample`). Each report carries :data:`METRIC`, the trial's ``score`` (a
     :mod:`bmlr.tuning.scores` rule) over the epochs trained so far."""
     import torch
     from ray import tune
@@ -129,6 +131,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
         reported[METRIC] = rule.value(accs)
         if extras_dir and trainer.best_epoch == trainer.epoch:  # before the report: ASHA may stop us there
             save_val_top3(trainer, val_top3_path(extras_dir, trial_id))
+        if extras_dir and trainer.epoch == budget:  # the last epoch (its report ends the trial): for the report
+            save_val_sample(trainer, val_sample_path(extras_dir, trial_id))
         if extras_dir:  # every epoch, restored ones included: Ray's result.json starts at the restore
             write_history(history_path(extras_dir, trial_id), [{**report_metrics(m), METRIC: rule.value(accs[:i])}
                                                                for i, m in enumerate(trainer.history, 1)])

@@ -1,9 +1,10 @@
-"""The best trial's model, retrained once for the report's t-SNE figures (the paper's
-Figures 1 and 3), and what it gives on a sample of validation clips.
+"""The best trial's model on a sample of validation clips, for the report's t-SNE figures (the
+paper's Figures 1 and 3): the trial's own (`trials/trial_<id>/val_sample.pt`, written by a trial
+that trains to its end, :mod:`bmlr.tuning.val_sample`), else the model retrained once.
 
 A trial keeps no weights: its Trainer state (`state/trial_<id>.pt`) is deleted when the trial
-ends, and the per-epoch records (`history.json`, `val_top3.json`) hold numbers, not features or
-logits. So the report trains `best.yaml`'s configuration again, with the trial's seed and for
+ends. Where the winner left no sample (it was stopped early, or the study predates the file), the
+report trains `best.yaml`'s configuration again, with the trial's seed and for
 as many epochs as a trial could train (the budget of the baseline counterpart,
 :func:`bmlr.tuning.report.baseline.counterpart_config`), takes the weights of its best
 validation epoch, and keeps for at most :data:`MAX_CLIPS` validation clips (a fixed random
@@ -28,12 +29,12 @@ from bmlr.config import Config, from_dict, load_config
 from bmlr.fileio import atomic_path
 from bmlr.tuning.report.baseline import counterpart_config
 from bmlr.tuning.report.study_view import Context
+from bmlr.tuning.store import TRIALS_DIR
+from bmlr.tuning.val_sample import MAX_CLIPS, described_sample, val_sample_path
 
 __all__ = ["CACHE_FILE", "MAX_CLIPS", "Unavailable", "ValidationSample", "best_model_sample"]
 
 CACHE_FILE = "best_model_val.pt"
-MAX_CLIPS = 1000  # t-SNE's cost grows with the square of the points; a sample shows the structure
-SAMPLE_SEED = 0
 
 
 class Unavailable(RuntimeError):
@@ -53,6 +54,7 @@ class ValidationSample:
     best_epoch: int
     val_acc: float                      # the retrained run's best validation accuracy
     n_val: int                          # validation clips in all
+    source: str = "retrained with the trial's seed"  # or "the trial's own model" (its val_sample.pt)
 
 
 def replay_config(ctx: Context) -> tuple[Config, int]:
@@ -70,26 +72,6 @@ def _cache_key(cfg: Config, budget: int) -> str:
     return json.dumps({**cfg.to_dict(), "max_epochs": budget, "max_clips": MAX_CLIPS}, sort_keys=True, default=str)
 
 
-@torch.no_grad()
-def _sample(trainer) -> dict[str, Any]:
-    """Features, fused features and unimodal logits of the sampled validation clips."""
-    model = trainer.model.eval()
-    labels, features, fused, unimodal = [], {}, [], {}
-    for inputs, y in trainer.loader("val"):
-        inputs, y = trainer.to_device(inputs, y)
-        z = model.encode(inputs)
-        fused.append(model.fusion.fused_features(z).float().cpu())
-        for u, logits in model.fusion.unimodal_logits(z).items():
-            unimodal.setdefault(u, []).append(logits.float().cpu())
-            features.setdefault(u, []).append(z[u].float().cpu())
-        labels.append(y.cpu())
-    n = sum(len(y) for y in labels)
-    keep = torch.randperm(n, generator=torch.Generator().manual_seed(SAMPLE_SEED))[:MAX_CLIPS].sort().values
-    return {"labels": torch.cat(labels)[keep], "fused": torch.cat(fused)[keep], "n_val": n,
-            "features": {u: torch.cat(v)[keep] for u, v in features.items()},
-            "unimodal": {u: torch.cat(v)[keep] for u, v in unimodal.items()}}
-
-
 def _train(cfg: Config, budget: int) -> dict[str, Any]:
     """Train `cfg` for `budget` epochs (validation only, at most 4 threads unless it sets its
     own), back to its best epoch, and sample the validation split."""
@@ -101,9 +83,7 @@ def _train(cfg: Config, budget: int) -> dict[str, Any]:
             torch.set_num_threads(max(1, min(4, threads_before)))
         trainer = Trainer(cfg, seed=cfg.seeds[0])
         trainer.fit(budget)
-        trainer.load_best()
-        return {**_sample(trainer), "class_names": list(trainer.data.class_names),
-                "best_epoch": trainer.best_epoch, "val_acc": float(trainer.best_val["acc"])}
+        return described_sample(trainer)
     finally:
         torch.set_num_threads(threads_before)
 
@@ -119,10 +99,23 @@ def _cached(path: Path, key: str, ctx: Context) -> dict[str, Any] | None:
     return data if data.get("key") == key else None
 
 
+def _trials_own(ctx: Context) -> dict[str, Any] | None:
+    path = val_sample_path(ctx.study.dir / TRIALS_DIR, ctx.best_id)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+    except Exception as err:  # a damaged file: retrain instead, and say so
+        ctx.log(f"report: {path} is unreadable ({type(err).__name__}: {err}); retraining the best model")
+        return None
+
+
 def best_model_sample(ctx: Context, train: bool) -> ValidationSample:
-    """The retrained best model on the validation sample, from the cache or (with `train`)
-    trained here; Unavailable says why where neither is possible."""
+    """The best trial's own model on the validation sample where it saved one, else the
+    retrained model from the cache or (with `train`) trained here; Unavailable says why where
+    none is possible."""
     cfg, budget = replay_config(ctx)
+    own = _trials_own(ctx)
+    if own is not None:
+        return _as_sample(own, cfg, "the trial's own model")
     key, path = _cache_key(cfg, budget), ctx.out / CACHE_FILE
     data = _cached(path, key, ctx)
     if data is None:
@@ -137,6 +130,10 @@ def best_model_sample(ctx: Context, train: bool) -> ValidationSample:
         ctx.out.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:  # a killed report never leaves half a cache
             torch.save(data, tmp)
+    return _as_sample(data, cfg, "retrained with the trial's seed")
+
+
+def _as_sample(data: dict[str, Any], cfg: Config, source: str) -> ValidationSample:
     return ValidationSample(data["labels"], data["features"], data["fused"], data["unimodal"],
                             list(data["class_names"]), cfg.to_dict(), int(data["best_epoch"]),
-                            float(data["val_acc"]), int(data["n_val"]))
+                            float(data["val_acc"]), int(data["n_val"]), source)

@@ -48,7 +48,7 @@ def add_tsne_features(page: Page, ctx: Context, sample: ValidationSample | Unava
     try:
         path = draw_features(sample, ctx.out / FIGURE,
                              f"{ctx.study.dataset}: validation features of trial {ctx.best_id}'s configuration "
-                             f"(retrained), {n} clips")
+                             f"({sample.source}), {n} clips")
     except ValueError as err:
         page.p(f"Not drawn: {err}.")
         return
@@ -56,7 +56,6 @@ def add_tsne_features(page: Page, ctx: Context, sample: ValidationSample | Unava
     page.p(f"{n} of {sample.n_val} validation clips (a fixed random sample), embedded by scikit-learn's t-SNE "
            f"(perplexity {perplexity_for(n):.3g}, random_state 0), one embedding per panel, coloured by true class. "
            f"The model is the best trial's configuration (`best.yaml`, fusion `{sample.config.get('fusion')}`) "
-           f"retrained with the trial's seed, at its best validation epoch ({sample.best_epoch}: "
-           f"{pct(sample.val_acc)}% validation accuracy; the trial: {pct(ctx.best.get('best_val_acc'))}%), "
-           f"since a study keeps no weights. Distinct clusters: a modality whose features map onto the classes "
+           f"({sample.source}) at its best validation epoch ({sample.best_epoch}: "
+           f"{pct(sample.val_acc)}% validation accuracy; the trial: {pct(ctx.best.get('best_val_acc'))}%). Distinct clusters: a modality whose features map onto the classes "
            f"easily; mixed colours: one the one-hot label space is hard to reach from.")

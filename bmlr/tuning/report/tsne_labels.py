@@ -1,6 +1,6 @@
 """Section: t-SNE of label distributions on validation clips (the paper's Figure 3b-d).
 
-For the retrained best model's unimodal logits on a sample of validation clips, each
+For the best model's unimodal logits on a sample of validation clips, each
 modality's target is built three ways by `bmlr.reshaping.compute_reshaping` (its public rules,
 the study's alpha and beta):
 
@@ -114,7 +114,7 @@ def add_tsne_labels(page: Page, ctx: Context, sample: ValidationSample | Unavail
     page.img(path, "t-SNE of uniform, BMLR and per-sample label distributions")
     page.p(f"{shown} validation clips of the {SHOWN_CLASSES} most frequent classes in a sample of {len(sample.labels)} "
            f"(t-SNE perplexity {perplexity_for(3 * shown):.3g}, random_state 0; a row's panels embedded together). "
-           f"Targets from the retrained best model's unimodal logits at its best epoch, by "
+           f"Targets from the best model's unimodal logits at its best epoch ({sample.source}), by "
            f"`bmlr.reshaping.compute_reshaping`: uniform `xi/C + (1 - xi) y`; BMLR `xi d + (1 - xi) y`; per-sample "
            f"the partner modality's prediction `softmax(z^w)`. Clips with xi = 0 keep their one-hot label under "
            f"uniform and BMLR (one point per class). On validation, after training, fewer clips are reshaped than "
