@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-EPOCHS = 12  # the gap grows with the epochs (README: 20 epochs, 3 seeds); 12 keeps the test short
-MIN_GAP = 0.05  # measured ~0.12 at 12 epochs; 0.05 is twice the standard error of a difference of two
-# accuracies on the 360 test clips here, so a default without under-optimization fails
+EPOCHS = 12  # the gap grows with the epochs (README: 10.5 points at 20, 3 seeds); 12 keeps the test short
+# measured here (seed 0, CPU): visual probe 65.3 % alone, 59.2 % joint, a gap of 6.1 points on the 360
+# test clips; a default without under-optimization (v2: the encoder alone was no better) has a gap
+# near or below 0, so 3 points (about one standard error of the difference) tells the two apart
+MIN_GAP = 0.03
 
 
 @pytest.fixture(scope="module")
