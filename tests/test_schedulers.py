@@ -2,11 +2,16 @@
 how well ASHA's rung epochs ranked the trials (bmlr.tuning.rung_check)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
 
 from bmlr.tuning.ray_backend import hyperband_brackets, make_scheduler
 from bmlr.tuning.rung_check import rank_agreement, rung_epochs, rung_warning
-from bmlr.tuning.search_space import SearchSpaceError, parse_search_space
+from bmlr.tuning.search_space import SearchSpaceError, load_search_space, parse_search_space
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_hyperband_runs_every_bracket_and_none_trains_every_trial_to_the_end():
@@ -106,3 +111,26 @@ def test_grace_period_in_the_search_space():
     assert resolved(None, plain, 20) == DEFAULT_GRACE_PERIOD == 1
     with pytest.raises(StudyError, match="--grace-period 5 exceeds the 4 epochs"):
         resolved(5, space, 4)
+
+
+def test_a_trials_budget_in_the_search_space(tmp_path):
+    """`max_epochs:` is a trial's budget (ASHA's max_t) where --max-epochs says none: parsed and
+    checked, carried into every view of the space and the written copy; the production epochs
+    (`fixed.epochs`, what best.yaml trains) stay as they are. The shipped synthetic space uses it."""
+    from bmlr.tuning.plan import StudySettings, plan_study
+
+    space = parse_search_space({**SPACE, "max_epochs": 4}, source="s.yaml")
+    assert space.max_epochs == 4 and space.for_method("bmlr").max_epochs == 4
+    assert space.with_fixed({"alpha": 1.0}).max_epochs == 4 and "max_epochs: 4" in space.to_yaml()
+    assert parse_search_space(yaml.safe_load(space.to_yaml()), source="again").max_epochs == 4
+    for bad in (0, 2.5, "3", True):
+        with pytest.raises(SearchSpaceError, match=r"s.yaml: max_epochs: expected a whole number"):
+            parse_search_space({**SPACE, "max_epochs": bad}, source="s.yaml")
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump({**SPACE, "max_epochs": 4, "fixed": {**SPACE.get("fixed", {}), "epochs": 6}}))
+    for cli, expected in ((None, 4), (5, 5)):
+        plan = plan_study(StudySettings(search_space=str(path), storage=str(tmp_path / "runs"), max_epochs=cli,
+                                        name=f"b{cli}"), lock=False)
+        assert plan.max_epochs == expected and plan.production.epochs == 6
+    shipped = load_search_space(ROOT / "search_spaces" / "synthetic.yaml")
+    assert shipped.max_epochs is not None and shipped.max_epochs < shipped.fixed["epochs"]

@@ -51,7 +51,7 @@ class StudySettings:
     data_root: str | None = None
     method: str | None = None  # None: the search space's fixed method, else "bmlr"
     samples: int = 16
-    max_epochs: int | None = None  # None: the search space's fixed epochs
+    max_epochs: int | None = None  # None: the search space's `max_epochs:`, else its fixed epochs
     grace_period: int | None = None  # None: the search space's `grace_period:`, else DEFAULT_GRACE_PERIOD
     reduction_factor: int = 3
     concurrent: int | None = None  # None: as many as the resources allow
@@ -196,7 +196,7 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
                 settings.search_space = str(abs_path(settings.search_space))
         _check_data_root(settings)
         flat, production = _resolve(settings, source)
-        max_epochs = settings.max_epochs or production.epochs
+        max_epochs = settings.max_epochs or source.max_epochs or production.epochs
         resolve_grace(settings, source, max_epochs)
         if not production.threads:  # the thread count the trial runs with, recorded: numbers depend on it
             production.threads = max(1, int(settings.cpus_per_trial))

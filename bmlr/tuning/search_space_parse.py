@@ -20,7 +20,7 @@ from bmlr.tuning.search_space_types import (KINDS, METHOD_ARGS, NOT_SEARCHABLE, 
 
 __all__ = ["SECTIONS", "METHOD_SECTIONS", "parse_search_space", "grid_space"]
 
-SECTIONS = ("search", "fixed", "methods", "score", "scheduler", "grace_period")
+SECTIONS = ("search", "fixed", "methods", "score", "scheduler", "grace_period", "max_epochs")
 METHOD_SECTIONS = ("search", "fixed")
 
 
@@ -274,8 +274,11 @@ def parse_search_space(data: Any, source: str = "<search space>", text: str = ""
     grace = data.get("grace_period")
     if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 1):
         raise SearchSpaceError(f"{source}: grace_period: expected a whole number of epochs >= 1, got {grace!r}")
+    budget = data.get("max_epochs")
+    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
+        raise SearchSpaceError(f"{source}: max_epochs: expected a whole number of epochs >= 1, got {budget!r}")
     return SearchSpace(params=params, fixed=all_fixed, source=source, text=text, methods=sections, score=score,
-                       scheduler=scheduler, grace_period=grace)
+                       scheduler=scheduler, grace_period=grace, max_epochs=budget)
 
 
 def grid_space(values: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], source: str,

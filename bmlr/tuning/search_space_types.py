@@ -110,6 +110,7 @@ class SearchSpace:
     score: str | None = None  # the trial score rule (`score:`, bmlr.tuning.scores); None: the default
     scheduler: str | None = None  # `scheduler:` asha | hyperband | none; None: the default (asha)
     grace_period: int | None = None  # `grace_period:` ASHA's, in epochs; None: the default (plan.py)
+    max_epochs: int | None = None  # `max_epochs:` a trial's budget (ASHA's max_t); None: the fixed epochs
 
     def optuna_space(self) -> dict:
         """`{key: optuna distribution}` in file order (OptunaSearch's `space`)."""
@@ -151,7 +152,8 @@ class SearchSpace:
         fixed["method"] = method
         dropped = tuple(k for k in self.params if k in ignored)
         flat = SearchSpace(params=params, fixed=fixed, source=f"{self.source} [method {method}]", dropped=dropped,
-                           score=self.score, scheduler=self.scheduler, grace_period=self.grace_period)
+                           score=self.score, scheduler=self.scheduler, grace_period=self.grace_period,
+                           max_epochs=self.max_epochs)
         # (a flat space with nothing to search still gives the untuned configuration; a study of it
         # is refused where it is built: bmlr.tuning.compare.arm_space)
         flat.text = flat.to_yaml(header=[f"The search space of method {method!r}, from {self.source}."]
@@ -172,7 +174,7 @@ class SearchSpace:
             raise SearchSpaceError(str(err)) from None
         out = SearchSpace(params=params, fixed=fixed, source=self.source, methods=dict(self.methods),
                           dropped=self.dropped, score=self.score, scheduler=self.scheduler,
-                          grace_period=self.grace_period)
+                          grace_period=self.grace_period, max_epochs=self.max_epochs)
         out.text = out.to_yaml(header=[f"From {self.source}, with {', '.join(f'{k}={v}' for k, v in values.items())}."])
         return out
 
@@ -216,6 +218,7 @@ class SearchSpace:
         lines = [f"# {line}" for line in (header or [])] + ([f"score: {self.score}"] if self.score else [])
         lines += [f"scheduler: {self.scheduler}"] if self.scheduler else []
         lines += [f"grace_period: {self.grace_period}"] if self.grace_period else []
+        lines += [f"max_epochs: {self.max_epochs}"] if self.max_epochs else []
         lines += block(self.params, self.fixed, "")
         if self.methods:
             lines.append("methods:")

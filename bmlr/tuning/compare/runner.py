@@ -392,7 +392,8 @@ class Comparison:
     def _describe(self) -> str:
         s = self.settings
         seeds = self.study_seeds()
-        budget = (f"{s.samples} trials per row, at most {s.max_epochs or 'the fixed'} epochs each (ASHA grace "
+        most = s.max_epochs or "the search space's"
+        budget = (f"{s.samples} trials per row, at most {most} epochs each (ASHA grace "
                   f"{s.grace_period or 'of the search space'}, reduction {s.reduction_factor}), "
                   f"{'seed ' + str(s.seed) if len(seeds) == 1 else f'{len(seeds)} searches per row, seeds {seeds}'}"
                   if s.tune else "untuned (search space defaults)")

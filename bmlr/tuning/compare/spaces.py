@@ -111,7 +111,8 @@ def protocol_space(space: SearchSpace, arm: Arm, overrides: dict[str, Any]) -> S
         return flat
     params, fixed, changed = _apply_protocol(flat, protocol, named)
     out = SearchSpace(params=params, fixed=fixed, source=f"{flat.source} + its authors' settings",
-                      dropped=flat.dropped, score=flat.score, scheduler=flat.scheduler)
+                      dropped=flat.dropped, score=flat.score, scheduler=flat.scheduler,
+                      grace_period=flat.grace_period, max_epochs=flat.max_epochs)
     out.text = out.to_yaml(header=[f"The search space of method {arm.method!r}, from {space.source}, with its "
                                    f"authors' training settings: {protocol.source}.",
                                    f"Changed: {'; '.join(changed) or 'nothing (every key named by the user)'}."])

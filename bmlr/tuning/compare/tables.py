@@ -247,7 +247,8 @@ def _how(settings: ComparisonSettings, rows: list[dict]) -> str:
            if rows and all(r.get("crn") for r in rows) else "")
     seeds = (f"TPE seed {settings.seed}" if n == 1 else
              f"{n} searches, TPE seeds {settings.seed}..{settings.seed + n - 1}")
-    return (f"each row tuned with {settings.samples} trials (ASHA: at most {settings.max_epochs or 'the fixed'} "
+    most = settings.max_epochs or "the search space's"
+    return (f"each row tuned with {settings.samples} trials (ASHA: at most {most} "
             f"epochs, grace {settings.grace_period or 'of the search space'}, reduction {settings.reduction_factor}; {seeds}{crn}), "
             f"then the best configuration of each search trained with every seed")
 
