@@ -29,6 +29,8 @@ def test_the_summary_compares_the_winner_with_the_untuned_method_and_the_baselin
     # the same seed, budget and thread count as a trial; untuned = the method at the space's defaults
     assert untuned["seeds"] == baseline["seeds"] == [seed] and untuned["method"] == "bmlr"
     assert baseline["method"] == "baseline" and len(refs["untuned"]["history"]) == record["max_epochs"] == 2
+    for key in ("cache_dir", "data_root", "model_width", "frames", "threads"):  # --set, --data-root, fixed part
+        assert untuned[key] == baseline[key] is not None
     best = StudyStore(study).read_rows()
     winner = next(r for r in best if str(r["trial_id"]) == str(record["winner"]["trial_id"]))
     for key in ("lr", "fusion", "alpha", "beta"):  # the baseline reference is the winner's configuration

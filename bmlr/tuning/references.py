@@ -41,10 +41,10 @@ def reference_configs(plan: Plan, best: dict[str, Any]) -> dict[str, tuple[dict[
     from bmlr.tuning.report.baseline import counterpart_config
     from bmlr.tuning.report.study_view import StudyView
 
-    trial = plan.trial_base
-    untuned = {**trial, **plan.space.untuned(), "seeds": trial["seeds"], "epochs": trial["epochs"], "name": None,
-               "threads": trial["threads"]}
-    defaults = ", ".join(f"{k} {p.default}" for k, p in plan.space.params.items() if p.default is not None)
+    # a trial's configuration (the fixed part, --set values, seed, threads) with each searched key's default
+    defaults_of = {k: p.default for k, p in plan.space.params.items() if p.default is not None}
+    untuned = {**plan.trial_base, **defaults_of}
+    defaults = ", ".join(f"{k} {v}" for k, v in defaults_of.items())
     defaults = defaults or "it gives none: the configuration's values"
     out = {"untuned": (untuned, f"{plan.settings.method} with the search space's defaults ({defaults})")}
     planned = counterpart_config(StudyView(plan.study_dir), best)
