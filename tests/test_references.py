@@ -41,7 +41,7 @@ def test_the_summary_compares_the_winner_with_the_untuned_method_and_the_baselin
         accs = [h["val_acc"] for h in entry["history"]]
         assert entry["score"] == pytest.approx(max(accs))
     assert "tuned against untuned, on the same validation split" in out
-    assert f"untuned (bmlr with the search space's defaults" in out and "tuned - baseline = " in out
+    assert "untuned (bmlr with the search space's defaults" in out and "tuned - baseline = " in out
     # the report reused the baseline reference as its counterpart instead of training it again
     cached = json.loads((study / "report" / CACHE_FILE).read_text())
     assert cached["history"] == refs["baseline"]["history"]
