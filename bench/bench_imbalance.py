@@ -48,7 +48,9 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+for _path in (ROOT, ROOT / "bench"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from bmlr.config import from_dict, load_config  # noqa: E402
 from bmlr.data import build_datasets  # noqa: E402
@@ -57,6 +59,7 @@ from bmlr.engine import Trainer  # noqa: E402
 from bmlr.tuning.compare.spaces import untuned_config  # noqa: E402
 from bmlr.tuning.recipes import Arm  # noqa: E402
 from bmlr.tuning.search_space import load_search_space  # noqa: E402
+from synthetic_ceiling import calibrated_log_posteriors  # noqa: E402  (bench/)
 
 METHODS = ("baseline", "uniform_baseline", "only_tpo", "bmlr", "ogm_ge", "dgl")
 KEYS = ("fused", "audio", "visual", "probe_audio", "probe_visual", "gap_visual", "oracle")
@@ -160,19 +163,12 @@ def probes(trained: Trained) -> dict[str, float]:
     return out
 
 
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
-
-
 def posteriors(trained: Trained) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated log posteriors of a single-modality model on test, at its best validation
     epoch: the logits divided by the temperature that minimises the validation NLL."""
     val, val_y = trained.logits["val"]
     test, test_y = trained.logits["test"]
-    temps = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
-    nll = [-log_softmax(val / t)[np.arange(len(val_y)), val_y].mean() for t in temps]
-    return log_softmax(test / temps[int(np.argmin(nll))]), test_y
+    return calibrated_log_posteriors(val, val_y, test, 0.05, 20.0), test_y
 
 
 def row_key(row: dict[str, Any]) -> tuple:

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from PIL import Image
+from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
@@ -57,17 +58,20 @@ def tone_class(path: Path, pitches: tuple[float, ...]) -> int:
     return int(np.argmin([abs(np.log(f0 / p)) for p in pitches]))
 
 
-def log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(1, keepdims=True)
-    return z - np.log(np.exp(z).sum(1, keepdims=True))
+def calibrated_log_posteriors(val: np.ndarray, val_y: np.ndarray, test: np.ndarray, low: float,
+                              high: float) -> np.ndarray:
+    """Log posteriors of the `test` logits divided by the temperature, among 121 spaced evenly in
+    log between `low` and `high`, that minimises the negative log-likelihood of `val` (temperature
+    scaling, fitted on validation); bench_imbalance.py calibrates its encoders with it too."""
+    temps = np.exp(np.linspace(np.log(low), np.log(high), 121))
+    nll = [-log_softmax(val / t, axis=1)[np.arange(len(val_y)), val_y].mean() for t in temps]
+    return log_softmax(test / temps[int(np.argmin(nll))], axis=1)
 
 
 def calibrated(clf, scaler, x_val, y_val, x_test) -> np.ndarray:
     """Test log posteriors of `clf` with the temperature that minimises the validation NLL."""
     val, test = clf.decision_function(scaler.transform(x_val)), clf.decision_function(scaler.transform(x_test))
-    temps = np.exp(np.linspace(np.log(0.01), np.log(10.0), 121))
-    nll = [-log_softmax(val / t)[np.arange(len(y_val)), y_val].mean() for t in temps]
-    return log_softmax(test / temps[int(np.argmin(nll))])
+    return calibrated_log_posteriors(val, y_val, test, 0.01, 10.0)
 
 
 def pairs_report(proba: np.ndarray, y_test: np.ndarray, classes: list[str]) -> None:

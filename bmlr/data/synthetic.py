@@ -73,7 +73,7 @@ from bmlr.data.synthetic_signals import SAMPLE_RATE, frames, tone
 from bmlr.data.types import DataError, DataSplits
 from bmlr.fileio import TMP_MARK, tmp_path_for
 
-__all__ = ["CLASS_NAMES", "AUDIO_GROUP", "SPECTROGRAM_PARAMS", "Version", "VERSIONS", "LATEST", "VERSION",
+__all__ = ["CLASS_NAMES", "AUDIO_GROUP", "SPECTROGRAM_PARAMS", "Version", "VERSIONS", "LATEST",
            "generate", "ensure_synthetic", "build_synthetic", "audio_ceiling"]
 
 CLASS_NAMES = ["a_horizontal", "a_vertical", "b_checker", "b_diamond", "c_rings", "d_spots"]
@@ -83,7 +83,6 @@ AUDIO_GROUP = (0, 0, 1, 1, 2, 3)
 GROUP_F0 = (260.0, 390.0, 585.0, 880.0)
 #: v3: one pitch per class, a third of an octave apart
 CLASS_F0 = (250.0, 315.0, 397.0, 500.0, 630.0, 794.0)
-SPECTROGRAM_PARAMS = SpectrogramParams(sample_rate=SAMPLE_RATE, duration_s=1.0, n_fft=256, hop_length=64)  # v1, v2
 JPEG_QUALITY = 90
 
 
@@ -123,8 +122,8 @@ VERSIONS = {
                   "both modalities name every class: a fast audio with a lower ceiling, slow frames "
                   "with a higher one; a large validation split", hop_length=128),
 }
-LATEST = "v3"
-VERSION = LATEST  # the version a run without `data_version` generates
+LATEST = "v3"  # the version a run without `data_version` generates
+SPECTROGRAM_PARAMS = VERSIONS["v2"].spectrogram  # v1's and v2's (v3: VERSIONS["v3"].spectrogram)
 
 
 def audio_ceiling(version: str = LATEST) -> float:

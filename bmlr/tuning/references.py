@@ -55,24 +55,19 @@ def reference_configs(plan: Plan, best: dict[str, Any]) -> dict[str, tuple[dict[
 
 def _share_with_report(plan: Plan, config: dict[str, Any], history: History, seconds: float) -> None:
     """The baseline reference is the report's baseline counterpart: cached where the report
-    looks for it (`report/baseline_counterpart.json`), so that the report does not train it again."""
-    from bmlr.tuning.report.baseline import CACHE_FILE
+    looks for it, so that the report does not train it again."""
+    from bmlr.tuning.report.baseline import write_counterpart
     from bmlr.tuning.report.study_view import REPORT_DIR
 
-    write_json(plan.study_dir / REPORT_DIR / CACHE_FILE,
-               {"config": {**config, "max_epochs": plan.max_epochs}, "history": history, "seconds": seconds})
-
-
-def _numbers(metrics: dict[str, Any]) -> dict[str, float | None]:
-    return {k: finite_or_none(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    write_counterpart(plan.study_dir / REPORT_DIR, config, plan.max_epochs, history, seconds)
 
 
 def _train(config: dict[str, Any], budget: int) -> History:
-    """One reference run (in a Ray worker): `budget` epochs, validation only."""
-    from bmlr.engine import Trainer
+    """One reference run (in a Ray worker): `budget` epochs, validation only, by the loop the
+    report trains its baseline counterpart with."""
+    from bmlr.tuning.report.baseline import train_history
 
-    cfg = from_dict(config, source="reference run")
-    return [_numbers(m) for m in Trainer(cfg, seed=cfg.seeds[0]).fit(budget)]
+    return train_history(from_dict(config, source="reference run"), budget)
 
 
 def train_references(configs: dict[str, dict[str, Any]], budget: int, cpus: float, gpus: float) -> dict[str, History]:
@@ -85,8 +80,8 @@ def train_references(configs: dict[str, dict[str, Any]], budget: int, cpus: floa
 
 
 def difference_text(a: float, a_se: float | None, b: float, b_se: float | None) -> str:
-    """``+4.2 points (noise: +-3.1)``: the difference and two standard errors of it; says when
-    the difference is inside that band."""
+    """``+4.2 points (2 SE of the difference: 3.1)``: the difference of two accuracies and two
+    standard errors of it, with "; within the noise" where the difference is inside that band."""
     diff = 100 * (a - b)
     if a_se is None or b_se is None:
         return f"{diff:+.1f} points"

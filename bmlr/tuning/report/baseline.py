@@ -15,7 +15,7 @@ from bmlr.config import Config, from_dict, load_config
 from bmlr.fileio import finite_or_none, read_json, write_json
 from bmlr.tuning.report.study_view import Log, StudyView
 
-__all__ = ["CACHE_FILE", "baseline_counterpart"]
+__all__ = ["CACHE_FILE", "baseline_counterpart", "counterpart_config", "train_history", "write_counterpart"]
 
 CACHE_FILE = "baseline_counterpart.json"
 
@@ -71,7 +71,7 @@ def _numbers(metrics: dict[str, Any]) -> dict[str, float | None]:
     return {k: finite_or_none(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def _train(cfg: Config, budget: int) -> History:
+def train_history(cfg: Config, budget: int) -> History:
     """Train `cfg` from scratch for `budget` epochs (validation only), on at most 4 threads
     unless it sets its own."""
     import torch
@@ -104,6 +104,13 @@ def baseline_counterpart(study: StudyView, best: dict[str, Any], out_dir: Path,
     log(f"report: training the baseline counterpart of trial {best['trial_id']} for the learning curves "
         f"(method baseline, {budget} of {cfg.epochs} epochs, seed {cfg.seeds[0]}; --report fast or --fast skips it)")
     start = time.time()
-    history = _train(cfg, budget)
-    write_json(cache, {"config": wanted, "history": history, "seconds": time.time() - start})
+    history = train_history(cfg, budget)
+    write_counterpart(out_dir, cfg.to_dict(), budget, history, time.time() - start)
     return history, wanted
+
+
+def write_counterpart(out_dir: Path, config: dict[str, Any], budget: int, history: History, seconds: float) -> None:
+    """Cache a counterpart trained with `config` for `budget` epochs where the report reads it
+    (also how the study's baseline reference, bmlr.tuning.references, hands its run over)."""
+    write_json(out_dir / CACHE_FILE, {"config": {**config, "max_epochs": budget}, "history": history,
+                                      "seconds": seconds})
