@@ -61,8 +61,8 @@ def add_asha_options(group) -> None:
     group.add_argument("--max-epochs", type=int, help="epochs a trial trains at most (ASHA's max_t; default: the "
                        "search space's fixed epochs). The exported YAML keeps the full fixed epochs")
     group.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial can be stopped (default: the "
-                       "search space's `grace_period:`, else 1; the embedded synthetic and AV-MNIST spaces say 3, "
-                       "measured in docs/performance.md)")
+                       "search space's `grace_period:`, else 1; the embedded synthetic space says 3, measured in "
+                       "docs/performance.md)")
     group.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/factor of trials per rung")
     group.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
     group.add_argument("--score", help=f"a trial's score, which Optuna, ASHA's rungs, the trials table and the "
