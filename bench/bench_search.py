@@ -6,7 +6,8 @@ Three phases, each reusing what the one before wrote to `--out`:
 1. **grid** (real training): every point of the grid
    alpha {0.5, 1, 2} x beta {0.1, 0.3, 0.5, 0.7} x lr {1e-3, 3e-3} x fusion {concat, sum}
    (48 configurations) trained for `--epochs` epochs with the study seed on the synthetic
-   default (the tiny model of `search_spaces/synthetic.yaml`), in `--workers` processes of one
+   data of version v2 (the default before issue 14; the tiny model of
+   `search_spaces/synthetic.yaml`), in `--workers` processes of one
    torch thread each, by `Trainer.fit` exactly as a study's trial trains (the schedule of the
    production epochs, `--epochs` of them). Every epoch's validation accuracy goes to
    `grid.jsonl` (resumable). `--dataset avmnist --grid-only` trains AV-MNIST's grid instead
@@ -14,6 +15,9 @@ Three phases, each reusing what the one before wrote to `--out`:
    {concat, sum}, 24 configurations) on the harder variant `configs/avmnist-hard.yaml` (540
    training clips, 10-pixel images, 2,160 validation clips), with `--data-root` (default
    ../shared/data); its replays are bench_winners.py's and bench_regret.py's.
+   `--dataset synthetic-v3 --grid-only` trains the grid of the synthetic default (data version
+   v3, its own 720-clip validation split; `GRIDS["synthetic-v3"]`, the same 24 points as
+   AV-MNIST's) for the search space's 20 production epochs.
 2. **replay** (no training): TPE + ASHA and random search run through the real Ray Tune
    machinery, built by the product's own factories (`bmlr.tuning.ray_backend`: OptunaSearch
    with TPESampler / RandomSampler, ASHAScheduler or FIFO), `--concurrent`

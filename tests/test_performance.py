@@ -191,6 +191,26 @@ def test_search_benchmark_avmnist_grid_settings():
     assert stop.value.code == 2
 
 
+def test_search_benchmark_synthetic_v3_grid_settings():
+    """The grid on the synthetic default: data version v3 (its own validation split, so
+    val_fraction is not part of the table's settings), the search space's 20 epochs; the v2 grid
+    keeps its version by name; v3 with --val-per-class is a usage error (exit 2)."""
+    bench = _bench("bench_search")
+    grid = bench.GRIDS["synthetic-v3"]
+    assert len(bench.grid_points(grid)) == 24
+    args = bench.parse_args(["--dataset", "synthetic-v3", "--grid-only", "--seed", "1"])
+    assert args.epochs == 20
+    assert bench.data_overrides(args)["data_version"] == "v3"
+    meta = bench.grid_meta(args, grid)
+    assert (meta["synthetic_version"], meta["val_fraction"], meta["seed"]) == ("v3", None, 1)
+    v2 = bench.parse_args(["--dataset", "synthetic", "--grid-only"])
+    assert bench.data_overrides(v2)["data_version"] == "v2"
+    assert bench.grid_meta(v2, bench.GRIDS["synthetic"])["val_fraction"] == 0.2
+    with pytest.raises(SystemExit) as stop:
+        bench.parse_args(["--dataset", "synthetic-v3", "--grid-only", "--val-per-class", "100"])
+    assert stop.value.code == 2
+
+
 def test_search_benchmark_signals_and_rank_agreement():
     bench = _bench("bench_search")
     row = {"val_acc": [0.5, 0.7, 0.6], "val_loss": [1.0, 0.8, 0.9], "val_acc_audio": [0.5, 0.6, 0.6],
