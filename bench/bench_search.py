@@ -456,7 +456,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="bench/results/search", help="folder for the grid table, curves and plot")
     p.add_argument("--dataset", choices=tuple(GRIDS), default="synthetic",
                    help="the grid's data: the synthetic data of version v2 (the recorded grids), the "
-                   "synthetic default (synthetic-v3), or AV-MNIST as configs/avmnist-hard.yaml trains it (grid phase only: its replays are bench_winners.py's and bench_regret.py's)")
+                   "synthetic default (synthetic-v3), or AV-MNIST as configs/avmnist-hard.yaml trains it "
+                   "(the last two: grid phase only; their replays are bench_winners.py's and bench_regret.py's)")
     p.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"),
                    help="AV-MNIST's data (fsdd/ and mnist/; docs/data.md)")
     p.add_argument("--epochs", type=int, help="epochs per grid configuration (= ASHA's max_t; default: the "
