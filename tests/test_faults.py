@@ -319,7 +319,7 @@ def test_soak_driver_killed_three_times(tiny, tmp_path):
     study_dir = storage / "synthetic" / "soak"
     uri = _uri(storage)
     rng = random.Random(int(os.environ.get("BMLR_SOAK_SEED", "12")))  # another seed: other kill moments
-    # 8 trials, so that work remains for the third kill: one attempt logs 4 to 8 epochs before its
+    # 8 trials, so that work remains for the third kill: one attempt logs 3 to 8 epochs before its
     # kill here, and a 6-trial study (about 14 epochs) could end before it on a faster machine
     argv = _argv(tiny, storage, "soak", "--samples", "8", "--max-epochs", "3", "--concurrent", "2")
     drivers, lingering, exits = [], [], []
