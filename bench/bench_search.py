@@ -85,6 +85,14 @@ def point_key(point: dict[str, Any], keys: tuple[str, ...] = GRID_KEYS) -> str:
     return "|".join(f"{k}={point[k]!r}" for k in keys)
 
 
+def own_validation(dataset: str) -> bool:
+    """Whether the synthetic data version of `dataset`'s grid writes its own validation split
+    (val.csv), so that `--val-fraction` and `--val-per-class` do not apply."""
+    from bmlr.data.synthetic import VERSIONS
+
+    return dataset in SYNTHETIC_VERSIONS and VERSIONS[SYNTHETIC_VERSIONS[dataset]].n_val_per_class > 0
+
+
 def data_overrides(args) -> dict[str, Any]:
     """Where the benchmark's data come from. With `--val-per-class` the synthetic generator writes
     more clips per class and the validation split takes the extra ones, so the training split keeps
@@ -214,8 +222,10 @@ def grid_meta(args, grid: dict[str, list[Any]]) -> dict[str, Any]:
                 "seed": args.seed, "grid": grid}
     meta = {"epochs": args.epochs, "seed": args.seed, "val_fraction": args.val_fraction, "grid": grid,
             "synthetic_version": SYNTHETIC_VERSIONS[args.dataset]}
-    if args.dataset != "synthetic":  # v3 validates on its own val.csv: val_fraction is unused
-        meta.update(dataset=args.dataset, val_fraction=None)
+    if args.dataset != "synthetic":
+        meta["dataset"] = args.dataset
+    if own_validation(args.dataset):  # validated on its own val.csv: val_fraction is unused
+        meta["val_fraction"] = None
     return meta
 
 
@@ -500,8 +510,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.dataset != "synthetic" and not args.grid_only:
         p.error(f"--dataset {args.dataset} trains the grid only (--grid-only); replay it with bench/bench_winners.py "
                 "or bench/bench_regret.py")
-    if args.dataset == "synthetic-v3" and args.val_per_class:
-        p.error("--val-per-class: data version v3 generates its own validation split (720 clips)")
+    if args.val_per_class and own_validation(args.dataset):
+        p.error(f"--val-per-class: data version {SYNTHETIC_VERSIONS[args.dataset]} generates its own "
+                "validation split (val.csv)")
     if args.dataset == "avmnist":
         from bmlr.config import load_config
 
