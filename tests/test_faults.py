@@ -338,14 +338,13 @@ def test_soak_driver_killed_three_times(tiny, tmp_path):
             time.sleep(rng.uniform(0.0, 1.0))  # trials training: kill mid-epoch, mid-report or mid-save
             if driver.poll() is None:
                 driver.send_signal(signal.SIGKILL)
-            exits.append(driver.wait(30))
+            exits.append((driver.wait(30), log))
             time.sleep(1.0)
             lingering.append(_own_processes(driver.pid))
     finally:
         for driver in drivers:
             _stop(driver)
-    ended = [(i, code, (tmp_path / f"driver{i}.log").read_text()[-2000:])
-             for i, code in enumerate(exits) if code != -signal.SIGKILL]
+    ended = [(code, log.read_text()[-2000:]) for code, log in exits if code != -signal.SIGKILL]
     assert not ended, ended  # each kill hit a running study (not one that had ended or failed)
     _check_records(uri, study_dir, 8)
     assert not (study_dir / LOCK_FILE).read_text()  # no holder recorded once the driver ended
