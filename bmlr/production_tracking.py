@@ -15,16 +15,22 @@ global active run): the store is the one named by `--tracking-uri`, else
 The store is checked before training (:func:`check_target`): a server that does not answer
 or a study's store that is gone fails fast. Once training runs, a store that refuses a later
 call is reported once and logging stops there: `results.json` and the checkpoints are the
-results, MLflow holds a copy.
+results, MLflow holds a copy. Ctrl-C (and SIGTERM, which `bmlr.train` routes to the Ctrl-C
+handler) is held while a call to the store runs and raised when it returns
+(:func:`interrupts_held`): an interrupt inside a SQLite transaction leaves the store locked, and
+the job's run could not then be ended KILLED.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -32,7 +38,8 @@ from bmlr.config import Config
 from bmlr.mlflow_store import (TrackingError, check_reachable, check_store, client_for,
                                get_or_create_experiment)
 
-__all__ = ["Target", "resolve_target", "check_target", "ProductionRun", "Untracked", "open_run"]
+__all__ = ["Target", "resolve_target", "check_target", "ProductionRun", "Untracked", "open_run",
+           "interrupts_held"]
 
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 SOURCE_TAGS = {"run_id": "source_run_id", "study": "source_study", "trial_id": "source_trial_id",
@@ -154,7 +161,8 @@ class ProductionRun:
         if self.stopped:
             return
         try:
-            fn(*args)
+            with interrupts_held():
+                fn(*args)
         except Exception as err:  # the store refused (server gone, disk full): say so, keep training
             self.stopped = True
             print(f"warning: MLflow logging stopped ({type(err).__name__}: {err}); run {self.run_id} at "
@@ -238,6 +246,33 @@ class Untracked:
 
     def end(self, results: dict[str, Any], results_path: Path | None, status: str) -> None:
         pass
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Within the block, a first Ctrl-C is held and handed to the Ctrl-C handler in place once
+    the block ends; a second one is handed on at once (a store that hangs can still be left).
+    Why: KeyboardInterrupt raised inside an MLflow call can stop a SQLite transaction halfway
+    and leave the database locked, so the calls that end the runs KILLED would fail. Off the
+    main thread, or where Ctrl-C has no Python handler, it does nothing."""
+    handler = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or not callable(handler):
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum, frame) -> None:
+        if held:
+            handler(signum, frame)
+        held.append(signum)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    if held:
+        handler(signal.SIGINT, None)
 
 
 def open_run(target: Target | None, cfg: Config, config_file: str | None = None) -> ProductionRun | Untracked:

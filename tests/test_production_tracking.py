@@ -16,7 +16,7 @@ import yaml
 from mlflow import MlflowClient
 
 from bmlr.config import ConfigError, from_dict, load_config
-from bmlr.production_tracking import resolve_target
+from bmlr.production_tracking import interrupts_held, resolve_target
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"image_size": 32, "frames": 2, "model_width": 4, "model_depth": 1, "batch_size": 16, "val_fraction": 0.3}
@@ -173,6 +173,26 @@ def test_an_interrupted_run_ends_killed_with_the_finished_seeds(tmp_path):
     assert not client.get_metric_history(seed.info.run_id, "test_acc")  # test never read
     [run_dir] = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "results.json").read_text())["complete"] is False
+
+
+def test_ctrl_c_inside_a_store_call_is_held_until_the_call_returns():
+    """A Ctrl-C (or a SIGTERM, which bmlr.train routes to it) that arrives inside a call to the
+    store is raised once the call has returned: raised inside a SQLite transaction it left the
+    store locked, and the job's run RUNNING after exit 130 (seen in CI). A second one is raised
+    at once, and the Ctrl-C handler is the one before the block afterwards."""
+    before = signal.getsignal(signal.SIGINT)
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("the call went on")
+    assert steps == ["the call went on"]
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+            steps.append("not reached")
+    assert steps == ["the call went on"] and signal.getsignal(signal.SIGINT) is before
 
 
 def test_a_studys_store_that_is_gone_stops_before_training(tmp_path, monkeypatch, capsys):
