@@ -179,20 +179,26 @@ def test_ctrl_c_inside_a_store_call_is_held_until_the_call_returns():
     """A Ctrl-C (or a SIGTERM, which bmlr.train routes to it) that arrives inside a call to the
     store is raised once the call has returned: raised inside a SQLite transaction it left the
     store locked, and the job's run RUNNING after exit 130 (seen in CI). A second one is raised
-    at once, and the Ctrl-C handler is the one before the block afterwards."""
-    before = signal.getsignal(signal.SIGINT)
-    steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            steps.append("the call went on")
-    assert steps == ["the call went on"]
-    with pytest.raises(KeyboardInterrupt):
-        with interrupts_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            os.kill(os.getpid(), signal.SIGINT)
-            steps.append("not reached")
-    assert steps == ["the call went on"] and signal.getsignal(signal.SIGINT) is before
+    at once, and the Ctrl-C handler is the one before the block afterwards. Python's own Ctrl-C
+    handler is installed for the test (what `python -m bmlr.train` runs with; a test before this
+    one in the same process may have left another, e.g. Ray's)."""
+    outer = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        steps = []
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("the call went on")
+        assert steps == ["the call went on"]
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_held():
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+                steps.append("not reached")
+        assert steps == ["the call went on"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, outer)
 
 
 def test_a_studys_store_that_is_gone_stops_before_training(tmp_path, monkeypatch, capsys):
