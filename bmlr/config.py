@@ -142,7 +142,10 @@ def _coerce(source: str, key: str, value: Any, default: Any) -> Any:
             value = [value]
         if not isinstance(value, (list, tuple)) or not value:
             raise _fail(source, key, value, "a non-empty list of integers")
-        return [_coerce_scalar(source, key, v, 0) for v in value]
+        seeds = [_coerce_scalar(source, key, v, 0) for v in value]
+        if any(not 0 <= seed < 2**32 for seed in seeds):  # NumPy's and Optuna's seeds: 0 .. 2**32 - 1
+            raise _fail(source, key, value, "integers from 0 to 2**32 - 1")
+        return seeds
     if key == "source":
         return _coerce_source(source, value)
     if key == "method_args":
@@ -240,7 +243,9 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     if not path.is_file():
         raise ConfigError(f"{path}: configuration file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file (not UTF-8); a configuration is a YAML text file") from None
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if data is None:  # an empty file (or comments only) would silently mean "all defaults"

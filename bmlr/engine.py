@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from bmlr.config import Config
+from bmlr.config import Config, ConfigError
 from bmlr.data import DataSplits, build_datasets
 from bmlr.methods import METHODS, StepResult
 from bmlr.metrics import classification_metrics
@@ -41,7 +41,8 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but CUDA is not available")
+        raise ConfigError(f"key 'device' has value {name!r}, but CUDA is not available on this machine; use "
+                          f"device: auto (CUDA where there is one) or cpu")
     return torch.device(name)
 
 
@@ -288,7 +289,7 @@ class Trainer:
             "best_val": self.best_val,
             "best_model_state": self.best_model_state,
             "history": self.history,
-            "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
+            "rng": {"python": random.getstate(), "numpy": numpy_rng_state(),
                     "torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
         }
@@ -306,10 +307,22 @@ class Trainer:
         self.history = state["history"]
         rng = state["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        set_numpy_rng_state(rng["numpy"])
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def numpy_rng_state() -> tuple:
+    """NumPy's global random state in plain types (a list, not an array), so that a state file
+    loads with ``torch.load(weights_only=True)``: restoring a trial unpickles no object."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, keys.tolist(), int(pos), int(has_gauss), float(cached)
+
+
+def set_numpy_rng_state(state: tuple) -> None:
+    name, keys, pos, has_gauss, cached = state
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:

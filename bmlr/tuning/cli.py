@@ -17,6 +17,7 @@ once in `bmlr.tuning.options`. See docs/tuning.md.
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from bmlr.tuning.compare.cli import main as compare_main
 from bmlr.tuning.export import ExportError, check_store, export_run
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_max_failures_option,
                                  add_ray_options, add_result_options, add_set_option, add_verbose_option,
-                                 command_parser, settings_from)
+                                 check_ray_options, command_parser, settings_from)
 from bmlr.tuning.ray_backend import RayStartError
 from bmlr.tuning.report import ReportError, write_report
 from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
@@ -199,6 +200,7 @@ def surface_main(argv: list[str]) -> int:
         return _from_trials(args)
     try:
         check_storage(args.storage)
+        check_ray_options(args)
         if args.resume:
             if not args.name:
                 raise StudyError("surface --resume needs the --name of the surface")
@@ -259,7 +261,7 @@ def export_main(argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     print(f"wrote {path} ({cfg.dataset}, method {cfg.method}, {cfg.epochs} epochs, seeds {cfg.seeds})\n"
-          f"train it: python -m bmlr.train --config {path}")
+          f"train it: python -m bmlr.train --config {shlex.quote(str(path))}")
     return 0
 
 
@@ -269,6 +271,7 @@ def study_main(argv: list[str]) -> int:
     try:
         check_study_options(args)
         check_storage(args.storage)
+        check_ray_options(args)
         search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
         embedded = args.dataset == "synthetic" and not args.data_root  # the generated default data set
         references = embedded if args.references is None else args.references

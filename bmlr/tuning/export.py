@@ -14,6 +14,7 @@ A study's parent run id exports the study's best trial. (`python -m bmlr.train -
 """
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,7 @@ def write_config(cfg: Config, path: str | Path, header: list[str] | None = None)
     path = abs_path(path)
     lines = [f"# {line}" for line in (header or [])]
     uri = (cfg.source or {}).get("tracking_uri")
-    lines.append(f"# Train it: python -m bmlr.train --config {path}"
+    lines.append(f"# Train it: python -m bmlr.train --config {shlex.quote(str(path))}"
                  + (f"  (logs to MLflow at {uri}; --no-mlflow: not logged)" if uri else ""))
     if path.is_dir():
         raise ExportError(f"{path} is a folder; give the YAML file to write")

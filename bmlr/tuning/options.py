@@ -6,8 +6,8 @@ composes the groups below and adds its own. :func:`settings_from` turns parsed o
 another settings object) into a settings dataclass field by field, so no command lists the
 fields again.
 
-This module imports nothing from `bmlr.tuning` but two leaves (the `--score` grammar, the scheduler names):
-the command modules import it.
+This module imports nothing from `bmlr.tuning` but the `--score` grammar, the scheduler names and
+the Ray checks that run before anything is created: the command modules import it.
 """
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from dataclasses import fields
 from typing import Any, TypeVar
 
 from bmlr.data import DATASETS
+from bmlr.tuning.ray_backend import CONNECT_TIMEOUT_S, check_address, check_local
 from bmlr.tuning.scores import SCORE_HELP
 from bmlr.tuning.search_space_types import SCHEDULERS
 
 __all__ = ["HelpFormatter", "command_parser", "add_data_options", "add_set_option", "add_asha_options",
-           "add_ray_options", "add_max_failures_option", "add_result_options", "add_verbose_option",
+           "add_ray_options", "check_ray_options", "add_max_failures_option", "add_result_options",
+           "add_verbose_option",
            "settings_from"]
 
 Settings = TypeVar("Settings")
@@ -94,6 +96,18 @@ def add_ray_options(group) -> None:
     group.add_argument("--address", help="an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: start a "
                        "local one")
     group.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    group.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS",
+                       help="how long to wait for the cluster at --address to answer before giving up")
+
+
+def check_ray_options(args: argparse.Namespace) -> None:
+    """Before anything is created: the cluster at ``--address`` answers (within
+    ``--connect-timeout``), or the local Ray instance can run a trial (``--num-cpus``,
+    ``--cpus-per-trial``, ``--gpus-per-trial``). RayStartError otherwise."""
+    if args.address:
+        check_address(args.address, args.connect_timeout)
+    else:
+        check_local(args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)
 
 
 def add_result_options(group, storage_help: str, name_help: str, resume_help: str) -> None:

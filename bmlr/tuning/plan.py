@@ -25,7 +25,7 @@ from bmlr.tuning import tracking
 from bmlr.tuning.ray_backend import SCHEDULERS
 from bmlr.tuning.scores import ScoreError, ScoreRule, parse_score
 from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
-from bmlr.tuning.store import StoreError, StudyLock, StudyStore, find_study
+from bmlr.tuning.store import StoreError, StudyLock, StudyStore, check_name, find_study, study_folder
 
 __all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "resume_store", "plan_study"]
 
@@ -98,6 +98,8 @@ class StudySettings:
         need(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
         need(self.gpus_per_trial is None or self.gpus_per_trial >= 0,
              f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        need(0 <= self.seed < 2**32, f"--seed must be from 0 to 2**32 - 1 (NumPy's and Optuna's seeds), got "
+                                     f"{self.seed}")
         need(self.max_failures >= 0, f"--max-failures must be >= 0, got {self.max_failures}")
         need(self.confirm == 0 or self.confirm >= 2, f"--confirm must be 0 (none) or >= 2 configurations, got "
                                                      f"{self.confirm}")
@@ -105,6 +107,12 @@ class StudySettings:
              f"--scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         need(self.confirm_seeds >= 1, f"--confirm-seeds must be >= 1, got {self.confirm_seeds}")
         need(self.kind in ("search", "surface"), f"unknown study kind {self.kind!r}")
+        try:
+            check_name(self.dataset, "--dataset")
+            if self.name is not None:
+                check_name(self.name)
+        except StoreError as err:
+            raise StudyError(str(err)) from None
         try:
             parse_score(self.score) if self.score is not None else None
         except ScoreError as err:
@@ -131,7 +139,7 @@ class Plan:
     trial_base: dict[str, Any]
     max_epochs: int
     tracking_uri: str
-    experiment_id: str
+    experiment_id: str | None  # None until open_experiment() (a new study: once its data are ready)
     parent_run_id: str | None = None
     resumed: bool = False
     lock: StudyLock | None = None  # the study folder's driver lock, held until release()
@@ -139,6 +147,16 @@ class Plan:
     @property
     def store(self) -> StudyStore:
         return StudyStore(self.study_dir)
+
+    def open_experiment(self) -> str:
+        """The study's MLflow experiment, created where new. A new study opens it only once its
+        data are ready, so that a data error leaves no experiment (nor a new store) behind."""
+        if self.experiment_id is None:
+            try:
+                self.experiment_id = tracking.get_or_create_experiment(self.tracking_uri, self.settings.experiment)
+            except tracking.TrackingError as err:
+                raise StudyError(str(err)) from None
+        return self.experiment_id
 
     def release(self) -> None:
         """Let another driver run (or resume) the study."""
@@ -196,6 +214,7 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
                 settings.search_space = str(abs_path(settings.search_space))
         _check_data_root(settings)
         flat, production = _resolve(settings, source)
+        _check_device(settings, production)
         max_epochs = settings.max_epochs or source.max_epochs or production.epochs
         resolve_grace(settings, source, max_epochs)
         if not production.threads:  # the thread count the trial runs with, recorded: numbers depend on it
@@ -204,12 +223,14 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
         trial_base = {**production.to_dict(), "seeds": [settings.seed], "name": None, "source": None}
         settings.name = settings.name or f"{settings.method}-{timestamp()}"
         if not resume:
-            study_dir = abs_path(settings.folder) if settings.folder else storage / settings.dataset / settings.name
+            study_dir = abs_path(settings.folder) if settings.folder else study_folder(storage, settings.dataset,
+                                                                                        settings.name)
             held = StudyStore(study_dir).lock() if lock else None
             if StudyStore(study_dir).exists():  # under the lock: a second driver cannot pass it too
                 raise StudyError(f"study {study_dir} exists; continue it with --resume --name {settings.name} "
                                  f"or choose another --name")
-        uri, experiment_id = _tracking(settings, storage)
+            StudyStore(study_dir).check_unclaimed()  # a folder that is not a study's is never written
+        uri, experiment_id = _tracking(settings, storage, open_experiment=resume)
         plan = Plan(settings=settings, study_dir=study_dir, space=flat, source_space=source, production=production,
                     trial_base=trial_base, max_epochs=max_epochs, tracking_uri=uri, experiment_id=experiment_id,
                     parent_run_id=parent_run_id, resumed=resume, lock=held)
@@ -278,6 +299,20 @@ def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, 
     return flat, production
 
 
+def _check_device(settings: StudySettings, production: Config) -> None:
+    """A CUDA device where trials get no GPU would fail every trial: StudyError before anything
+    is created. Without --gpus-per-trial, a driver with no CUDA is taken to mean a cluster without
+    GPUs (a GPU cluster driven from a CPU machine: pass --gpus-per-trial)."""
+    import torch
+
+    if not production.device.startswith("cuda"):
+        return
+    if settings.gpus_per_trial == 0 or (settings.gpus_per_trial is None and not torch.cuda.is_available()):
+        why = "--gpus-per-trial 0" if settings.gpus_per_trial == 0 else "no CUDA here"
+        raise StudyError(f"device {production.device!r} (--set device, or the search space's fixed.device), but the "
+                         f"trials get no GPU ({why}); use device auto or cpu, or pass --gpus-per-trial on a GPU cluster")
+
+
 def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) -> None:
     """ASHA's grace period: the command line's (an error where it exceeds a trial's epochs), else
     the search space's `grace_period:` (at most a trial's epochs: a shorter study, e.g.
@@ -289,17 +324,17 @@ def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) 
     settings.grace_period = min(space.grace_period or DEFAULT_GRACE_PERIOD, max_epochs)
 
 
-def _tracking(settings: StudySettings, storage: Path) -> tuple[str, str]:
-    """The tracking URI (recorded in the settings) and the experiment's id, created if new."""
+def _tracking(settings: StudySettings, storage: Path, open_experiment: bool) -> tuple[str, str | None]:
+    """The tracking URI (recorded in the settings), checked, and with ``open_experiment`` the
+    experiment's id (else None: :meth:`Plan.open_experiment` creates it when the study starts)."""
     uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(storage)
     settings.tracking_uri = uri
     settings.experiment = settings.experiment or f"bmlr-tune-{settings.dataset}"
     try:
         tracking.check_reachable(uri)
-        return uri, tracking.get_or_create_experiment(uri, settings.experiment)
+        return uri, tracking.get_or_create_experiment(uri, settings.experiment) if open_experiment else None
     except tracking.TrackingError as err:
         raise StudyError(str(err)) from None
-
 
 def _check_parent_run(uri: str, run_id: str) -> None:
     from mlflow.exceptions import MlflowException

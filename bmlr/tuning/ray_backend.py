@@ -18,13 +18,17 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import threading
+import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from bmlr.tuning.search_space_types import SCHEDULERS
 
-__all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "ResourceError", "LOOPBACK", "check_resources",
+__all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "ResourceError", "LOOPBACK",
+           "CONNECT_TIMEOUT_S", "address_host_port", "check_address", "check_local", "check_resources",
            "make_sampler", "make_searcher", "make_scheduler", "hyperband_brackets",
            "quiet_ray", "init_ray", "ray_session", "gpus_per_trial", "with_resources", "grid_param_space",
            "trial_dirname", "build_tuner", "restore_tuner"]
@@ -43,6 +47,8 @@ class ResourceError(RayStartError):
 
 
 LOOPBACK = "127.0.0.1"  # where a local Ray instance listens (its GCS, raylet, workers and the driver)
+RAY_GCS_PORT, RAY_CLIENT_PORT = 6379, 10001  # Ray's default ports of a head node (`ray start --head`)
+CONNECT_TIMEOUT_S = 15.0  # how long --address waits for a cluster to answer (--connect-timeout)
 
 
 def make_sampler(kind: str = "tpe", seed: int = 0, n_startup_trials: int | None = None, crn: bool = False):
@@ -137,6 +143,7 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose >= 2,
                                   logging_level=logging.INFO if verbose >= 2 else logging.WARNING,
                                   runtime_env={"env_vars": env} if env else None)
+    check_address(address)  # Ray's own connect retries for many minutes
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address:
@@ -150,6 +157,64 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
     finally:
         _restore_sigterm_handler(sigterm)
     return True
+
+
+def address_host_port(address: str) -> tuple[str, int]:
+    """The host and port ``--address`` names (``host:port``, ``host`` for Ray's default port
+    6379, ``ray://host:port`` for Ray Client, default port 10001); RayStartError where it names none."""
+    client = address.startswith("ray://")
+    try:
+        parts = urllib.parse.urlsplit("//" + address.removeprefix("ray://"))
+        host, port = parts.hostname, parts.port or (RAY_CLIENT_PORT if client else RAY_GCS_PORT)
+    except ValueError as err:
+        raise RayStartError(f"--address {address!r}: expected host:port, e.g. 127.0.0.1:6379 ({err})") from None
+    if not host:
+        raise RayStartError(f"--address {address!r}: expected host:port, e.g. 127.0.0.1:6379")
+    return host, port
+
+
+def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """RayStartError within ``timeout`` seconds where nothing answers at the cluster address
+    (``auto`` and a local instance: nothing to check). A refused connection is tried again
+    every half second until then (a head node that is still starting); Ray's own connect
+    would retry for many minutes. Run before anything of a study is created."""
+    if not address or address in ("auto", "local"):
+        return
+    host, port = address_host_port(address)
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(5.0, left))):
+                return
+        except OSError as err:
+            if left <= 0.5:
+                raise RayStartError(
+                    f"--address {address}: no Ray cluster answers at {host}:{port} ({err.strerror or err}; tried for "
+                    f"{timeout:g} s); start it (`ray start --head --port {port}`), fix --address, or wait longer with "
+                    f"--connect-timeout") from None
+            time.sleep(0.5)
+
+
+def check_local(num_cpus: int | None, cpus_per_trial: float, gpus_per_trial: float | None) -> None:
+    """Where Ray starts a local instance (no ``--address``): the checks that need no Ray, run
+    before anything is created. ResourceError where a trial asks for more than this machine
+    gives Ray, which would only be found once the study had started."""
+    if num_cpus is not None and num_cpus < 1:
+        raise RayStartError(f"--num-cpus must be >= 1, got {num_cpus}")
+    cpus = num_cpus or os.cpu_count() or 1
+    gpus = _local_gpus()
+    if cpus_per_trial > cpus or (gpus_per_trial or 0) > gpus:
+        raise ResourceError(
+            f"each trial asks for {cpus_per_trial:g} CPUs and {gpus_per_trial or 0:g} GPUs (--cpus-per-trial, "
+            f"--gpus-per-trial), but the local Ray instance has {cpus} CPUs{' (--num-cpus)' if num_cpus else ''} "
+            f"and {gpus} GPUs, so no trial could ever start. Ask for less, or --address a cluster that has it")
+
+
+def _local_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def _restore_sigterm_handler(handler) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import urllib.parse
 from typing import Any, Iterable
 
@@ -111,7 +112,7 @@ def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str, view: st
         base, lines = tracking_uri.rstrip("/"), []
     else:
         base = f"http://127.0.0.1:{UI_PORT}"
-        lines = [f"  open it: mlflow ui --backend-store-uri {tracking_uri}   (then the links below)"]
+        lines = [f"  open it: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}   (then the links below)"]
     experiment = f"{base}/#/experiments/{experiment_id}"
     table = f"{experiment}/runs?workflowType=machine_learning" + (f"&viewStateShareKey={view}" if view else "")
     return lines + [f"  runs table: {table}", f"  parent run: {experiment}/runs/{parent_run_id}"]

@@ -78,9 +78,11 @@ def load_search_space(path: str | Path) -> SearchSpace:
     path = Path(path)
     if not path.is_file():
         raise SearchSpaceError(f"{path}: search-space file not found")
-    text = path.read_text()
     try:
+        text = path.read_text(encoding="utf-8")
         data = yaml.safe_load(text)
+    except UnicodeDecodeError:
+        raise SearchSpaceError(f"{path}: not a text file (not UTF-8); a search space is a YAML text file") from None
     except yaml.YAMLError as err:
         raise SearchSpaceError(f"{path}: not valid YAML ({err})") from None
     return parse_search_space(data, source=str(path), text=text)

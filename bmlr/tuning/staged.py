@@ -35,6 +35,7 @@ resumed staged study reads a stage's record only where an earlier run wrote it.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -48,7 +49,7 @@ from bmlr.tuning.export import write_config
 from bmlr.tuning.results import format_table, winner_note
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, project_root
 from bmlr.tuning.selection import SCORE, choose_best, score
-from bmlr.tuning.store import StoreError, StudyStore
+from bmlr.tuning.store import StoreError, StudyStore, study_folder
 from bmlr.tuning.study import (Plan, StudyError, StudyOutcome, StudySettings, plan_study, ray_session, resume_store,
                                run_study)
 
@@ -183,7 +184,7 @@ def _run_stages(run: _Staged, log: Callable[[str], None], address: str | None, n
                 if outcome.interrupted:
                     client.set_terminated(parent, "KILLED")
                     log(f"the staged study was interrupted; continue it with: bmlr-tune --strategy staged --dataset "
-                        f"{run.base.dataset} --storage {run.base.storage} --name {run.base.name} --resume")
+                        f"{run.base.dataset} --storage {shlex.quote(run.base.storage)} --name {run.base.name} --resume")
                     return StudyOutcome(run.store.dir, [], None, None, parent, uri, True)
                 if outcome.best is None:
                     client.set_terminated(parent, "FAILED")
@@ -245,10 +246,11 @@ def _start(settings: StudySettings, stage2_samples: int | None, stage1_alpha: fl
         stage1_alpha = float(alpha_param.default) if alpha_param.default is not None else 1.0
     storage = abs_path(settings.storage)
     name = settings.name or f"{method}-staged-{timestamp()}"
-    store = StudyStore(storage / settings.dataset / name)
+    store = StudyStore(study_folder(storage, settings.dataset, name))
     held.enter_context(store.lock())
     if store.exists():  # under the lock: a second driver cannot pass it too
         raise StudyError(f"study {store.dir} exists; continue it with --resume --name {name} or choose another --name")
+    store.check_unclaimed()  # a folder that is not a study's is never written
     try:
         space1 = space.with_fixed({"alpha": stage1_alpha})
     except (SearchSpaceError, ConfigError) as err:
@@ -262,6 +264,7 @@ def _start(settings: StudySettings, stage2_samples: int | None, stage1_alpha: fl
     staged = {"stage1_alpha": stage1_alpha, "stage1_samples": n1, "stage2_samples": n2,
               "stage1_searched": list(space1.params), "stage2_searched": ["alpha"]}
     commit = tracking.git_commit(project_root())
+    probe.open_experiment()
     parent = _create_run(base, probe, staged, store.dir, commit)
     info = {"kind": "staged", "settings": asdict(base), "tracking_uri": probe.tracking_uri,
             "experiment_id": probe.experiment_id, "parent_run_id": parent, "stages": list(STAGES),
@@ -344,7 +347,7 @@ def _finish(run: _Staged, log: Callable[[str], None], top: int) -> StudyOutcome:
         f"{winner[SCORE]:.4f} (trial {winner['trial_id']}, stage {winner['stage']}, alpha "
         f"{winner.get('param.alpha')}); {epochs[1] + epochs[2]} epochs trained in all")
     log("best trials of both stages:\n" + format_table(sorted(rows, key=lambda r: -(score(r) or -1)), top))
-    log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {best_yaml}")
+    log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {shlex.quote(str(best_yaml))}")
     return StudyOutcome(store.dir, rows, winner, best_yaml, run.info["parent_run_id"], run.info["tracking_uri"], False)
 
 

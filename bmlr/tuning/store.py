@@ -27,7 +27,8 @@ from typing import Any
 from bmlr.fileio import abs_path, atomic_write_text, read_csv, read_json, write_csv, write_json
 
 __all__ = ["STUDY_FILE", "SPACE_FILE", "TRIALS_FILE", "BEST_FILE", "RAY_DIR", "STATE_DIR", "TRIALS_DIR",
-           "HISTORY_FILE", "LOCK_FILE", "StoreError", "StudyBusy", "StudyLock", "StudyStore", "find_study", "studies",
+           "HISTORY_FILE", "LOCK_FILE", "StoreError", "StudyBusy", "StudyLock", "StudyStore", "check_name",
+           "study_folder", "find_study", "studies",
            "history_path", "read_history", "write_history"]
 
 STUDY_FILE = "study.json"
@@ -64,10 +65,10 @@ class StudyLock:
         self.folder = abs_path(folder)
         self.path = self.folder / LOCK_FILE
         self._fd: int | None = None
-        self._made: list[Path] = []  # the folders acquire() created, deepest first
+        self._made: list[Path] = []  # what acquire() created: folders, deepest first, and the lock file
 
     def acquire(self) -> "StudyLock":
-        made = [p for p in [self.folder, *self.folder.parents] if not p.exists()]
+        made = [p for p in [self.folder, *self.folder.parents, self.path] if not p.exists()]
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             return self._lock(made)
@@ -121,7 +122,7 @@ class StudyLock:
         fd, self._fd = self._fd, None
         if self._made and not (self.folder / STUDY_FILE).exists():  # a study that never started
             self.path.unlink(missing_ok=True)
-            for folder in self._made:  # leave no empty folder behind
+            for folder in self._made:  # leave no empty folder behind (nor a lock file in a folder not ours)
                 if folder.is_dir() and not any(folder.iterdir()):
                     folder.rmdir()
         else:
@@ -164,12 +165,36 @@ def studies(storage: str | os.PathLike, dataset: str) -> list["StudyStore"]:
     return [StudyStore(p.parent) for p in infos]
 
 
+def check_name(name: str, option: str = "--name") -> str:
+    """``name`` where it is a plain folder name (a study, staged study, surface or comparison
+    name, or a data set's): no path separator, not ``.`` or ``..``, not absolute, not empty;
+    StoreError naming ``option`` otherwise. Every study folder is ``<storage>/<dataset>/<name>``
+    and must stay there (:func:`study_folder`)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0") \
+            or os.path.isabs(name):
+        raise StoreError(f"{option} {name!r}: expected a plain folder name (no '/' or '\\', not '.' or '..'): "
+                         f"it names a folder inside <storage>/<dataset>")
+    return name
+
+
+def study_folder(storage: str | os.PathLike, dataset: str, name: str, option: str = "--name") -> Path:
+    """``<storage>/<dataset>/<name>``, checked: both names plain (:func:`check_name`) and the
+    folder, links followed, inside ``<storage>/<dataset>`` (a link that points elsewhere is
+    refused: a study never writes outside its storage)."""
+    base = abs_path(storage) / check_name(dataset, "--dataset")
+    folder = base / check_name(name, option)
+    if folder.resolve().parent != base.resolve():
+        raise StoreError(f"{option} {name!r}: {folder} leads to {folder.resolve()}, outside {base}; "
+                         f"choose another {option}")
+    return folder
+
+
 def find_study(storage: str | os.PathLike, dataset: str, name: str | None) -> Path:
     """The folder of study ``name`` under ``<storage>/<dataset>``, or without a name the most
     recently created one there."""
-    base = abs_path(storage) / dataset
+    base = abs_path(storage) / check_name(dataset, "--dataset")
     if name:
-        folder = base / name
+        folder = study_folder(storage, dataset, name)
         if not (folder / STUDY_FILE).is_file():
             raise StoreError(f"--resume: no study {name!r} in {base} ({folder / STUDY_FILE} not found)")
         return folder
@@ -217,6 +242,18 @@ class StudyStore:
     def exists(self) -> bool:
         """Whether the study has been created (its study.json written)."""
         return self.info_path.is_file()
+
+    def check_unclaimed(self, option: str = "--name") -> None:
+        """StoreError where the folder of a new study already holds files that are not a
+        study's (no ``study.json``): a new study never writes into, or removes from, a folder
+        it does not own. Its own driver lock is allowed."""
+        if not self.dir.is_dir():
+            return
+        others = sorted(p.name for p in self.dir.iterdir() if p.name != LOCK_FILE)
+        if others and not self.exists():
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            raise StoreError(f"{self.dir} exists and is not a bmlr-tune study (it holds {shown}); a new study "
+                             f"needs a new folder: choose another {option}")
 
     def is_finished(self) -> bool:
         """Whether a run of the study has written its trials table and the info file."""

@@ -78,6 +78,7 @@ def start_tracking(plan: Plan, data_info: dict[str, Any]) -> None:
         resumed = int(client.get_run(plan.parent_run_id).data.tags.get("resumed", "0")) + 1
         client.set_tag(plan.parent_run_id, "resumed", str(resumed))
         return
+    plan.open_experiment()  # a new study's experiment (and a new store) once the data are ready
     store = plan.store
     store.dir.mkdir(parents=True, exist_ok=True)
     store.write_space(plan.source_space.text)

@@ -34,7 +34,7 @@ from bmlr.methods import METHODS
 from bmlr.tuning import tracking
 from bmlr.tuning.search_space import (SearchSpace, load_search_space, parse_search_space,
                                       resolve_search_space)
-from bmlr.tuning.store import SPACE_FILE, StoreError, StudyStore, studies
+from bmlr.tuning.store import SPACE_FILE, StoreError, StudyStore, studies, study_folder
 from bmlr.tuning.study import Plan, StudyError, StudyOutcome, StudySettings, run_study
 from bmlr.tuning.surface import (GRID_KEYS, SURFACE_CSV, SurfaceError, best_cell_row, cells,
                                  describe_grid, draw_grid, format_grid, grid_values)
@@ -114,7 +114,7 @@ def plan_surface(dataset: str, storage: str, search_space: str | None, base: str
         raise SurfaceError(f"method {method!r} does not read {missing}: its surface would be flat")
     grid = grid_values(space, alphas, betas, grid_size)
     name = name or f"surface-{timestamp()}"
-    study_dir = storage_path / dataset / name
+    study_dir = study_folder(storage_path, dataset, name)
     if StudyStore(study_dir).exists():
         raise StudyError(f"study {study_dir} exists; continue it with `tune.py surface --resume --name {name}` "
                          f"or choose another --name")

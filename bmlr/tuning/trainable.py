@@ -123,7 +123,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     trial_id = tune.get_context().get_trial_id()
     path = state_path(state_dir, trial_id)
     if path.is_file():  # a retried or resumed trial: continue after its last finished epoch
-        trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=False))
+        # weights_only: tensors and plain types only, so a state file written by someone else runs no code
+        trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
     def after_epoch(metrics: dict[str, float]) -> None:
         reported = report_metrics(metrics)

@@ -18,7 +18,8 @@ from bmlr.train import parse_overrides
 from bmlr.tuning.compare.runner import Comparison
 from bmlr.tuning.compare.settings import PROTOCOLS, ComparisonError, ComparisonSettings
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_ray_options, add_result_options,
-                                 add_set_option, add_verbose_option, command_parser, settings_from)
+                                 add_set_option, add_verbose_option, check_ray_options, command_parser,
+                                 settings_from)
 from bmlr.tuning.ray_backend import RayStartError
 from bmlr.tuning.recipes import (PAPER_FUSION, TABLE1_METHODS, Arm, describe_recipes, get_recipe, method_arms,
                                  without_fusion)
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = compare_rows(args)
     shown = " ".join(["python", "tune.py", *argv])
     try:
+        check_ray_options(args)
         comparison = Comparison(comparison_settings(args, rows), resume=args.resume, command=shown, title=rows.title,
                                 notes=rows.notes)
         outcome = comparison.run(address=args.address, num_cpus=args.num_cpus, verbose=args.verbose)

@@ -24,6 +24,7 @@ values in trial k of every row, so rows differ by the method and its own keys on
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -42,7 +43,7 @@ from bmlr.tuning.compare.tables import render_markdown
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, resolve_search_space
 from bmlr.tuning.selection import choose_best, score, standard_error
-from bmlr.tuning.store import StudyStore
+from bmlr.tuning.store import StudyStore, study_folder
 from bmlr.tuning.study import StudyError, StudySettings, build_cache, ray_session, run_study
 
 __all__ = ["COMPARISON_FILE", "TABLE_FILE", "Comparison", "ComparisonOutcome", "find_comparison"]
@@ -78,7 +79,7 @@ def find_comparison(storage: Path, dataset: str, name: str | None) -> Path:
     """The folder of comparison `name` under `<storage>/<dataset>`, else the latest there."""
     base = storage / dataset
     if name:
-        folder = base / name
+        folder = study_folder(storage, dataset, name)
         if not (folder / COMPARISON_FILE).is_file():
             raise ComparisonError(f"--resume: no comparison {name!r} in {base} ({folder / COMPARISON_FILE} not found)")
         return folder
@@ -103,10 +104,13 @@ class Comparison:
         settings.check()
         settings.fill_defaults()
         self.settings = settings
-        self.dir = storage / settings.dataset / settings.name
+        self.dir = study_folder(storage, settings.dataset, settings.name)
         if not resume and (self.dir / COMPARISON_FILE).exists():
             raise ComparisonError(f"comparison {self.dir} exists; continue it with --resume --name {settings.name} "
                                   f"or choose another --name")
+        if not resume and self.dir.is_dir() and any(self.dir.iterdir()):  # never write into a folder not ours
+            raise ComparisonError(f"{self.dir} exists and is not a comparison (no {COMPARISON_FILE}); choose another "
+                                  f"--name")
         self.arms = settings.arm_list()
         self._plan()
 
@@ -148,8 +152,7 @@ class Comparison:
         s.tracking_uri = self.tracking_uri
         s.experiment = s.experiment or f"bmlr-tune-{s.dataset}"
         try:
-            tracking.check_reachable(self.tracking_uri)
-            self.experiment_id = tracking.get_or_create_experiment(self.tracking_uri, s.experiment)
+            tracking.check_reachable(self.tracking_uri)  # its experiment is opened once the data are ready
         except tracking.TrackingError as err:
             raise ComparisonError(str(err)) from None
 
@@ -175,6 +178,10 @@ class Comparison:
     # --- comparison.json and MLflow -------------------------------------------------------------
     def start_tracking(self, data_info: dict[str, Any]) -> None:
         """The comparison's MLflow run: a resumed comparison's again, else a new one."""
+        try:
+            self.experiment_id = tracking.get_or_create_experiment(self.tracking_uri, self.settings.experiment)
+        except tracking.TrackingError as err:
+            raise ComparisonError(str(err)) from None
         self.dir.mkdir(parents=True, exist_ok=True)
         if self.state.get("parent_run_id"):
             self.mlflow = ComparisonRun(self.tracking_uri, self.experiment_id, self.state["parent_run_id"],
@@ -385,7 +392,7 @@ class Comparison:
                  f"{s.experiment!r} comparison run {self.parent_run_id}")
         if interrupted:
             self.log(f"interrupted; continue with: python tune.py {'compare' if s.kind == 'compare' else 'recipe'} "
-                     f"--resume --dataset {s.dataset} --storage {s.storage} --name {s.name}")
+                     f"--resume --dataset {s.dataset} --storage {shlex.quote(s.storage)} --name {s.name}")
         return ComparisonOutcome(self.dir, list(rows.values()), markdown, self.parent_run_id, self.tracking_uri,
                                  interrupted)
 

@@ -4,8 +4,8 @@ the next trials are inside that noise) and where its production configuration is
 MLflow run."""
 from __future__ import annotations
 
+import shlex
 from collections import Counter
-
 from typing import Any
 
 from bmlr.fileio import finite_or_none
@@ -68,8 +68,8 @@ def add_summary(page: Page, ctx: Context) -> None:
     page.h(1, f"Study report: {study.name}")
     page.p(_scope(study))
     page.p(_best_text(study, best) + f" Its production configuration is `{best_yaml}` "
-           f"(`python -m bmlr.train --config {best_yaml}`). Everything here is measured on the validation split; "
-           f"the test split is never read during tuning.")
+           f"(`python -m bmlr.train --config {shlex.quote(str(best_yaml))}`). Everything here is measured on the "
+           f"validation split; the test split is never read during tuning.")
     noise = noise_text(study.rows)
     if noise:
         page.p(f"**Noise.** {noise}" + (" The confirmation below does so." if study.candidates else ""))
