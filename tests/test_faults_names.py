@@ -161,3 +161,15 @@ def test_an_address_that_does_not_answer_fails_within_its_timeout_creating_nothi
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "tried for 3 s" in lines[0], proc.stderr
     assert took < 30, took
     assert not (tmp_path / "runs").exists()
+
+
+def test_the_cluster_example_uploads_only_the_job_and_turns_on_ray_tokens():
+    raw = yaml.safe_load((ROOT / "cluster" / "aws-gpu.yaml").read_text())
+    sources = set(raw["file_mounts"].values())
+    assert "." not in sources and "./" not in sources  # never the whole folder (.venv, .env, keys, data)
+    assert {"./bmlr", "./search_spaces", "./tune.py"} <= sources
+    assert all(Path(s.removeprefix("./")).exists() or s.startswith("~") for s in sources)  # each one is real
+    assert "~/.ray/auth_token" in raw["file_mounts"]
+    for commands in (raw["head_start_ray_commands"], raw["worker_start_ray_commands"]):
+        assert all("RAY_AUTH_MODE=token ray start" in c for c in commands if "ray start" in c)
+    assert any("RAY_AUTH_MODE=token" in c for c in raw["setup_commands"])  # the driver on the head too
