@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["TMP_MARK", "abs_path", "timestamp", "tmp_path_for", "atomic_path", "atomic_write_text",
-           "write_json", "read_json", "write_csv", "read_csv", "parse_cell", "finite_or_none"]
+           "write_json", "read_json", "write_csv", "read_csv", "parse_cell", "finite_or_none", "atomic_torch_save"]
 
 TMP_MARK = ".tmp-"  # in every temporary name: a cache scan can skip (and later remove) leftovers
 
@@ -125,3 +125,24 @@ def finite_or_none(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return out if math.isfinite(out) else None
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`atomic_path`), synced to disk
+    before the rename (a power loss leaves the old file or the new one). Serialized in memory
+    first and written by Python, so a full disk raises ``OSError`` (``errno.ENOSPC``): torch's
+    own writer turns it into a ``RuntimeError`` ("unexpected pos"), even given a file object.
+    The half-written temporary file is removed."""
+    import io
+
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    return Path(path)
+

@@ -6,20 +6,27 @@ model. Writes `<output_dir>/<name>/results.json` (updated after every seed, so
 nothing finished is lost if a later seed fails; `"complete": false` until every
 seed has finished) and `seed<k>/model.pt`, and prints the mean and standard
 deviation over seeds. The run folder is created once the configuration and the
-data have been checked. Ctrl-C or SIGTERM ends the run with one line saying what
-`results.json` keeps, exit status 130; bad input: `error: ...`, exit status 2.
+data have been checked. Every file is written whole or not at all (a temporary file moved
+into place), so a reader, a kill or a full disk never leaves half a `model.pt` or
+`results.json`. Ctrl-C, SIGTERM or SIGHUP (a closed terminal or SSH session) ends the run
+with one line saying what `results.json` keeps, exit status 130; bad input, and an output
+that cannot be written (a full disk, a quota, a read-only folder): `error: ...` naming the
+file and `output_dir`, exit status 2.
 
 `--from-run <MLflow run id>` trains a trial chosen in the MLflow UI (a study's run: its
 best trial) with its configuration as trained and the study's production epochs and seeds.
 The run is logged to MLflow (`bmlr.production_tracking`: one run, a nested run per seed)
 where a store is known: `--tracking-uri`, `$MLFLOW_TRACKING_URI`, or the study that exported
 the configuration (its `source`); `--no-mlflow` turns that off. A store that cannot be used
-stops the run before training, exit status 2.
+stops the run before training, exit status 2. The run ends FINISHED, KILLED (interrupted) or
+FAILED; one left RUNNING by a process killed outright (kill -9, power loss) is ended KILLED
+the next time a production run uses the same store on the same host.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import signal
 import sys
 import threading
@@ -27,13 +34,12 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-import torch
 import yaml
 
 from bmlr.config import Config, ConfigError, from_dict, load_config
 from bmlr.data import DataError, build_datasets
 from bmlr.engine import Trainer, mean_std, resolve_device
-from bmlr.fileio import write_json
+from bmlr.fileio import atomic_torch_save, write_json
 from bmlr.methods import resolved_method_args
 from bmlr.mlflow_store import TrackingError, check_store, fetch_trial, store_of
 from bmlr.production_tracking import ProductionRun, Target, Untracked, check_target, open_run, resolve_target
@@ -124,9 +130,11 @@ def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool,
     trainer.load_best()
     test = trainer.evaluate("test")  # the only time this run reads test
     seed_dir = run_dir / f"seed{seed}"
-    seed_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": trainer.best_model_state, "config": cfg.to_dict(), "seed": seed,
-                "class_names": trainer.data.class_names, "best_epoch": trainer.best_epoch}, seed_dir / "model.pt")
+    with writing(seed_dir / "model.pt", cfg):  # atomic: a full disk leaves no half checkpoint
+        seed_dir.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save({"model": trainer.best_model_state, "config": cfg.to_dict(), "seed": seed,
+                           "class_names": trainer.data.class_names, "best_epoch": trainer.best_epoch},
+                          seed_dir / "model.pt")
     result = {"seed": seed, "best_epoch": trainer.best_epoch, "val": trainer.best_val, "test": test,
               "seconds": time.time() - start, "history": history}
     job.seed_finished(seed, result, seed_dir / "model.pt")
@@ -146,7 +154,31 @@ def make_run_dir(cfg: Config) -> Path:
 
 
 class TrainingInterrupted(Exception):
-    """Ctrl-C or SIGTERM during training; the message says what `results.json` keeps."""
+    """Ctrl-C, SIGTERM or SIGHUP during training; the message says what `results.json` keeps."""
+
+
+class OutputError(RuntimeError):
+    """An output of the run (a checkpoint, `results.json`, `config.yaml`) could not be written:
+    a full disk, a quota, a read-only folder. The message names the file, `output_dir`, what
+    to do and what `results.json` keeps; the file itself is left as it was (atomic writes)."""
+
+
+WRITE_FAILURES = {errno.ENOSPC: ("no space left on device", "free space and run again"),
+                  errno.EDQUOT: ("disk quota exceeded", "free space (or raise the quota) and run again"),
+                  errno.EROFS: ("read-only file system", "choose a writable output_dir and run again"),
+                  errno.EACCES: ("permission denied", "choose a writable output_dir and run again")}
+
+
+@contextlib.contextmanager
+def writing(path: Path, cfg: Config) -> Iterator[None]:
+    """An OSError within the block (writing ``path``) raised as :class:`OutputError` naming the
+    file and `output_dir`; the caller adds what `results.json` keeps."""
+    try:
+        yield
+    except OSError as err:
+        what, todo = WRITE_FAILURES.get(err.errno, ((err.strerror or type(err).__name__).lower(),
+                                                    "fix it and run again"))
+        raise OutputError(f"{what} writing {path} (output_dir {cfg.output_dir}); {todo}") from None
 
 
 def train(cfg: Config, progress: bool = True, target: Target | None = None,
@@ -163,12 +195,17 @@ def train(cfg: Config, progress: bool = True, target: Target | None = None,
     try:
         run_dir = make_run_dir(cfg)
         job.folder(run_dir)
-        cfg.to_yaml(run_dir / "config.yaml")
         print(f"run: {run_dir}\ndevice: {device}\ndata: {cfg.dataset} {data.info} "
               f"modalities {list(data.modalities)} classes {data.num_classes}", flush=True)
         results = {"config": cfg.to_dict(), "method_args": resolved_method_args(cfg.method, cfg.method_args),
                    "run_dir": str(run_dir), "complete": False, "seeds_planned": list(cfg.seeds), "seeds": []}
-        write_json(run_dir / "results.json", results)
+        try:
+            with writing(run_dir / "config.yaml", cfg):
+                cfg.to_yaml(run_dir / "config.yaml")
+            with writing(run_dir / "results.json", cfg):
+                write_json(run_dir / "results.json", results)
+        except OutputError as err:
+            raise OutputError(f"{err}: nothing was trained, {run_dir} holds no results") from None
         _train_seeds(cfg, data, run_dir, progress, job, results)
         status = "FINISHED"
     except (KeyboardInterrupt, TrainingInterrupted):
@@ -182,33 +219,47 @@ def train(cfg: Config, progress: bool = True, target: Target | None = None,
 
 def _train_seeds(cfg: Config, data, run_dir: Path, progress: bool, job: ProductionRun | Untracked,
                  results: dict[str, Any]) -> None:
-    """Every seed, `results.json` rewritten after each; TrainingInterrupted on Ctrl-C."""
+    """Every seed, `results.json` rewritten after each; TrainingInterrupted on Ctrl-C, OutputError
+    (saying which seeds `results.json` keeps) where an output cannot be written."""
+    saved: list[int] = []  # the seeds of the last results.json written whole
     try:
         for seed in cfg.seeds:
             results["seeds"].append(train_seed(cfg, seed, data, run_dir, progress, job))
             results["summary"] = summarize(results["seeds"])
             results["complete"] = len(results["seeds"]) == len(cfg.seeds)
-            write_json(run_dir / "results.json", results)
+            with writing(run_dir / "results.json", cfg):
+                write_json(run_dir / "results.json", results)
+            saved = [r["seed"] for r in results["seeds"]]
     except KeyboardInterrupt:
-        done = [r["seed"] for r in results["seeds"]]
-        raise TrainingInterrupted(f"{run_dir / 'results.json'} keeps the finished seeds {done} of "
+        raise TrainingInterrupted(f"{run_dir / 'results.json'} keeps the finished seeds {saved} of "
                                   f"{list(cfg.seeds)}, marked \"complete\": false") from None
+    except OutputError as err:
+        raise OutputError(f"{err}: {run_dir / 'results.json'} keeps seeds {saved} of {list(cfg.seeds)}, "
+                          f"marked \"complete\": false") from None
 
 
 @contextlib.contextmanager
 def sigterm_as_ctrl_c() -> Iterator[None]:
-    """Within the block, SIGTERM (what `timeout`, schedulers and Kubernetes send) is handled
-    like Ctrl-C: by the SIGINT handler in place when it arrives (Ray Tune's graceful stop
-    during a tuner's run, else Python's KeyboardInterrupt). The previous SIGTERM handler is
-    restored after. Off the main thread (where signals cannot be caught) it does nothing."""
+    """Within the block, SIGTERM (what `timeout`, schedulers and Kubernetes send) and SIGHUP (a
+    closed terminal or SSH session) are handled like Ctrl-C: by the SIGINT handler in place
+    when one arrives (Ray Tune's graceful stop during a tuner's run, else Python's
+    KeyboardInterrupt), so the runs end KILLED rather than being left RUNNING. A SIGHUP that
+    is ignored (started under `nohup`) stays ignored. The previous handlers are restored
+    after. Off the main thread (where signals cannot be caught) it does nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _sigterm_like_sigint)
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        signum = getattr(signal, name, None)  # no SIGHUP on Windows
+        if signum is None or (name == "SIGHUP" and signal.getsignal(signum) == signal.SIG_IGN):
+            continue  # under nohup a hang-up stays ignored
+        previous[signum] = signal.signal(signum, _sigterm_like_sigint)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, signal.SIG_DFL if handler is None else handler)
 
 
 def _sigterm_like_sigint(signum, frame) -> None:
@@ -261,16 +312,22 @@ def main(argv: list[str] | None = None) -> int:
                 check_target(target)  # before the data are read: a store that refuses fails fast
             train(cfg, progress=not args.no_progress, target=target,
                   config_file=args.config or (args.from_run and f"--from-run {args.from_run}"))
-    except (ConfigError, DataError, TrackingError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (ConfigError, DataError, TrackingError, OutputError) as err:
+        _tell(f"error: {err}")
         return 2
     except TrainingInterrupted as err:
-        print(f"interrupted: {err}", file=sys.stderr)
+        _tell(f"interrupted: {err}")
         return 130
     except KeyboardInterrupt:
-        print("interrupted before training started; nothing was written", file=sys.stderr)
+        _tell("interrupted before training started; nothing was written")
         return 130
     return 0
+
+
+def _tell(line: str) -> None:
+    """One line on stderr; nothing where stderr is gone (the terminal closed: SIGHUP)."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":
