@@ -8,7 +8,14 @@ training without tracking never loads it.
 
 * :func:`check_reachable` fails fast where a server does not answer (no retry loop) and
   creates a new SQLite store's folder; :func:`check_store` is for a store that must already
-  exist (one named by a study or a run id): it never creates a database file.
+  exist (one named by a study or a run id): it never creates a database file. Both refuse a
+  SQLite store whose creation was interrupted (:func:`check_intact`).
+* A new SQLite store is created whole or not at all (:func:`ensure_store`, run by
+  :func:`client_for` and :func:`get_or_create_experiment`): MLflow's schema migrations take
+  seconds and are not transactional, so its schema is built in a temporary file beside the
+  database, under :func:`store_lock`, and moved into place with ``os.replace``. A Ctrl-C,
+  SIGTERM or kill -9 meanwhile leaves no database (the next creator removes the temporary
+  file), never a half-migrated one.
 * :func:`fetch_trial` reads a trial run's configuration as trained (its `config.yaml`
   artifact, else its params), its production epochs and seeds (tags `export.epochs`,
   `export.seeds`) and where it came from (a Config `source` mapping); a study's parent run
@@ -18,9 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import os
 import socket
+import sqlite3
 import tempfile
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,10 +41,11 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from bmlr.config import FIELD_NAMES
+from bmlr.fileio import TMP_MARK, tmp_path_for
 
 __all__ = ["store_of", "TrackingError", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "STORE_HINT", "BEST_MARK", "TrialRun",
            "default_tracking_uri", "check_reachable", "check_store", "artifact_location_for", "client_for",
-           "store_lock", "get_or_create_experiment", "fetch_trial"]
+           "store_lock", "get_or_create_experiment", "fetch_trial", "sqlite_path", "check_intact", "ensure_store"]
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -82,6 +93,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise TrackingError(f"tracking URI {uri}: cannot create {Path(path).parent} ({err})") from None
+        check_intact(uri)
     elif parsed.scheme in ("", "file"):
         raise TrackingError(f"tracking URI {uri!r}: MLflow's plain file store is not supported here; "
                             f"use sqlite:////abs/path/mlflow.db or an http(s) tracking server")
@@ -98,6 +110,7 @@ def check_store(uri: str, source: str, hint: str = STORE_HINT) -> None:
             raise TrackingError(f"tracking URI {uri} ({source}): use an absolute path, sqlite:////abs/path/mlflow.db")
         if not Path(path).is_file():
             raise TrackingError(f"no MLflow store at {path} ({source}); {hint}")
+        check_intact(uri)
     else:
         check_reachable(uri)
 
@@ -111,39 +124,52 @@ def artifact_location_for(uri: str) -> str | None:
 
 
 def client_for(uri: str):
+    """An ``MlflowClient`` of ``uri``; a SQLite store is first checked (:func:`check_intact`)
+    and, where new, created whole (:func:`ensure_store`)."""
+    ensure_store(uri)
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
+
+
+_held = threading.local()  # the lock files this thread holds: store_lock is reentrant
 
 
 @contextlib.contextmanager
 def store_lock(uri: str) -> Iterator[None]:
     """For a SQLite store: an exclusive ``fcntl.flock`` on ``.mlflow.lock`` beside the database,
     so that two drivers starting on a fresh storage do not both create (migrate) it; MLflow's
-    migration is not safe to run twice at once. Other stores: nothing."""
+    migration is not safe to run twice at once. Reentrant within a thread. Other stores: nothing."""
     if not uri.startswith("sqlite:///"):
         yield
         return
     path = Path(uri[len("sqlite:///"):]).parent / ".mlflow.lock"
+    held = _held.__dict__.setdefault("paths", set())  # this thread's
+    if str(path) in held:
+        yield
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        held.add(str(path))
         try:
             yield
         finally:
+            held.discard(str(path))
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def get_or_create_experiment(uri: str, name: str) -> str:
     """The experiment's id, created if new (a SQLite store's first use, which creates the
-    database, under :func:`store_lock`)."""
+    database whole: :func:`ensure_store`), under :func:`store_lock`."""
     with store_lock(uri):
+        ensure_store(uri)
         return _get_or_create_experiment(uri, name)
 
 
 def _get_or_create_experiment(uri: str, name: str) -> str:
-    client = client_for(uri)
     try:
+        client = client_for(uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is None:  # tagged so that the MLflow UI opens it on model training, not GenAI
             return client.create_experiment(name, artifact_location=artifact_location_for(uri),
@@ -151,8 +177,155 @@ def _get_or_create_experiment(uri: str, name: str) -> str:
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)
         return experiment.experiment_id
+    except TrackingError:
+        raise
     except Exception as err:  # any store error: report before a trial starts
         raise TrackingError(f"tracking URI {uri}: cannot open experiment {name!r} ({err})") from None
+
+
+# --- a SQLite store: created whole, checked before MLflow opens it ----------------------------
+_intact: set[str] = set()  # databases this process found complete: checked once
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:////abs/path`` URI; None for other stores (and relative paths)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path) if path.startswith("/") else None
+
+
+def _inspect(path: Path) -> dict[str, Any]:
+    """What the database holds: ``tables``, ``versions`` (alembic's), ``experiments`` and
+    ``runs`` (row counts, None without the table). Opened read-only; where a killed writer left
+    a hot journal (which only a writer can roll back, as MLflow would), read-write: neither
+    mode creates a file."""
+    try:
+        return _read_tables(path, "ro")
+    except sqlite3.OperationalError as err:
+        if not getattr(err, "sqlite_errorname", "SQLITE_READONLY").startswith("SQLITE_READONLY"):
+            raise
+        return _read_tables(path, "rw")
+
+
+def _read_tables(path: Path, mode: str) -> dict[str, Any]:
+    conn = sqlite3.connect(f"file:{urllib.parse.quote(str(path))}?mode={mode}", uri=True, timeout=10)
+    try:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        counts = {t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] if t in tables else None
+                  for t in ("experiments", "runs")}
+        versions = ({row[0] for row in conn.execute("SELECT version_num FROM alembic_version")}
+                    if "alembic_version" in tables else set())
+        return {"tables": tables, "versions": versions, **counts}
+    finally:
+        conn.close()
+
+
+def _incomplete(info: dict[str, Any]) -> str | None:
+    """Why a database with tables is not a complete MLflow store (a creation or a schema
+    migration was interrupted), or None. A complete store always has alembic's version table,
+    no `_alembic_tmp_` table, and its Default experiment once its schema is at the head."""
+    leftovers = sorted(t for t in info["tables"] if t.startswith("_alembic_tmp_"))
+    if leftovers:
+        return f"table {leftovers[0]} is left from a schema migration"
+    if "alembic_version" not in info["tables"] and not info["experiments"]:
+        return "it has tables but no alembic_version table"
+    if info["experiments"]:  # used before: an older schema is MLflow's to upgrade
+        return None
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    head = _get_latest_schema_revision()
+    if info["versions"] != {head}:
+        return f"its schema stopped at revision {', '.join(sorted(info['versions'])) or 'none'}, not {head}"
+    return None
+
+
+def _incomplete_message(path: Path, info: dict[str, Any], reason: str) -> str:
+    runs = info["runs"] or 0
+    what = "a schema migration was interrupted" if info["experiments"] else "its creation was interrupted"
+    head = f"MLflow store {path} is incomplete ({what}: {reason})"
+    if runs:
+        return (f"{head}; it holds {runs} run(s), so do not delete it: restore it from a backup "
+                f"(MLflow cannot finish an interrupted migration of a SQLite store)")
+    extra = [p.name for p in (path.with_name(path.name + suffix) for suffix in ("-journal", "-wal", "-shm"))
+             if p.exists()]
+    also = f" (and {', '.join(extra)} beside it)" if extra else ""
+    return f"{head}; it holds no runs: delete it{also} and run again"
+
+
+def check_intact(uri: str) -> None:
+    """TrackingError naming the file and the fix where ``uri``'s SQLite database exists but is
+    incomplete (its creation, or a schema migration, was interrupted: MLflow would fail on it
+    with a raw error such as `table _alembic_tmp_experiments already exists`). Cheap (sqlite3,
+    no MLflow) and once per process per database; creates nothing. Other stores: nothing."""
+    path = sqlite_path(uri)
+    if path is not None:
+        _state(path)
+
+
+def _state(path: Path) -> str:
+    """"missing", "empty" (a file without tables), "intact" or "unreadable" (locked, not a
+    database: MLflow says why); TrackingError where incomplete."""
+    if not path.is_file():
+        return "missing"
+    if str(path) in _intact:
+        return "intact"
+    try:
+        info = _inspect(path)
+    except sqlite3.Error:
+        return "unreadable"
+    if not info["tables"]:
+        return "empty"
+    reason = _incomplete(info)
+    if reason:
+        raise TrackingError(_incomplete_message(path, info, reason))
+    _intact.add(str(path))
+    return "intact"
+
+
+def ensure_store(uri: str) -> None:
+    """For a SQLite store: :func:`check_intact`, and where the database does not exist yet (or
+    is an empty file), create it whole under :func:`store_lock` (:func:`_create_store`).
+    Other stores: nothing."""
+    path = sqlite_path(uri)
+    if path is None or _state(path) not in ("missing", "empty"):
+        return
+    with store_lock(uri):
+        if _state(path) in ("missing", "empty"):  # not created by another process meanwhile
+            _create_store(path, uri)
+            _intact.add(str(path))
+
+
+def _create_store(path: Path, uri: str) -> None:
+    """Create MLflow's schema and the Default experiment (its artifacts beside the database,
+    like our experiments') in a temporary file beside ``path``, then move it into place. Any
+    exception (Ctrl-C included) removes the temporary file; one left by a killed creator is
+    removed here, by the next (the caller holds the store's lock)."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    pattern = f".{glob.escape(path.name)}{TMP_MARK}*"
+    for leftover in path.parent.glob(pattern):
+        leftover.unlink(missing_ok=True)
+    tmp = tmp_path_for(path)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", artifact_location_for(uri))
+        store.engine.dispose()
+        _fsync(tmp)
+        path.with_name(path.name + "-journal").unlink(missing_ok=True)  # of an empty file being replaced
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except BaseException:
+        for leftover in (tmp, tmp.with_name(tmp.name + "-journal")):
+            leftover.unlink(missing_ok=True)
+        raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
