@@ -107,6 +107,14 @@ def test_bad_inputs_fail_before_anything_is_created(tmp_path, capsys, extra, sai
     assert not storage.exists()
 
 
+def test_a_comparison_checks_its_seeds_before_anything_is_created(tmp_path, capsys):
+    for extra in (["--seed", "-1"], ["--seeds", "0", "-2"]):
+        err = _refused(capsys, ["compare", "--methods", "baseline", "bmlr", "--samples", "1", "--storage",
+                                str(tmp_path / "runs"), *extra])
+        assert "--seed and --seeds must be from 0" in err
+    assert not (tmp_path / "runs").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a machine with CUDA can train on it")
 def test_a_cuda_device_without_cuda_is_refused_before_anything_is_created(tmp_path, capsys):
     storage = tmp_path / "runs"

@@ -89,6 +89,9 @@ class ComparisonSettings:
         need(self.protocols in PROTOCOLS, f"--protocol must be one of {PROTOCOLS}, got {self.protocols!r}")
         need(self.seeds is None or (len(self.seeds) >= 1 and len(set(self.seeds)) == len(self.seeds)),
              f"--seeds must be distinct integers, got {self.seeds}")
+        need(all(0 <= x < 2**32 for x in [self.seed, *(self.seeds or [])]),
+             f"--seed and --seeds must be from 0 to 2**32 - 1 (NumPy's and Optuna's seeds), got {self.seed} and "
+             f"{self.seeds}")
         need(self.epochs is None or self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
         need(self.reference is None or self.reference in labels,
              f"--reference {self.reference!r} is not one of the rows {labels}")
