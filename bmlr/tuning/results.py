@@ -12,14 +12,18 @@ trial, ``error``. Test metrics do not exist here.
 """
 from __future__ import annotations
 
+import json
+import shlex
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from bmlr.fileio import finite_or_none
 from bmlr.tuning import run_view, tracking
 from bmlr.tuning.export import production_config, source_of, write_config
+from bmlr.tuning.faults import resume_line
 from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.ray_backend import METRIC
 from bmlr.tuning.rung_check import rung_warning
@@ -29,7 +33,7 @@ from bmlr.tuning.selection import SCORE, choose_best, noise_note, score, standar
 from bmlr.tuning.store import StudyStore
 
 __all__ = ["Row", "Chooser", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
-           "format_table", "winner_note", "score_text", "export_best", "finish"]
+           "format_table", "winner_note", "score_text", "export_best", "finish", "FolderResult", "folder_results"]
 
 Row = dict[str, Any]
 Chooser = Callable[[list[Row]], "Row | None"]
@@ -48,6 +52,64 @@ def _status(result, epochs: int, max_epochs: int) -> str:
     if (result.metrics or {}).get("done"):
         return tracking.trial_status(epochs, max_epochs, errored=False)
     return "interrupted"  # cut off by Ctrl-C or a lost driver: --resume continues it
+
+
+@dataclass
+class FolderResult:
+    """A trial as Ray's experiment folder keeps it (``<ray>/trial_<id>/``), with what
+    :func:`trial_rows` reads of a result of Ray's result grid."""
+    path: str
+    config: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+
+def folder_results(ray_dir: Path, runs: dict[str, Any] | None = None) -> list[FolderResult]:
+    """Every trial Ray started in ``ray_dir``, read from its folder (``params.json``, the last
+    line of ``result.json``, ``error.txt``): the results where Ray Tune stopped at once (a
+    second Ctrl-C) and returned none. Given the trials' MLflow runs (``runs``, by trial id), a
+    trial without one is left out (a lost trial: its run was deleted), and one whose run the
+    callback ended as completed or stopped early counts as done (Ray may not have written so)."""
+    found = []
+    for folder in sorted(Path(ray_dir).glob("trial_*")):
+        trial_id = folder.name.removeprefix("trial_")
+        if not folder.is_dir() or (runs is not None and trial_id not in runs):
+            continue
+        metrics = {**_last_json_line(folder / "result.json"), "trial_id": trial_id}
+        config = _json_object(folder / "params.json") or dict(metrics.get("config") or {})
+        error = (folder / "error.txt").read_text(errors="replace") if (folder / "error.txt").is_file() else None
+        tags = runs[trial_id].data.tags if runs is not None else {}
+        if error is None and tags.get("trial_status") in ("completed", "stopped_early"):
+            metrics["done"] = True
+        elif error is None and tags.get("trial_status") == "failed":
+            error = tags.get("error") or "failed"
+        found.append(FolderResult(str(folder), config, metrics, error))
+    return found
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """The JSON object in a file ({} where there is none, or none whole)."""
+    try:
+        value = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _last_json_line(path: Path) -> dict[str, Any]:
+    """The last whole JSON object of a file of JSON lines ({} where there is none)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in reversed(lines):
+        try:
+            value = json.loads(line) if line.strip() else None
+        except ValueError:  # a line cut off by a killed writer
+            continue
+        if isinstance(value, dict):
+            return value
+    return {}
 
 
 def best_epoch(history: list[Row], rule: ScoreRule = ScoreRule("best"), n_val: int | None = None) -> Row:
@@ -264,7 +326,8 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
         if rungs:
             log(rungs)
     if best_yaml is not None:
-        log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {best_yaml}")
+        log(f"best configuration: {best_yaml}\n"
+            f"  train it: python -m bmlr.train --config {shlex.quote(str(best_yaml))}")
     else:
         log("no trial finished successfully: nothing exported")
     log(f"MLflow: {plan.tracking_uri}  experiment {s.experiment!r}  parent run {plan.parent_run_id}")
@@ -273,5 +336,4 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
     for line in run_view.ui_lines(plan.tracking_uri, plan.experiment_id, plan.parent_run_id, view):
         log(line)
     if interrupted:
-        log(f"the study was interrupted; continue it with: bmlr-tune --dataset {s.dataset} "
-            f"--storage {s.storage} --name {s.name} --resume")
+        log(f"the study was interrupted; continue it with: {resume_line(plan)}")

@@ -30,13 +30,16 @@ from typing import Any, Callable, Iterator
 
 from bmlr.config import Config, ConfigError, from_dict
 from bmlr.data import DataError, build_datasets
+from bmlr.production_tracking import interrupts_held
 from bmlr.tuning import ray_backend, tracking
 from bmlr.tuning.config_drift import config_drift, describe_drift
+from bmlr.tuning.faults import (no_space_left, output_gone, resume_line, stops_on_full_disk,
+                                terminal_may_go)
 from bmlr.tuning.confirm import confirm
 from bmlr.tuning.plan import Plan, StudyError, StudyOutcome, StudySettings, plan_study, resume_store
 from bmlr.tuning.ray_backend import METRIC, MODE, RayStartError, make_sampler, make_scheduler, make_searcher
 from bmlr.tuning.references import run_references
-from bmlr.tuning.results import Chooser, finish
+from bmlr.tuning.results import Chooser, finish, folder_results
 from bmlr.tuning.selection import choose_best
 from bmlr.tuning.search_space import SearchSpace, project_root
 from bmlr.tuning.trainable import train_trial
@@ -252,36 +255,69 @@ def _after(plan: Plan, outcome: StudyOutcome, after: After | None, report: str, 
 
 def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, top: int,
          log: Callable[[str], None], chooser: Chooser | None) -> StudyOutcome:
+    log = terminal_may_go(log)
     data_info = prepare_data(plan, log)
-    start_tracking(plan, data_info)
-    s = plan.settings
-    schedule = ("every combination trained to the end" if s.kind == "surface" or s.scheduler == "none" else
-                f"{'ASHA' if s.scheduler == 'asha' else 'Hyperband (ASHA brackets)'} grace {s.grace_period}, "
-                f"reduction {s.reduction_factor}")
-    log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
-        f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {s.rule.name}, "
-        f"{s.rule.describe()}\n  MLflow: {plan.tracking_uri} "
-        f"parent run {plan.parent_run_id}")
-    drift = fixed_keys_line(plan)
-    if drift:
-        log(f"  {drift}")
-    with ray_session(address, num_cpus, verbose), _ends_parent_on_start_error(plan):
-        tuner = build_tuner(plan, verbose)
-        try:
-            grid = tuner.fit()
-        except KeyboardInterrupt:
-            tracking.client_for(plan.tracking_uri).set_terminated(plan.parent_run_id, "KILLED")
-            log(f"\ninterrupted; continue with: bmlr-tune --dataset {s.dataset} --storage "
-                f"{s.storage} --name {s.name} --resume")
+    with stops_on_full_disk(plan):
+        start_tracking(plan, data_info)
+        s = plan.settings
+        schedule = ("every combination trained to the end" if s.kind == "surface" or s.scheduler == "none" else
+                    f"{'ASHA' if s.scheduler == 'asha' else 'Hyperband (ASHA brackets)'} grace {s.grace_period}, "
+                    f"reduction {s.reduction_factor}")
+        log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
+            f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {s.rule.name}, "
+            f"{s.rule.describe()}\n  MLflow: {plan.tracking_uri} "
+            f"parent run {plan.parent_run_id}")
+        drift = fixed_keys_line(plan)
+        if drift:
+            log(f"  {drift}")
+        with contextlib.ExitStack() as ray:
+            try:
+                ray.enter_context(ray_session(address, num_cpus, verbose))
+                ray.enter_context(_ends_parent_on_start_error(plan))
+                grid = build_tuner(plan, verbose).fit()
+            except KeyboardInterrupt:  # a second Ctrl-C (Ray Tune stops at once, with no results) or an early one
+                _records_after_kill(plan, log, top, chooser)
+                raise
+            except OSError as err:  # a hang-up: Ray Tune's progress printed to the closed terminal
+                if not output_gone(err):
+                    raise
+                _records_after_kill(plan, log, top, chooser)
+                raise KeyboardInterrupt from None
+            done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
+            with interrupts_held():  # a second Ctrl-C after Ray's graceful stop waits for the records
+                outcome = finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
+            plain = s.kind == "search" and not (chooser or s.outer_run_id)
+            if s.confirm and plain and not outcome.interrupted:
+                outcome = confirm(plan, outcome, verbose, log)
+            if s.references and plain and not outcome.interrupted:
+                run_references(plan, outcome, log)
+            return outcome
+
+
+def _records_after_kill(plan: Plan, log: Callable[[str], None], top: int, chooser: Chooser | None) -> None:
+    """A second Ctrl-C (or SIGTERM, SIGHUP: the first stops Ray Tune gracefully, the second
+    raises out of the tuner at once, with no results; also one while Ray starts, or a hang-up
+    that broke Ray Tune's output) still writes what the first does: the trials table from Ray's
+    experiment folder and the trials' histories, ``best.yaml`` where a trial has a score, every
+    run ended (KILLED where cut off) and the line that says how to continue. A third Ctrl-C
+    waits until they are written; a fourth leaves at once (a store that hangs can still be
+    left). A record that cannot be written is said, not raised (a full disk is raised:
+    `bmlr.tuning.faults.stops_on_full_disk` says it)."""
+    written = False
+    try:
+        with interrupts_held():
+            runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
+            finish(plan, folder_results(plan.store.ray_dir, runs), True, log, top, chooser=chooser)
+            written = True
+    except Exception as err:
+        if no_space_left(err):
             raise
-        done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
-        outcome = finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
-        plain = s.kind == "search" and not (chooser or s.outer_run_id)
-        if s.confirm and plain and not outcome.interrupted:
-            outcome = confirm(plan, outcome, verbose, log)
-        if s.references and plain and not outcome.interrupted:
-            run_references(plan, outcome, log)
-        return outcome
+        log(f"note: the study's records could not be written after the interrupt ({type(err).__name__}: {err})")
+        with contextlib.suppress(Exception):
+            tracking.end_study_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id, "KILLED")
+    finally:
+        if not written:
+            log(f"\ninterrupted; continue with: {resume_line(plan)}")
 
 
 @contextlib.contextmanager

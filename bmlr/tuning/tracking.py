@@ -322,6 +322,16 @@ def child_runs(uri: str, experiment_id: str, parent_run_id: str) -> dict[str, An
             return runs
 
 
+def end_study_runs(uri: str, experiment_id: str, parent_run_id: str, status: str) -> None:
+    """End the study's parent run and every trial run still RUNNING as ``status`` (a study
+    that stopped on an error: its records could not be written)."""
+    client = client_for(uri)
+    for run in child_runs(uri, experiment_id, parent_run_id).values():
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status)
+    client.set_terminated(parent_run_id, status)
+
+
 def log_epochs(client, run_id: str, history: list[dict[str, Any]], ts: int) -> None:
     """Log epochs of a trial's history (dicts of finite numbers with ``epoch``) at step = epoch."""
     from mlflow.entities import Metric

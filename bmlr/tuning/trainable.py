@@ -34,7 +34,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bmlr.fileio import atomic_path, atomic_write_text
+from bmlr.fileio import atomic_torch_save, atomic_write_text
 from bmlr.tuning.ray_backend import METRIC
 from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, parse_score
 from bmlr.tuning.store import history_path, write_history
@@ -63,11 +63,9 @@ def state_path(state_dir: str | Path, trial_id: str) -> Path:
 
 
 def save_state(state: dict, path: Path) -> None:
-    """torch.save, atomically: a killed trial never leaves half a file."""
-    import torch
-
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """torch.save, atomically: a killed trial or a full disk never leaves half a file (and a
+    full disk is an OSError, not torch's "unexpected pos")."""
+    atomic_torch_save(state, path)
 
 
 def val_top3_path(extras_dir: str | Path, trial_id: str) -> Path:
