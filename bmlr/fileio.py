@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import math
 import os
@@ -21,7 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["TMP_MARK", "abs_path", "timestamp", "tmp_path_for", "atomic_path", "atomic_write_text",
-           "write_json", "read_json", "write_csv", "read_csv", "parse_cell", "finite_or_none", "atomic_torch_save"]
+           "write_json", "read_json", "write_csv", "read_csv", "parse_cell", "finite_or_none", "atomic_torch_save",
+           "WRITE_FAILURES", "write_failure"]
 
 TMP_MARK = ".tmp-"  # in every temporary name: a cache scan can skip (and later remove) leftovers
 
@@ -146,3 +148,18 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
             os.fsync(f.fileno())
     return Path(path)
 
+
+# what a failed write means, and what to do: (problem, remedy) by errno
+WRITE_FAILURES = {errno.ENOSPC: ("no space left on device", "free space and run again"),
+                  errno.EDQUOT: ("disk quota exceeded", "free space (or raise the quota) and run again"),
+                  errno.EROFS: ("read-only file system", "choose a writable folder and run again"),
+                  errno.EACCES: ("permission denied", "choose a writable folder and run again")}
+
+
+def write_failure(err: OSError) -> int | None:
+    """The :data:`WRITE_FAILURES` code of ``err``, or None: its errno, or ENOSPC for NumPy's
+    short write on a full disk (``OSError("N requested and M written")``, no errno)."""
+    if err.errno in WRITE_FAILURES:
+        return err.errno
+    text = str(err)
+    return errno.ENOSPC if err.errno is None and "requested and" in text and "written" in text else None

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import signal
 import sys
 import threading
@@ -38,8 +37,9 @@ import yaml
 
 from bmlr.config import Config, ConfigError, from_dict, load_config
 from bmlr.data import DataError, build_datasets
+from bmlr.data.cache import cache_root
 from bmlr.engine import Trainer, mean_std, resolve_device
-from bmlr.fileio import atomic_torch_save, write_json
+from bmlr.fileio import WRITE_FAILURES, atomic_torch_save, write_failure, write_json
 from bmlr.methods import resolved_method_args
 from bmlr.mlflow_store import TrackingError, check_store, fetch_trial, store_of
 from bmlr.production_tracking import ProductionRun, Target, Untracked, check_target, open_run, resolve_target
@@ -133,7 +133,8 @@ def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool,
     with writing(seed_dir / "model.pt", cfg):  # atomic: a full disk leaves no half checkpoint
         seed_dir.mkdir(parents=True, exist_ok=True)
         atomic_torch_save({"model": trainer.best_model_state, "config": cfg.to_dict(), "seed": seed,
-                           "class_names": trainer.data.class_names, "best_epoch": trainer.best_epoch},
+                           "class_names": trainer.data.class_names, "best_epoch": trainer.best_epoch,
+                           "scaling": getattr(trainer.data, "scaling", {})},
                           seed_dir / "model.pt")
     result = {"seed": seed, "best_epoch": trainer.best_epoch, "val": trainer.best_val, "test": test,
               "seconds": time.time() - start, "history": history}
@@ -163,22 +164,22 @@ class OutputError(RuntimeError):
     to do and what `results.json` keeps; the file itself is left as it was (atomic writes)."""
 
 
-WRITE_FAILURES = {errno.ENOSPC: ("no space left on device", "free space and run again"),
-                  errno.EDQUOT: ("disk quota exceeded", "free space (or raise the quota) and run again"),
-                  errno.EROFS: ("read-only file system", "choose a writable output_dir and run again"),
-                  errno.EACCES: ("permission denied", "choose a writable output_dir and run again")}
-
-
 @contextlib.contextmanager
-def writing(path: Path, cfg: Config) -> Iterator[None]:
+def writing(path: Path, cfg: Config, what: str | None = None) -> Iterator[None]:
     """An OSError within the block (writing ``path``) raised as :class:`OutputError` naming the
-    file and `output_dir`; the caller adds what `results.json` keeps."""
+    file and `output_dir`; the caller adds what `results.json` keeps. With ``what`` (a folder
+    the block writes into, such as the data cache) only the write failures of
+    :data:`WRITE_FAILURES` are caught: other errors there are the data's, reported as such."""
     try:
         yield
     except OSError as err:
-        what, todo = WRITE_FAILURES.get(err.errno, ((err.strerror or type(err).__name__).lower(),
-                                                    "fix it and run again"))
-        raise OutputError(f"{what} writing {path} (output_dir {cfg.output_dir}); {todo}") from None
+        code = write_failure(err)
+        if what is not None and code is None:
+            raise
+        problem, todo = WRITE_FAILURES.get(code, ((err.strerror or type(err).__name__).lower(),
+                                                  "fix it and run again"))
+        where = f"{what} {path}" if what else f"{path} (output_dir {cfg.output_dir})"
+        raise OutputError(f"{problem} writing {where}; {todo}") from None
 
 
 def train(cfg: Config, progress: bool = True, target: Target | None = None,
@@ -188,7 +189,8 @@ def train(cfg: Config, progress: bool = True, target: Target | None = None,
     refuses leaves no folder). `results.json` is written at the start and after every seed,
     with `"complete": false` until every seed has finished."""
     device = resolve_device(cfg.device)
-    data = build_datasets(cfg)  # once: the data do not depend on the training seed
+    with writing(cache_root(cfg), cfg, what="the data cache"):  # a full disk while it is built: one line
+        data = build_datasets(cfg)  # once: the data do not depend on the training seed
     job = open_run(target, cfg, config_file)
     results: dict[str, Any] = {"seeds": []}
     status = "FAILED"  # what the MLflow run ends as unless training finishes or is interrupted

@@ -175,3 +175,32 @@ def test_sighup_is_routed_to_ctrl_c_unless_ignored():
     finally:
         signal.signal(signal.SIGINT, outer_int)
         signal.signal(signal.SIGHUP, outer_hup)
+
+
+def test_a_full_disk_under_the_data_cache_is_one_line_for_training_and_tuning(setup, tmp_path, capsys):
+    """NumPy's short write on a full disk carries no errno ("N requested and M written"): still
+    one line naming the cache, exit 2, nothing else created."""
+    from bmlr import train as train_cli
+    from bmlr.tuning import cli
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(cache)], capture_output=True,
+                           text=True)
+    if mount.returncode:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mount.stderr.strip()}")
+    try:
+        sets = [a for k, v in {**TINY, "cache_dir": cache}.items() for a in ("--set", f"{k}={v}")]
+        assert train_cli.main(["--no-mlflow", "--no-progress", "--set", f"output_dir={tmp_path / 'out'}",
+                               "--set", f"data_root={setup['data']}", *sets]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.splitlines() == [f"error: no space left on device writing the data cache {cache}; free space "
+                                    f"and run again"], err
+        assert cli.main(["--samples", "1", "--storage", str(tmp_path / "runs"), "--data-root", str(setup["data"]),
+                         *sets]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "no space left on device writing the data cache" in err, err
+        assert not (tmp_path / "out").exists() and not (tmp_path / "runs").exists()
+    finally:
+        if subprocess.run(["umount", str(cache)], capture_output=True).returncode:
+            subprocess.run(["umount", "-l", str(cache)], capture_output=True)

@@ -18,6 +18,7 @@ import shlex
 from pathlib import Path
 from typing import Callable, Iterator
 
+from bmlr.fileio import write_failure
 from bmlr.tuning import tracking
 from bmlr.tuning.plan import Plan, StudyError
 from bmlr.tuning.ray_backend import RayStartError
@@ -64,7 +65,7 @@ def no_space_left(err: BaseException) -> bool:
     ``OSError`` ENOSPC / EDQUOT, SQLite's "database or disk is full", or an error whose text
     quotes one (Ray Tune passes a callback's error on as the text of its traceback)."""
     for cause in _chain(err):
-        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(cause, OSError) and write_failure(cause) in (errno.ENOSPC, errno.EDQUOT):
             return True
         if any(text in str(cause).lower() for text in NO_SPACE):
             return True

@@ -196,6 +196,10 @@ def _run_stages(run: _Staged, log: Callable[[str], None], address: str | None, n
         except KeyboardInterrupt:
             client.set_terminated(parent, "KILLED")
             raise
+        except StudyError:  # a stage that stopped on an error (a full disk): its own runs are ended already
+            with contextlib.suppress(Exception):  # a full store cannot take this either: a resume ends it
+                client.set_terminated(parent, "FAILED")
+            raise
     return None
 
 
