@@ -12,6 +12,7 @@ file, the key, the bad value and what was expected.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -21,7 +22,8 @@ import yaml
 
 from bmlr.fileio import atomic_write_text
 
-__all__ = ["Config", "ConfigError", "FIELD_NAMES", "METHOD_ARGS_PREFIX", "OPTIMIZERS", "SCHEDULES", "DEVICES",
+__all__ = ["Config", "ConfigError", "FIELD_NAMES", "closest_key",
+           "METHOD_ARGS_PREFIX", "OPTIMIZERS", "SCHEDULES", "DEVICES",
            "SOURCE_KEYS", "field_kind", "fold_method_args", "from_dict", "load_config", "validate"]
 
 OPTIMIZERS = ("adam", "sgd")
@@ -220,6 +222,12 @@ def fold_method_args(data: dict[str, Any], source: str = "") -> dict[str, Any]:
     return out
 
 
+def closest_key(key: str) -> str:
+    """``; did you mean 'epochs'?`` where a configuration key is close to ``key``, else ''."""
+    close = difflib.get_close_matches(key, FIELD_NAMES, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def from_dict(data: dict[str, Any], source: str = "") -> Config:
     """Build a validated Config from a mapping; unknown keys are errors."""
     if not isinstance(data, dict):
@@ -227,8 +235,9 @@ def from_dict(data: dict[str, Any], source: str = "") -> Config:
     data = fold_method_args(data, source)
     unknown = sorted(set(data) - set(FIELD_NAMES))
     if unknown:
+        hints = "".join(closest_key(k).replace("?", f" for {k!r}?") for k in unknown)
         raise ConfigError(
-            f"{source + ': ' if source else ''}unknown key(s) {', '.join(map(repr, unknown))}; "
+            f"{source + ': ' if source else ''}unknown key(s) {', '.join(map(repr, unknown))}{hints}; "
             f"valid keys are: {', '.join(FIELD_NAMES)}"
         )
     kwargs = {k: _coerce(source, k, v, _DEFAULTS[k]) for k, v in data.items()}

@@ -74,9 +74,11 @@ class Target:
 def resolve_target(cfg: Config, tracking_uri: str | None = None, experiment: str | None = None,
                    no_mlflow: bool = False) -> Target | None:
     """The store to log to: ``tracking_uri`` (the flag), else ``$MLFLOW_TRACKING_URI``, else
-    the configuration's ``source``; None with ``no_mlflow`` or where no store is known."""
+    the configuration's ``source``; None with ``no_mlflow`` or where no store is known. The
+    experiment: ``experiment`` (the flag), else ``$MLFLOW_EXPERIMENT_NAME`` as MLflow reads it."""
     if no_mlflow:
         return None
+    experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or None
     if tracking_uri:
         return Target(tracking_uri, "--tracking-uri", experiment)
     if os.environ.get("MLFLOW_TRACKING_URI"):

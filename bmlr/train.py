@@ -294,7 +294,8 @@ def parser() -> argparse.ArgumentParser:
                    "$MLFLOW_TRACKING_URI, else the store of the study the configuration came from")
     g.add_argument("--storage", default="tune_runs", help="with --from-run and no other store: the study's --storage "
                    "folder, whose mlflow.db holds the run (never created here)")
-    g.add_argument("--experiment", help="MLflow experiment (default: the study's, else bmlr-train-<dataset>)")
+    g.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else the study's, "
+                   "else bmlr-train-<dataset>)")
     g.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
     return p
 

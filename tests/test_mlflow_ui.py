@@ -120,6 +120,6 @@ def test_the_printed_runs_table_link_shows_the_trials_by_name_best_first(finishe
 
 def test_the_printed_parent_run_link_opens_the_study_run(finished_study, mlflow_ui, tmp_path):
     link = _printed_link(finished_study["out"], "parent run", mlflow_ui)
-    assert link.endswith(f"/runs/{finished_study['parent_run_id']}")
+    assert link.endswith(f"/runs/{finished_study['parent_run_id']}?workflowType=machine_learning")
     dom = _render(link, tmp_path / "profile")
     assert re.search(r">\s*tiny\s*<", dom)  # the parent run, named after the study

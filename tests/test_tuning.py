@@ -399,7 +399,7 @@ def test_study_logs_parent_and_nested_runs_to_mlflow(asha_study):
     experiment = client.get_experiment(info["experiment_id"])
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # "model training"
     assert f"mlflow.sharedViewState.bmlr-{parent.info.run_id}" in experiment.tags
-    assert f"parent run: {ui}/runs/{parent.info.run_id}" in asha_study["out"]
+    assert f"parent run: {ui}/runs/{parent.info.run_id}?workflowType=machine_learning" in asha_study["out"]
     for run in children:
         t = run.data.tags
         assert "config.yaml" in {a.path for a in client.list_artifacts(run.info.run_id)}

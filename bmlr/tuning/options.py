@@ -12,6 +12,7 @@ the Ray checks that run before anything is created: the command modules import i
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import fields
 from typing import Any, TypeVar
 
@@ -93,8 +94,8 @@ def add_ray_options(group) -> None:
     group.add_argument("--gpus-per-trial", type=float,
                        help="GPUs per trial; fractional values share a GPU, e.g. 0.25 (default: 1 where the "
                        "cluster has GPUs, else 0)")
-    group.add_argument("--address", help="an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: start a "
-                       "local one")
+    group.add_argument("--address", help="an existing Ray cluster (e.g. 127.0.0.1:6379 or auto); default: "
+                       "$RAY_ADDRESS, else start a local one")
     group.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     group.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS",
                        help="how long to wait for the cluster at --address to answer before giving up")
@@ -104,8 +105,9 @@ def check_ray_options(args: argparse.Namespace) -> None:
     """Before anything is created: the cluster at ``--address`` answers (within
     ``--connect-timeout``), or the local Ray instance can run a trial (``--num-cpus``,
     ``--cpus-per-trial``, ``--gpus-per-trial``). RayStartError otherwise."""
-    if args.address:
-        check_address(args.address, args.connect_timeout)
+    address = args.address or os.environ.get("RAY_ADDRESS")  # what Ray itself would join
+    if address:
+        check_address(address, args.connect_timeout)
     else:
         check_local(args.num_cpus, args.cpus_per_trial, args.gpus_per_trial)
 
@@ -115,7 +117,8 @@ def add_result_options(group, storage_help: str, name_help: str, resume_help: st
     group.add_argument("--storage", default="tune_runs", help=storage_help)
     group.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
                        "sqlite:////<abs storage>/mlflow.db)")
-    group.add_argument("--experiment", help="MLflow experiment (default: bmlr-tune-<dataset>)")
+    group.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else "
+                       "bmlr-tune-<dataset>)")
     group.add_argument("--name", help=name_help)
     group.add_argument("--resume", action="store_true", help=resume_help)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from bmlr.config import Config, ConfigError
+from bmlr.config import FIELD_NAMES, METHOD_ARGS_PREFIX, Config, ConfigError, closest_key
 from bmlr.fileio import abs_path, timestamp
 from bmlr.tuning import tracking
 from bmlr.tuning.ray_backend import SCHEDULERS
@@ -277,6 +277,9 @@ def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, 
                                    f"remove it from --set or from the search space")
         if key in COMMAND_LINE_KEYS or key == "data_root":
             raise StudyError(f"--set {key}=...: use --{key.replace('_', '-')} instead")
+        if key not in FIELD_NAMES and not key.startswith(METHOD_ARGS_PREFIX):
+            raise StudyError(f"--set {key}=...: {key!r} is not a configuration key{closest_key(key)} (the keys and "
+                             f"their defaults: Config in bmlr/config.py)")
     if "dataset" in space.fixed and space.fixed["dataset"] != settings.dataset:
         raise SearchSpaceError(f"{space.source}: fixed.dataset: {space.fixed['dataset']!r} does not match "
                                f"--dataset {settings.dataset!r}")
@@ -329,7 +332,8 @@ def _tracking(settings: StudySettings, storage: Path, open_experiment: bool) -> 
     experiment's id (else None: :meth:`Plan.open_experiment` creates it when the study starts)."""
     uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(storage)
     settings.tracking_uri = uri
-    settings.experiment = settings.experiment or f"bmlr-tune-{settings.dataset}"
+    settings.experiment = (settings.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                           or f"bmlr-tune-{settings.dataset}")
     try:
         tracking.check_reachable(uri)
         return uri, tracking.get_or_create_experiment(uri, settings.experiment) if open_experiment else None

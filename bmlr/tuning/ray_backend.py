@@ -133,12 +133,14 @@ def quiet_ray(verbose: int) -> None:
 
 
 def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
-    """Connect to a cluster (``address``) or start a local one; True if Ray was started here
+    """Connect to a cluster (``address``, else ``$RAY_ADDRESS`` as Ray reads it) or start a
+    local one; True if Ray was started here
     (False: it was already running in this process). :class:`RayStartError` if it cannot."""
     import ray
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
     env = {k: os.environ[k] for k in ("BMLR_CACHE",) if k in os.environ}
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose >= 2,
                                   logging_level=logging.INFO if verbose >= 2 else logging.WARNING,

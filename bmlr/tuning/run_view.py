@@ -21,6 +21,7 @@ __all__ = ["BEST_MARK", "NOTE_TAG", "VIEW_TAG_PREFIX", "compact", "trial_run_nam
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 SHORT_KEYS = {"alpha": "a", "beta": "b"}  # the paper's two reshaping knobs, by their one-letter names
 UI_PORT = 5000  # `mlflow ui`'s default port
+CLASSIC_VIEW = "workflowType=machine_learning"  # MLflow 3 opens its GenAI pages without it
 # the MLflow UI's shared views: an experiment tag holding the view as JSON, opened by the runs
 # table's `viewStateShareKey` URL parameter (what the UI's own "Share" button writes)
 VIEW_TAG_PREFIX = "mlflow.sharedViewState."
@@ -114,5 +115,5 @@ def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str, view: st
         base = f"http://127.0.0.1:{UI_PORT}"
         lines = [f"  open it: mlflow ui --backend-store-uri {shlex.quote(tracking_uri)}   (then the links below)"]
     experiment = f"{base}/#/experiments/{experiment_id}"
-    table = f"{experiment}/runs?workflowType=machine_learning" + (f"&viewStateShareKey={view}" if view else "")
-    return lines + [f"  runs table: {table}", f"  parent run: {experiment}/runs/{parent_run_id}"]
+    table = f"{experiment}/runs?{CLASSIC_VIEW}" + (f"&viewStateShareKey={view}" if view else "")
+    return lines + [f"  runs table: {table}", f"  parent run: {experiment}/runs/{parent_run_id}?{CLASSIC_VIEW}"]

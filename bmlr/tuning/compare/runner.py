@@ -150,7 +150,7 @@ class Comparison:
         self.tracking_uri = s.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or \
             tracking.default_tracking_uri(Path(s.storage))
         s.tracking_uri = self.tracking_uri
-        s.experiment = s.experiment or f"bmlr-tune-{s.dataset}"
+        s.experiment = s.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or f"bmlr-tune-{s.dataset}"
         try:
             tracking.check_reachable(self.tracking_uri)  # its experiment is opened once the data are ready
         except tracking.TrackingError as err:
