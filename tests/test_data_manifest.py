@@ -106,7 +106,9 @@ def test_three_modalities_from_the_split_column(tmp_path, layout):
     assert [r.id for r in data.test.rows] == ["cat0", "dog0", "owl0"]  # file order
     inputs, label = data.test[1]
     assert label == 1
-    assert torch.allclose(inputs["emb"], torch.from_numpy(np.load(root / "emb" / "dog0.npy")))
+    center, scale = (np.array(data.scaling["emb"][k], dtype=np.float32) for k in ("center", "scale"))
+    assert data.scaling["emb"]["kind"] == "standard"  # features standardised with the train split's statistics
+    assert torch.allclose(inputs["emb"], torch.from_numpy((np.load(root / "emb" / "dog0.npy") - center) / scale))
     again = build(tmp_path, root)  # the cache is complete: nothing computed twice
     assert again.info["spectrograms_computed"] == 0
 
@@ -167,11 +169,15 @@ def test_features_from_one_matrix_with_a_row_index(tmp_path, layout):
     np.save(root / "all_features.npy", matrix)
     for i, r in enumerate(rows):
         r["emb"] = str(len(rows) - 1 - i)
-    modalities = {**MODALITIES, "emb": {"kind": "features", "matrix": "all_features.npy"}}
+    modalities = {**MODALITIES, "emb": {"kind": "features", "matrix": "all_features.npy", "scale": "none"}}
     data = build(tmp_path, write_manifest(root, rows, modalities))
     assert (data.modalities["emb"].kind, data.modalities["emb"].shape) == ("sequence", (3, 4))
     row = data.test.rows[0]  # cat0, line 2: matrix row 17
     assert torch.equal(data.test[0][0]["emb"], torch.from_numpy(matrix[len(rows) - 1]))
+    train_steps = matrix[[len(rows) - 1 - i for i, r in enumerate(rows) if r["split"] == "train"]].reshape(-1, 4)
+    standard = {**modalities, "emb": {**modalities["emb"], "scale": "standard"}}
+    scaled = build(tmp_path, write_manifest(root, rows, standard))
+    np.testing.assert_allclose(scaled.scaling["emb"]["center"], train_steps.mean(axis=0), rtol=1e-5, atol=1e-6)
     assert row.id == "cat0"
     rows[3]["emb"] = "18"
     with pytest.raises(DataError, match=r"line 5 \(id 'cat3'\), column 'emb': row index '18'"):

@@ -10,7 +10,9 @@ file per modality) and ``modalities.yaml`` (each modality's kind and parameters)
 * ``frames`` (a folder of images): ``[T, 3, S, S]`` (``cfg.frames``) -> ``resnet_visual``;
 * ``video`` (a video file): frames extracted once at ``fps`` (PyAV) into the cache, then as
   ``frames``; an ``audio`` modality may name a video file too (its track is extracted to a wav);
-* ``features`` (``.npy``): a vector ``[D]`` -> ``mlp``, a sequence ``[T, D]`` -> ``transformer``.
+* ``features`` (``.npy``): a vector ``[D]`` -> ``mlp``, a sequence ``[T, D]`` -> ``transformer``;
+  standardised per dimension by default with statistics of the training split (``scale:``,
+  :mod:`bmlr.data.feature_scaling`; ``DataSplits.scaling``, saved in ``model.pt``).
 
 Splits: :mod:`bmlr.data.manifest_split`. Every file is checked before training; problems raise
 :class:`DataError` naming the row and column (or, with ``skip_bad``, drop the row).
@@ -32,6 +34,7 @@ from bmlr.data.audio import SpectrogramParams, expected_shape
 from bmlr.data.base import (check_class_coverage, list_frames, prepare_workers, require_root, skipped_summary,
                             source_name, warn_skipped)
 from bmlr.data.cache import SpectrogramStore, cache_root
+from bmlr.data.feature_scaling import FeatureScaling, train_scaling
 from bmlr.data.frames import load_frames
 from bmlr.data.manifest_io import (Manifest, ManifestRow, ModalityConfig, check_row_files, read_classes,
                                    read_manifest, row_error)
@@ -76,17 +79,20 @@ class FrameReader:
 
 class FeatureReader:
     """A ``features`` modality: the ``.npy`` array (or the row of a ``matrix``, memory-mapped) as
-    ``float32``, non-finite values as 0; kind ``vector`` for ``[D]``, ``sequence`` for ``[T, D]``."""
+    ``float32``, non-finite values as 0, then scaled per dimension (``scaling``, from the training
+    split: :mod:`bmlr.data.feature_scaling`); kind ``vector`` for ``[D]``, ``sequence`` for ``[T, D]``."""
 
-    def __init__(self, name: str, shape: tuple):
+    def __init__(self, name: str, shape: tuple, scaling: FeatureScaling | None = None):
         self.name = name
         self.spec = ModalitySpec("vector" if len(shape) == 1 else "sequence", shape)
+        self.scaling = scaling or FeatureScaling.identity(int(shape[-1]))
         self._matrices: dict[str, np.ndarray] = {}
 
     def __getstate__(self) -> dict:  # loader workers open their own memory maps
         return {**self.__dict__, "_matrices": {}}
 
-    def load(self, row: ManifestRow, train: bool) -> torch.Tensor:
+    def raw(self, row: ManifestRow) -> np.ndarray:
+        """The row's array as stored (non-finite values as 0), ``float32``, before scaling."""
         files = row.files[self.name]
         if len(files) == 2:  # [matrix file, row index]
             if files[0] not in self._matrices:
@@ -96,7 +102,10 @@ class FeatureReader:
             array = np.load(files[0], allow_pickle=False)
         if tuple(array.shape) != self.spec.shape:
             raise DataError(f"{files[0]} (id {row.id!r}) has shape {tuple(array.shape)}, expected {self.spec.shape}")
-        return torch.from_numpy(np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0))
+        return np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+    def load(self, row: ManifestRow, train: bool) -> torch.Tensor:
+        return torch.from_numpy(self.scaling.apply(self.raw(row)))
 
 
 class ManifestDataset(Dataset):
@@ -222,6 +231,24 @@ def _readers(cfg, manifest: Manifest, rows: list[ManifestRow], shapes: dict[str,
     return readers, rows, problems, info
 
 
+def _scale_features(cfg, manifest: Manifest, readers: dict[str, Any], train_rows: list[ManifestRow]
+                    ) -> tuple[dict[str, dict], dict]:
+    """Give each ``features`` reader its scaling from the training rows (the cache's, or computed
+    now); ``(modality -> {"kind", "center", "scale"}, info)``."""
+    scaling: dict[str, dict] = {}
+    info: dict[str, Any] = {"feature_scaling": {}, "scaling_computed": 0}
+    for name, reader in readers.items():
+        if not isinstance(reader, FeatureReader):
+            continue
+        kind = manifest.modalities[name].params["scale"]
+        reader.scaling, computed = train_scaling(cfg, manifest.root, name, kind, reader.spec.shape, train_rows,
+                                                 reader.raw)
+        scaling[name] = reader.scaling.as_dict()
+        info["feature_scaling"][name] = f"{kind} (train split)" if kind != "none" else "none"
+        info["scaling_computed"] += int(computed)
+    return scaling, info if scaling else {}
+
+
 def _splits(cfg, manifest: Manifest, rows: list[ManifestRow], class_names: list[str]
             ) -> tuple[list[int], dict[str, list[int]], dict]:
     """``(labels, row indices of each split, split info)``; every class in train."""
@@ -251,12 +278,14 @@ def build_manifest(cfg: Any) -> DataSplits:
     readers, rows, bad, info = _readers(cfg, manifest, rows, shapes)
     problems += bad
     labels, parts, split_info = _splits(cfg, manifest, rows, class_names)
+    scaling, scale_info = _scale_features(cfg, manifest, readers, [rows[i] for i in parts["train"]])
     splits = {s: ManifestDataset([rows[i] for i in idx], [labels[i] for i in idx], readers, train=s == "train")
               for s, idx in parts.items()}
     warn_skipped(str(root), problems)
     info = {"dataset": "manifest", "root": str(root), **{s: len(d) for s, d in splits.items()}, **split_info,
-            "modalities": {n: m.kind for n, m in manifest.modalities.items()}, **info, **skipped_summary(problems)}
+            "modalities": {n: m.kind for n, m in manifest.modalities.items()}, **info, **scale_info,
+            **skipped_summary(problems)}
     return DataSplits(train=splits["train"], val=splits["val"], test=splits["test"],
                       modalities={name: r.spec for name, r in readers.items()},
-                      num_classes=len(class_names), class_names=list(class_names), info=info)
+                      num_classes=len(class_names), class_names=list(class_names), info=info, scaling=scaling)
 

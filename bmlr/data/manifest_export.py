@@ -7,7 +7,8 @@ The data set is built as training builds it (same ``val_fraction`` and ``split_s
 written in its own order with an explicit ``split`` column (the built-in's train / val / test),
 so ``dataset: manifest`` on the result reads the same samples in the same order. Audio files
 and frame folders are referenced (absolute paths); images that live only inside a file (the
-MNIST idx arrays) are written as PNG, sequence features as one ``.npy`` per sample. Supported:
+MNIST idx arrays) are written as PNG, sequence features as one ``.npy`` per sample (with
+``scale: none``, as the built-in reads them). Supported:
 the audio-visual sets (cremad, ks, ave, synthetic), avmnist, mosi and mosei.
 """
 from __future__ import annotations
@@ -79,7 +80,8 @@ def _modalities(data: DataSplits) -> dict:
         return {"audio": _audio_params(train), "visual": {"kind": "image", "augment": False}}
     if isinstance(train, AudioVisualDataset):
         return {"audio": _audio_params(train), "visual": {"kind": "frames"}}
-    return {m: {"kind": "features"} for m in data.modalities}
+    # the built-in MOSI / MOSEI hand the model their features unscaled: so does the export
+    return {m: {"kind": "features", "scale": "none"} for m in data.modalities}
 
 
 def export_manifest(dataset: str, root: str, out: str | Path, *, cache_dir: str | None = None,

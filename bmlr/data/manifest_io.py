@@ -8,7 +8,9 @@ Layout (``data_root``)::
     modalities.yaml     modality name -> {kind: audio | image | frames | video | features, parameters};
                         an optional top-level ``split: {test_fraction: 0.2, file: splits.csv}``
                         (test_fraction: used without a split column; file: a CSV ``id,split``
-                        giving the split instead of a column)
+                        giving the split instead of a column); a ``features`` modality's
+                        ``scale: none | standard | robust`` (default standard) picks its
+                        per-dimension scaling (:mod:`bmlr.data.feature_scaling`)
     classes.txt         optional: class names in label order, one per line
 
 Every problem raises :class:`DataError` naming the file, and for a row its line number (the
@@ -43,7 +45,7 @@ KIND_PARAMS: dict[str, dict[str, Any]] = {
     "image": {"image_size": None, "augment": True},
     "frames": {"frames": None, "image_size": None, "augment": True},
     "video": {"fps": 1.0, "frames": None, "image_size": None, "augment": True},
-    "features": {"shape": None, "matrix": None},
+    "features": {"shape": None, "matrix": None, "scale": "standard"},
 }
 KINDS = tuple(KIND_PARAMS)
 SPLIT_OPTIONS = {"test_fraction": 0.2, "file": None}
@@ -123,7 +125,8 @@ def _modality(path: Path, name: Any, spec: Any) -> ModalityConfig:
 _EXPECTED = {"sample_rate": "a positive integer", "n_fft": "a positive integer", "hop_length": "a positive integer",
              "frames": "a positive integer", "image_size": "a positive integer", "duration_s": "a positive number",
              "fps": "a positive number", "tile": "true or false", "augment": "true or false",
-             "shape": "a list of positive integers, [D] or [T, D]", "matrix": "a .npy file name"}
+             "shape": "a list of positive integers, [D] or [T, D]", "matrix": "a .npy file name",
+             "scale": "one of none, standard, robust"}
 
 
 def _valid(key: str, value: Any) -> bool:
@@ -135,6 +138,8 @@ def _valid(key: str, value: Any) -> bool:
         return isinstance(value, list) and len(value) in (1, 2) and all(_valid("frames", v) for v in value)
     if key == "matrix":
         return isinstance(value, str) and bool(value)
+    if key == "scale":
+        return value in ("none", "standard", "robust")
     number = (int,) if "integer" in expected else (int, float)
     return isinstance(value, number) and not isinstance(value, bool) and value > 0
 

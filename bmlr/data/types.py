@@ -53,7 +53,9 @@ class ModalitySpec:
 
 @dataclass
 class DataSplits:
-    """Train / validation / test splits of one data set; each split yields ``(inputs: dict, label: int)``."""
+    """Train / validation / test splits of one data set; each split yields ``(inputs: dict, label: int)``.
+    ``scaling``: modality -> ``{"kind", "center", "scale"}`` (lists) of the features a data set
+    scales when it loads them (a manifest's ``features``; empty for the rest), for inference."""
 
     train: Dataset
     val: Dataset
@@ -62,3 +64,4 @@ class DataSplits:
     num_classes: int
     class_names: list[str]
     info: dict[str, Any] = field(default_factory=dict)
+    scaling: dict[str, dict] = field(default_factory=dict)
