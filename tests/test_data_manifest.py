@@ -520,3 +520,27 @@ def test_mlp_encoder_for_feature_vectors():
     assert encoder.out_dim == 4 and encoder(torch.randn(3, 5)).shape == (3, 4)
     with pytest.raises(ValueError, match=r"mlp expects \[B, 5\]"):
         encoder(torch.randn(3, 2, 5))
+
+
+def test_without_classes_txt_a_doubtful_label_is_a_warning_naming_its_rows(tmp_path):
+    import warnings
+
+    from bmlr.data.manifest_io import read_classes, read_manifest
+
+    rows = make_rows(tmp_path / "src", per_class=12, split=False)
+    rows[5]["label"] = "dogg"  # a typo of "dog" (one edit): cat 11, dogg 1
+    rows[30]["label"] = "owls"  # an owl row that became a class of one
+    root = write_manifest(tmp_path / "src", rows)
+    with pytest.warns(UserWarning) as caught:
+        names = read_classes(root, read_manifest(root).rows)
+    assert names == ["cat", "dog", "dogg", "owl", "owls"]  # still read as written: a warning, not an error
+    text = str(caught[0].message)
+    lines = {r["label"]: i + 2 for i, r in enumerate(rows)}  # the header is line 1
+    assert f"'dogg' (line {lines['dogg']}) is one edit from 'dog'" in text
+    assert f"'owls' (line {lines['owls']}) is one edit from 'owl'" in text
+    assert "classes.txt" in text and "'cat'" not in text
+    digits = [{**r, "label": str(i % 10)} for i, r in enumerate(make_rows(tmp_path / "d", per_class=10, split=False))]
+    root = write_manifest(tmp_path / "d", digits)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # classes 0 to 9 with equal counts: one edit apart, but no typos
+        assert read_classes(root, read_manifest(root).rows) == [str(d) for d in range(10)]

@@ -20,7 +20,9 @@ the data sets.
 from __future__ import annotations
 
 import csv
+import itertools
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -258,6 +260,7 @@ def read_classes(root: Path, rows: list[ManifestRow]) -> list[str]:
     else the sorted distinct labels."""
     path = root / CLASSES
     if not path.exists():
+        warn_doubtful_labels(root, rows)
         return sorted({r.label for r in rows})
     names = [line.strip() for line in read_data_text(path, "class file").splitlines() if line.strip()]
     if len(set(names)) != len(names):
@@ -268,6 +271,42 @@ def read_classes(root: Path, rows: list[ManifestRow]) -> list[str]:
             raise row_error(root, r.line, r.id, "label", f"unknown label {r.label!r}; expected one of {names} "
                                                          f"({path})")
     return names
+
+
+def one_edit_apart(a: str, b: str) -> bool:
+    """Whether ``b`` is ``a`` with one character changed, added or removed, or ``a`` in
+    another case (``cat`` / ``Cat``, ``cat`` / ``cats``, ``cat`` / ``cart``)."""
+    if a == b:
+        return False
+    if a.casefold() == b.casefold():
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    short, long_ = sorted((a, b), key=len)
+    i = next((k for k in range(len(short)) if short[k] != long_[k]), len(short))
+    return short[i + (len(short) == len(long_)):] == long_[i + 1:]
+
+
+def warn_doubtful_labels(root: Path, rows: list[ManifestRow]) -> None:
+    """Without ``classes.txt`` every distinct label is a class, so a typo becomes a class of its
+    own: warn, naming the manifest lines, about a label with one sample and about a label one
+    edit away from another that has ten times its samples (classes named ``0`` to ``9`` with
+    similar counts are not typos); ``classes.txt`` makes an unknown label an error."""
+    lines: dict[str, list[int]] = {}
+    for r in rows:
+        lines.setdefault(r.label, []).append(r.line)
+    near = [(rare, common) for rare, common in (sorted(pair, key=lambda label: len(lines[label]))
+                                                for pair in itertools.combinations(sorted(lines), 2))
+            if one_edit_apart(rare, common) and 10 * len(lines[rare]) <= len(lines[common])]  # a typo is rare
+    doubtful = [f"{rare!r} (line {', '.join(map(str, lines[rare][:5]))}) is one edit from {common!r}"
+                for rare, common in near]
+    named = {rare for rare, _ in near}
+    doubtful += [f"{label!r} has one sample (line {rows_[0]})" for label, rows_ in sorted(lines.items())
+                 if len(rows_) == 1 and label not in named]
+    if doubtful:
+        warnings.warn(f"{root / MANIFEST}: no {CLASSES}, so every label is a class; doubtful labels: "
+                      f"{'; '.join(doubtful[:10])}. A typo becomes a class of its own: fix the rows, or list the "
+                      f"classes in {root / CLASSES} to make an unknown label an error", stacklevel=2)
 
 
 def _resolve(root: Path, value: str) -> Path:
