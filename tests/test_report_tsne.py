@@ -47,7 +47,7 @@ def test_the_end_of_study_report_has_both_tsne_figures(finished_study):
     assert "![t-SNE of per-modality and fused features](tsne_features.png)" in features
     assert "![t-SNE of uniform, BMLR and per-sample label distributions](tsne_labels.png)" in labels
     assert _is_png(out / "tsne_features.png") and _is_png(out / "tsne_labels.png")
-    assert "random_state 0" in features and "validation clips" in features
+    assert "random_state 0" in features and "validation samples" in features
     # the table of the label section: one row per modality of the synthetic data, BMLR's counts among all clips
     info = json.loads((finished_study["dir"] / "study.json").read_text())
     n_val = info["data"]["sizes"]["val"]

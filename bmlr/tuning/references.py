@@ -94,7 +94,7 @@ def _lines(plan: Plan, best: dict[str, Any], scored: dict[str, dict[str, Any]], 
            n_trials: int) -> list[str]:
     s = plan.settings
     w, w_se = score(best), finite_or_none(best.get("score_se"))
-    lines = [f"tuned against untuned, on the same validation split ({n_val or '?'} clips), seed {s.seed}, at most "
+    lines = [f"tuned against untuned, on the same validation split ({n_val or '?'} samples), seed {s.seed}, at most "
              f"{plan.max_epochs} epochs each, score {s.rule.name}:",
              f"  tuned {s.method} (trial {best['trial_id']}, the best of {n_trials}): {w:.4f}"
              + (f" +- {w_se:.4f}" if w_se is not None else "")]

@@ -48,12 +48,12 @@ def add_tsne_features(page: Page, ctx: Context, sample: ValidationSample | Unava
     try:
         path = draw_features(sample, ctx.out / FIGURE,
                              f"{ctx.study.dataset}: validation features of trial {ctx.best_id}'s configuration "
-                             f"({sample.source}), {n} clips")
+                             f"({sample.source}), {n} samples")
     except ValueError as err:
         page.p(f"Not drawn: {err}.")
         return
     page.img(path, "t-SNE of per-modality and fused features")
-    page.p(f"{n} of {sample.n_val} validation clips (a fixed random sample), embedded by scikit-learn's t-SNE "
+    page.p(f"{n} of {sample.n_val} validation samples (a fixed random sample), embedded by scikit-learn's t-SNE "
            f"(perplexity {perplexity_for(n):.3g}, random_state 0), one embedding per panel, coloured by true class. "
            f"The model is the best trial's configuration (`best.yaml`, fusion `{sample.config.get('fusion')}`) "
            f"({sample.source}) at its best validation epoch ({sample.best_epoch}: "

@@ -107,17 +107,19 @@ def add_tsne_labels(page: Page, ctx: Context, sample: ValidationSample | Unavail
     shaped = label_distributions(sample.labels, sample.unimodal, alpha, beta)
     try:
         path, shown = _draw(sample, shaped, ctx.out / FIGURE, f"{ctx.study.dataset}: label distributions of "
-                            f"validation clips, trial {ctx.best_id}'s configuration (alpha {alpha:.3g}, beta {beta:.3g})")
+                            f"validation samples, trial {ctx.best_id}'s configuration (alpha {alpha:.3g}, "
+                            f"beta {beta:.3g})")
     except ValueError as err:
         page.p(f"Not drawn: {err}.")
         return
     page.img(path, "t-SNE of uniform, BMLR and per-sample label distributions")
-    page.p(f"{shown} validation clips of the {SHOWN_CLASSES} most frequent classes in a sample of {len(sample.labels)} "
+    page.p(f"{shown} validation samples of the {SHOWN_CLASSES} most frequent classes in a sample of "
+           f"{len(sample.labels)} "
            f"(t-SNE perplexity {perplexity_for(3 * shown):.3g}, random_state 0; a row's panels embedded together). "
            f"Targets from the best model's unimodal logits at its best epoch ({sample.source}), by "
            f"`bmlr.reshaping.compute_reshaping`: uniform `xi/C + (1 - xi) y`; BMLR `xi d + (1 - xi) y`; per-sample "
            f"the partner modality's prediction `softmax(z^w)`. Clips with xi = 0 keep their one-hot label under "
-           f"uniform and BMLR (one point per class). On validation, after training, fewer clips are reshaped than "
+           f"uniform and BMLR (one point per class). On validation, after training, fewer samples are reshaped than "
            f"during it (the paper draws training labels).")
     page.table(["modality", "reshaped by BMLR", "mean xi"] + [f"on label % ({p})" for p in PANELS],
                _table(sample, shaped))
