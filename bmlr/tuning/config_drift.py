@@ -3,7 +3,8 @@ not: the fixed keys whose values differ, so that the start-up banner and the par
 when a study tunes another model, budget or input size than the one the user trains.
 
 Pure: a Config in, a list of differences out; the configuration file is found beside the
-search spaces (the project root), and a data set without one has nothing to compare.
+search spaces (the project root, else the copy installed with the package), and a data set
+without one has nothing to compare.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from bmlr.config import Config, load_config
-from bmlr.tuning.search_space import project_root
+from bmlr.tuning.search_space import project_root, shipped_file
 
 __all__ = ["Drift", "dataset_config_path", "config_drift", "describe_drift"]
 
@@ -28,9 +29,12 @@ class Drift:
 
 
 def dataset_config_path(dataset: str, root: Path | None = None) -> Path | None:
-    """`configs/<dataset>.yaml` of the project, or None where there is none."""
+    """`configs/<dataset>.yaml` of ``root``, else (no ``root``) of the checkout, else of the
+    package as installed (its package data); None where there is none."""
     path = (root or project_root()) / "configs" / f"{dataset}.yaml"
-    return path if path.is_file() else None
+    if path.is_file():
+        return path
+    return None if root is not None else shipped_file("configs", f"{dataset}.yaml")
 
 
 def config_drift(production: Config, searched: Iterable[str], root: Path | None = None) -> tuple[Path | None, list[Drift]]:

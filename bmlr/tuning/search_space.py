@@ -56,6 +56,7 @@ by `Param.to_optuna`.
 """
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,7 @@ from bmlr.tuning.search_space_types import (COMMAND_LINE_KEYS, KINDS, METHOD_ARG
 __all__ = ["KINDS", "SECTIONS", "METHOD_SECTIONS", "METHOD_ARGS", "NOT_SEARCHABLE",
            "COMMAND_LINE_KEYS", "MethodSection", "Param", "SearchSpace", "SearchSpaceError", "grid_space",
            "load_search_space", "method_defaults", "parse_search_space", "resolve_search_space", "project_root",
-           "to_flat_params"]
+           "shipped_file", "to_flat_params"]
 
 
 def load_search_space(path: str | Path) -> SearchSpace:
@@ -89,13 +90,23 @@ def load_search_space(path: str | Path) -> SearchSpace:
 
 
 def project_root() -> Path:
-    """The checkout this package lives in (where `search_spaces/` is)."""
+    """The checkout this package lives in (where `search_spaces/` is); for an installed package
+    the folder that holds it (site-packages), where none of the project's folders are."""
     return Path(__file__).resolve().parents[2]
+
+
+def shipped_file(folder: str, name: str) -> Path | None:
+    """`<folder>/<name>` (`search_spaces/ave.yaml`, `configs/synthetic.yaml`) as installed with
+    the package (`bmlr/search_spaces/`, `bmlr/configs/`: pyproject.toml maps the checkout's
+    top-level folders there), or None where it is not installed as a plain file."""
+    entry = resources.files("bmlr").joinpath(folder, name)
+    return entry if isinstance(entry, Path) and entry.is_file() else None
 
 
 def resolve_search_space(path: str | None, dataset: str, cwd: Path | None = None) -> Path:
     """`--search-space` (default `search_spaces/<dataset>.yaml`), tried against the current
-    directory and then the project root; the first that exists, absolute."""
+    directory, then the project root, then (for `search_spaces/<name>`) the search spaces
+    installed with the package; the first that exists, absolute."""
     candidate = Path(path) if path else Path("search_spaces") / f"{dataset}.yaml"
     if candidate.is_absolute():
         return candidate
@@ -103,6 +114,11 @@ def resolve_search_space(path: str | None, dataset: str, cwd: Path | None = None
     for option in tried:
         if option.is_file():
             return option.resolve()
+    if len(candidate.parts) == 2 and candidate.parts[0] == "search_spaces":
+        shipped = shipped_file(*candidate.parts)
+        if shipped is not None:
+            return shipped.resolve()
+        tried.append(Path(__file__).resolve().parents[1] / candidate)  # where it is installed
     raise SearchSpaceError(f"{candidate}: search-space file not found (looked in "
                            f"{', '.join(str(t.parent) for t in tried)})")
 
