@@ -264,41 +264,46 @@ def _run(plan: Plan, address: str | None, num_cpus: int | None, verbose: int, to
          log: Callable[[str], None], chooser: Chooser | None) -> StudyOutcome:
     log = terminal_may_go(log)
     data_info = prepare_data(plan, log)
-    with stops_on_full_disk(plan):
-        start_tracking(plan, data_info)
-        s = plan.settings
-        schedule = ("every combination trained to the end" if s.kind == "surface" or s.scheduler == "none" else
-                    f"{'ASHA' if s.scheduler == 'asha' else 'Hyperband (ASHA brackets)'} grace {s.grace_period}, "
-                    f"reduction {s.reduction_factor}")
-        log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
-            f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {s.rule.name}, "
-            f"{s.rule.describe()}\n  MLflow: {plan.tracking_uri} "
-            f"parent run {plan.parent_run_id}")
-        drift = fixed_keys_line(plan)
-        if drift:
-            log(f"  {drift}")
-        with contextlib.ExitStack() as ray:
-            try:
-                ray.enter_context(ray_session(address, num_cpus, verbose))
-                ray.enter_context(_ends_parent_on_start_error(plan))
-                grid = build_tuner(plan, verbose).fit()
-            except KeyboardInterrupt:  # a second Ctrl-C (Ray Tune stops at once, with no results) or an early one
-                _records_after_kill(plan, log, top, chooser)
+    s = plan.settings
+    with stops_on_full_disk(plan), contextlib.ExitStack() as ray:
+        try:
+            with interrupts_held():  # created whole (folder, study.json, parent run) before a Ctrl-C counts
+                start_tracking(plan, data_info)
+            _banner(plan, log)
+            ray.enter_context(ray_session(address, num_cpus, verbose))
+            ray.enter_context(_ends_parent_on_start_error(plan))
+            grid = build_tuner(plan, verbose).fit()
+        except KeyboardInterrupt:  # a second Ctrl-C (Ray Tune stops at once, with no results) or an early one
+            _records_after_kill(plan, log, top, chooser)
+            raise
+        except OSError as err:  # a hang-up: Ray Tune's progress printed to the closed terminal
+            if not output_gone(err):
                 raise
-            except OSError as err:  # a hang-up: Ray Tune's progress printed to the closed terminal
-                if not output_gone(err):
-                    raise
-                _records_after_kill(plan, log, top, chooser)
-                raise KeyboardInterrupt from None
-            done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
-            with interrupts_held():  # a second Ctrl-C after Ray's graceful stop waits for the records
-                outcome = finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
-            plain = s.kind == "search" and not (chooser or s.outer_run_id)
-            if s.confirm and plain and not outcome.interrupted:
-                outcome = confirm(plan, outcome, verbose, log)
-            if s.references and plain and not outcome.interrupted:
-                run_references(plan, outcome, log)
-            return outcome
+            _records_after_kill(plan, log, top, chooser)
+            raise KeyboardInterrupt from None
+        done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
+        with interrupts_held():  # a second Ctrl-C after Ray's graceful stop waits for the records
+            outcome = finish(plan, grid, len(done) < s.samples, log, top, chooser=chooser)
+        plain = s.kind == "search" and not (chooser or s.outer_run_id)
+        if s.confirm and plain and not outcome.interrupted:
+            outcome = confirm(plan, outcome, verbose, log)
+        if s.references and plain and not outcome.interrupted:
+            run_references(plan, outcome, log)
+        return outcome
+
+
+def _banner(plan: Plan, log: Callable[[str], None]) -> None:
+    """What the study searches, how, and where it logs."""
+    s = plan.settings
+    schedule = ("every combination trained to the end" if s.kind == "surface" or s.scheduler == "none" else
+                f"{'ASHA' if s.scheduler == 'asha' else 'Hyperband (ASHA brackets)'} grace {s.grace_period}, "
+                f"reduction {s.reduction_factor}")
+    log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
+        f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {s.rule.name}, "
+        f"{s.rule.describe()}\n  MLflow: {plan.tracking_uri} parent run {plan.parent_run_id}")
+    drift = fixed_keys_line(plan)
+    if drift:
+        log(f"  {drift}")
 
 
 def _records_after_kill(plan: Plan, log: Callable[[str], None], top: int, chooser: Chooser | None) -> None:
