@@ -1,6 +1,6 @@
 """Issue 30, item 6: the conventions Ray and MLflow users rely on. `RAY_ADDRESS` and
-`MLFLOW_EXPERIMENT_NAME` are honoured as Ray and MLflow honour them, an unknown `--set` key
-suggests the closest one, and the printed parent-run link opens MLflow's classic run page.
+`MLFLOW_EXPERIMENT_NAME` are honoured as Ray and MLflow honour them, and an unknown `--set` key
+suggests the closest one (the parent-run link's `workflowType`: tests/test_tuning.py).
 
 In-process and without Ray: every command here stops in its checks or its plan.
 """
@@ -16,7 +16,6 @@ from bmlr.config import from_dict
 from bmlr.production_tracking import resolve_target
 from bmlr.tuning import cli
 from bmlr.tuning.plan import StudySettings, plan_study
-from bmlr.tuning.run_view import ui_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,10 +59,3 @@ def test_an_unknown_set_key_suggests_the_closest(tmp_path, capsys, command):
     assert "'epoch'" in err and "did you mean 'epochs'" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
-
-def test_the_parent_run_link_opens_the_classic_run_page():
-    lines = ui_lines("sqlite:////x/mlflow.db", "3", "abc")
-    parent = next(line for line in lines if "parent run:" in line)
-    assert parent.endswith("/#/experiments/3/runs/abc?workflowType=machine_learning")
-    runs = next(line for line in lines if "runs table:" in line)
-    assert "runs?workflowType=machine_learning" in runs

@@ -303,7 +303,7 @@ def test_summary_links_to_the_runs_table_and_the_parent_run():
     lines = ui_lines("sqlite:////data/runs/mlflow.db", "3", "abc")
     assert "mlflow ui --backend-store-uri sqlite:////data/runs/mlflow.db" in lines[0]
     assert lines[1].endswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning")
-    assert lines[2].endswith("http://127.0.0.1:5000/#/experiments/3/runs/abc")
+    assert lines[2].endswith("http://127.0.0.1:5000/#/experiments/3/runs/abc?workflowType=machine_learning")
     served = ui_lines("http://10.0.0.5:8080/", "3", "abc")
     assert len(served) == 2 and "mlflow ui" not in " ".join(served)
     assert served[0].endswith("http://10.0.0.5:8080/#/experiments/3/runs?workflowType=machine_learning")
