@@ -313,7 +313,8 @@ def _check_device(settings: StudySettings, production: Config) -> None:
     if settings.gpus_per_trial == 0 or (settings.gpus_per_trial is None and not torch.cuda.is_available()):
         why = "--gpus-per-trial 0" if settings.gpus_per_trial == 0 else "no CUDA here"
         raise StudyError(f"device {production.device!r} (--set device, or the search space's fixed.device), but the "
-                         f"trials get no GPU ({why}); use device auto or cpu, or pass --gpus-per-trial on a GPU cluster")
+                         f"trials get no GPU ({why}); use device auto or cpu, or pass --gpus-per-trial on a GPU "
+                         f"cluster")
 
 
 def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) -> None:
@@ -339,6 +340,7 @@ def _tracking(settings: StudySettings, storage: Path, open_experiment: bool) -> 
         return uri, tracking.get_or_create_experiment(uri, settings.experiment) if open_experiment else None
     except tracking.TrackingError as err:
         raise StudyError(str(err)) from None
+
 
 def _check_parent_run(uri: str, run_id: str) -> None:
     from mlflow.exceptions import MlflowException
