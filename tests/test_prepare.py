@@ -216,3 +216,18 @@ def test_prepare_mosi_and_synthetic_need_no_videos(tmp_path):
     summary = prepare("mosi", str(tmp_path), None, progress=False)
     assert (summary["info"]["train"], summary["info"]["val"], summary["info"]["test"]) == (14, 7, 7)
     assert "videos" not in summary
+
+
+def test_workers_are_counted_as_num_workers_counts_them(tmp_path, capsys):
+    """-1: one per available core (the default), 0: none (this process does the work), N: N."""
+    from bmlr.data.prepare import available_cores
+    from bmlr.data.synthetic import generate
+
+    root = generate(tmp_path / "data", seed=0, n_train_per_class=2, n_test_per_class=1, n_val_per_class=1,
+                    image_size=32, n_frames=2)
+    for workers, expected in ((-1, available_cores()), (0, 1), (2, 2)):
+        summary = prepare("synthetic", str(root), str(tmp_path / f"cache{workers}"), workers=workers, progress=False)
+        assert summary["workers"] == expected
+    with pytest.raises(SystemExit):
+        main(["--dataset", "synthetic", "--workers", "-2"])
+    assert "--workers must be -1" in capsys.readouterr().err

@@ -48,7 +48,8 @@ def prepare(dataset: str, root: str | None, cache_dir: str | None = None, worker
     out = out or sys.stdout
     cfg = from_dict({"dataset": dataset, "data_root": root, "cache_dir": cache_dir, "skip_bad": skip_bad},
                     source="bmlr.data.prepare")
-    workers = int(workers) if workers else available_cores()
+    # as num_workers: -1 (or None) from the CPUs, 0 none (this process does the work), N processes
+    workers = available_cores() if workers is None or int(workers) < 0 else max(1, int(workers))
     ns = types.SimpleNamespace(**cfg.to_dict(), prepare_workers=workers, progress=progress)
     summary: dict[str, Any] = {"dataset": dataset, "root": root, "workers": workers}
     start = time.time()
@@ -78,20 +79,21 @@ def prepare(dataset: str, root: str | None, cache_dir: str | None = None, worker
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bmlr.data.prepare", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="bmlr-prepare", description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=True, help="cremad, ks, ave, avmnist, mosi, mosei or synthetic")
     parser.add_argument("--root", help="the data set's folder (docs/data.md shows each layout)")
     parser.add_argument("--cache-dir", help="cache root (default: $BMLR_CACHE, else ~/.cache/bmlr)")
-    parser.add_argument("--workers", type=int, default=0,
-                        help="worker processes (default 0: all available cores)")
+    parser.add_argument("--workers", type=int, default=-1,
+                        help="worker processes, as num_workers counts them: -1 one per available core, 0 none "
+                        "(this process does the work), N processes")
     parser.add_argument("--skip-bad", action="store_true",
                         help="skip and count bad clips instead of stopping at the first")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
-    if args.workers < 0:
-        parser.error("--workers must be >= 0")
+    if args.workers < -1:
+        parser.error("--workers must be -1 (one per core), 0 (none) or more")
     try:
-        prepare(args.dataset, args.root, args.cache_dir, args.workers or None, args.skip_bad,
+        prepare(args.dataset, args.root, args.cache_dir, args.workers, args.skip_bad,
                 progress=not args.no_progress)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
