@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 __all__ = ["TMP_MARK", "abs_path", "timestamp", "tmp_path_for", "atomic_path", "atomic_write_text",
            "write_json", "read_json", "write_csv", "read_csv", "parse_cell", "finite_or_none", "atomic_torch_save",
-           "WRITE_FAILURES", "write_failure"]
+           "WRITE_FAILURES", "write_failure", "write_failure_line"]
 
 TMP_MARK = ".tmp-"  # in every temporary name: a cache scan can skip (and later remove) leftovers
 
@@ -163,3 +163,13 @@ def write_failure(err: OSError) -> int | None:
         return err.errno
     text = str(err)
     return errno.ENOSPC if err.errno is None and "requested and" in text and "written" in text else None
+
+
+def write_failure_line(err: OSError, where: str) -> str | None:
+    """``"no space left on device writing <where>; free space and run again"`` where ``err`` is
+    one of the :data:`WRITE_FAILURES`, else None."""
+    code = write_failure(err)
+    if code is None:
+        return None
+    problem, todo = WRITE_FAILURES[code]
+    return f"{problem} writing {where}; {todo}"

@@ -51,7 +51,7 @@ from bmlr.mlflow_store import (TrackingError, check_reachable, check_store, clie
                                get_or_create_experiment)
 
 __all__ = ["Target", "resolve_target", "check_target", "ProductionRun", "Untracked", "open_run",
-           "interrupts_held", "process_tags", "process_gone", "end_abandoned_runs"]
+           "interrupts_held", "process_tags", "process_gone", "end_abandoned_runs", "stderr_line"]
 
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 SOURCE_TAGS = {"run_id": "source_run_id", "study": "source_study", "trial_id": "source_trial_id",
@@ -183,7 +183,7 @@ class ProductionRun:
                 fn(*args)
         except Exception as err:  # the store refused (server gone, disk full): say so, keep training
             self.stopped = True
-            _warn(f"warning: MLflow logging stopped ({type(err).__name__}: {err}); run {self.run_id} at "
+            stderr_line(f"warning: MLflow logging stopped ({type(err).__name__}: {err}); run {self.run_id} at "
                   f"{self.uri} is incomplete, results.json is not")
 
     def _log_config(self, cfg: Config) -> None:
@@ -301,8 +301,9 @@ def open_run(target: Target | None, cfg: Config, config_file: str | None = None)
     return ProductionRun.open(target, cfg, config_file)
 
 
-def _warn(line: str) -> None:
-    """One line on stderr; nothing where stderr is gone (a closed terminal): the runs must still end."""
+def stderr_line(line: str) -> None:
+    """One line on stderr; nothing where stderr is gone (a closed terminal: SIGHUP), so that what
+    follows (ending the runs) still happens."""
     with contextlib.suppress(OSError):
         print(line, file=sys.stderr, flush=True)
 
@@ -397,7 +398,7 @@ def end_abandoned_runs(uri: str) -> list[str]:
                         _end_killed(client, run, f"ended as KILLED on next use: {why}")
                         ended[run.info.run_id] = f"{why}; folder {run.data.tags.get('run_dir', '?')}"
     except Exception as err:  # the store refused: the new run goes on
-        _warn(f"warning: could not look for runs left RUNNING at {uri} ({type(err).__name__}: {err})")
+        stderr_line(f"warning: could not look for runs left RUNNING at {uri} ({type(err).__name__}: {err})")
     if ended:
         print(f"MLflow: ended as KILLED {len(ended)} production run(s) left RUNNING by a process that is gone: "
               + "; ".join(f"{run_id} ({why})" for run_id, why in ended.items()), flush=True)

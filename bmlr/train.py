@@ -39,10 +39,11 @@ from bmlr.config import Config, ConfigError, from_dict, load_config
 from bmlr.data import DataError, build_datasets
 from bmlr.data.cache import cache_root
 from bmlr.engine import Trainer, mean_std, resolve_device
-from bmlr.fileio import WRITE_FAILURES, atomic_torch_save, write_failure, write_json
+from bmlr.fileio import atomic_torch_save, write_failure_line, write_json
 from bmlr.methods import resolved_method_args
 from bmlr.mlflow_store import TrackingError, check_store, fetch_trial, store_of
-from bmlr.production_tracking import ProductionRun, Target, Untracked, check_target, open_run, resolve_target
+from bmlr.production_tracking import (ProductionRun, Target, Untracked, check_target, open_run, resolve_target,
+                                      stderr_line)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -169,17 +170,16 @@ def writing(path: Path, cfg: Config, what: str | None = None) -> Iterator[None]:
     """An OSError within the block (writing ``path``) raised as :class:`OutputError` naming the
     file and `output_dir`; the caller adds what `results.json` keeps. With ``what`` (a folder
     the block writes into, such as the data cache) only the write failures of
-    :data:`WRITE_FAILURES` are caught: other errors there are the data's, reported as such."""
+    :data:`bmlr.fileio.WRITE_FAILURES` are caught: other errors there are the data's, reported as such."""
     try:
         yield
     except OSError as err:
-        code = write_failure(err)
-        if what is not None and code is None:
-            raise
-        problem, todo = WRITE_FAILURES.get(code, ((err.strerror or type(err).__name__).lower(),
-                                                  "fix it and run again"))
         where = f"{what} {path}" if what else f"{path} (output_dir {cfg.output_dir})"
-        raise OutputError(f"{problem} writing {where}; {todo}") from None
+        line = write_failure_line(err, where)
+        if line is None and what is not None:
+            raise
+        problem = (err.strerror or type(err).__name__).lower()
+        raise OutputError(line or f"{problem} writing {where}; fix it and run again") from None
 
 
 def train(cfg: Config, progress: bool = True, target: Target | None = None,
@@ -316,21 +316,15 @@ def main(argv: list[str] | None = None) -> int:
             train(cfg, progress=not args.no_progress, target=target,
                   config_file=args.config or (args.from_run and f"--from-run {args.from_run}"))
     except (ConfigError, DataError, TrackingError, OutputError) as err:
-        _tell(f"error: {err}")
+        stderr_line(f"error: {err}")
         return 2
     except TrainingInterrupted as err:
-        _tell(f"interrupted: {err}")
+        stderr_line(f"interrupted: {err}")
         return 130
     except KeyboardInterrupt:
-        _tell("interrupted before training started; nothing was written")
+        stderr_line("interrupted before training started; nothing was written")
         return 130
     return 0
-
-
-def _tell(line: str) -> None:
-    """One line on stderr; nothing where stderr is gone (the terminal closed: SIGHUP)."""
-    with contextlib.suppress(OSError):
-        print(line, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import numpy as np
 from bmlr.data.base import source_name
 from bmlr.data.cache import cache_root, params_key
 from bmlr.data.types import DataError
-from bmlr.fileio import atomic_write_text
+from bmlr.fileio import read_json, write_json
 
 __all__ = ["SCALES", "FeatureScaling", "compute_scaling", "scaling_key", "train_scaling"]
 
@@ -163,13 +163,11 @@ def train_scaling(cfg: Any, root: Path, name: str, kind: str, shape: tuple, trai
     path = cache_root(cfg) / "feature_scaling" / source_name(f"manifest-{name}", root) / f"{key}.json"
     if path.is_file():
         try:
-            scaling = FeatureScaling.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            scaling = FeatureScaling.from_dict(read_json(path))
             if scaling.kind == kind and scaling.center.shape == scaling.scale.shape == (dim,):
                 return scaling, False
         except (ValueError, KeyError, TypeError):
             pass  # unreadable or foreign: computed again and replaced below
     scaling = compute_scaling(kind, _chunks(load, list(train_rows), dim))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps({**scaling.as_dict(), "modality": name, "rows": len(train_rows),
-                                        "shape": list(shape)}) + "\n")
+    write_json(path, {**scaling.as_dict(), "modality": name, "rows": len(train_rows), "shape": list(shape)})
     return scaling, True

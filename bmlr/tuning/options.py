@@ -12,12 +12,11 @@ the Ray checks that run before anything is created: the command modules import i
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import fields
 from typing import Any, TypeVar
 
 from bmlr.data import DATASETS
-from bmlr.tuning.ray_backend import CONNECT_TIMEOUT_S, check_address, check_local
+from bmlr.tuning.ray_backend import CONNECT_TIMEOUT_S, check_address, check_local, cluster_address
 from bmlr.tuning.scores import SCORE_HELP
 from bmlr.tuning.search_space_types import SCHEDULERS
 
@@ -105,7 +104,7 @@ def check_ray_options(args: argparse.Namespace) -> None:
     """Before anything is created: the cluster at ``--address`` answers (within
     ``--connect-timeout``), or the local Ray instance can run a trial (``--num-cpus``,
     ``--cpus-per-trial``, ``--gpus-per-trial``). RayStartError otherwise."""
-    address = args.address or os.environ.get("RAY_ADDRESS")  # what Ray itself would join
+    address = cluster_address(args.address)  # what Ray itself would join
     if address:
         check_address(address, args.connect_timeout)
     else:

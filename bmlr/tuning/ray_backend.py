@@ -28,7 +28,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 from bmlr.tuning.search_space_types import SCHEDULERS
 
 __all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "ResourceError", "LOOPBACK",
-           "CONNECT_TIMEOUT_S", "address_host_port", "check_address", "check_local", "check_resources",
+           "CONNECT_TIMEOUT_S", "address_host_port", "cluster_address", "check_address", "check_local",
+           "check_resources",
            "make_sampler", "make_searcher", "make_scheduler", "hyperband_brackets",
            "quiet_ray", "init_ray", "ray_session", "gpus_per_trial", "with_resources", "grid_param_space",
            "trial_dirname", "build_tuner", "restore_tuner"]
@@ -140,7 +141,7 @@ def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None  # Ray's own convention
+    address = cluster_address(address)
     env = {k: os.environ[k] for k in ("BMLR_CACHE",) if k in os.environ}
     kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=verbose >= 2,
                                   logging_level=logging.INFO if verbose >= 2 else logging.WARNING,
@@ -175,6 +176,11 @@ def address_host_port(address: str) -> tuple[str, int]:
     return host, port
 
 
+def cluster_address(address: str | None) -> str | None:
+    """``address``, else ``$RAY_ADDRESS`` (Ray's own convention), else None: a local instance."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
 def check_address(address: str | None, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """RayStartError within ``timeout`` seconds where nothing answers at the cluster address
     (``auto`` and a local instance: nothing to check). A refused connection is tried again
@@ -204,13 +210,9 @@ def check_local(num_cpus: int | None, cpus_per_trial: float, gpus_per_trial: flo
     gives Ray, which would only be found once the study had started."""
     if num_cpus is not None and num_cpus < 1:
         raise RayStartError(f"--num-cpus must be >= 1, got {num_cpus}")
-    cpus = num_cpus or os.cpu_count() or 1
-    gpus = _local_gpus()
-    if cpus_per_trial > cpus or (gpus_per_trial or 0) > gpus:
-        raise ResourceError(
-            f"each trial asks for {cpus_per_trial:g} CPUs and {gpus_per_trial or 0:g} GPUs (--cpus-per-trial, "
-            f"--gpus-per-trial), but the local Ray instance has {cpus} CPUs{' (--num-cpus)' if num_cpus else ''} "
-            f"and {gpus} GPUs, so no trial could ever start. Ask for less, or --address a cluster that has it")
+    node = {"CPU": num_cpus or os.cpu_count() or 1, "GPU": _local_gpus()}
+    local = "the local Ray instance" + (" (--num-cpus)" if num_cpus else "")
+    _check_fit(cpus_per_trial, gpus_per_trial or 0, [node], local, "Ask for less, or --address a cluster that has it")
 
 
 def _local_gpus() -> int:
@@ -283,13 +285,19 @@ def check_resources(cpus: float, gpus: float) -> None:
     if Path("~/ray_bootstrap_config.yaml").expanduser().exists():
         return
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    _check_fit(cpus, gpus, nodes, "the Ray cluster", "Ask for less, or give Ray more (--num-cpus; --address of a "
+               "cluster with GPUs)")
+
+
+def _check_fit(cpus: float, gpus: float, nodes: list[dict[str, float]], cluster: str, todo: str) -> None:
+    """ResourceError (saying ``todo``) where no node of ``nodes`` has ``cpus`` CPUs and ``gpus``
+    GPUs: a trial's resources must fit on one node, or Ray keeps it PENDING forever."""
     if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
         return
     have = "; ".join(f"{n.get('CPU', 0):g} CPUs, {n.get('GPU', 0):g} GPUs" for n in nodes) or "no live node"
     raise ResourceError(
         f"each trial asks for {cpus:g} CPUs and {gpus:g} GPUs (--cpus-per-trial, --gpus-per-trial), but no node of "
-        f"the Ray cluster has that much (nodes: {have}), so no trial could ever start. Ask for less, or give Ray "
-        f"more (--num-cpus; --address of a cluster with GPUs)")
+        f"{cluster} has that much (nodes: {have}), so no trial could ever start. {todo}")
 
 
 # --- the tuner ------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from bmlr.tuning.rung_check import rung_warning
 from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, ScoreRule, parse_score
 from bmlr.tuning.search_space import SearchSpace
 from bmlr.tuning.selection import SCORE, choose_best, noise_note, score, standard_error
-from bmlr.tuning.store import StudyStore
+from bmlr.tuning.store import StudyStore, read_json_lines
 
 __all__ = ["Row", "Chooser", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
            "format_table", "winner_note", "score_text", "export_best", "finish", "FolderResult", "folder_results"]
@@ -75,7 +75,7 @@ def folder_results(ray_dir: Path, runs: dict[str, Any] | None = None) -> list[Fo
         trial_id = folder.name.removeprefix("trial_")
         if not folder.is_dir() or (runs is not None and trial_id not in runs):
             continue
-        metrics = {**_last_json_line(folder / "result.json"), "trial_id": trial_id}
+        metrics = {**(read_json_lines(folder / "result.json") or [{}])[-1], "trial_id": trial_id}
         config = _json_object(folder / "params.json") or dict(metrics.get("config") or {})
         error = (folder / "error.txt").read_text(errors="replace") if (folder / "error.txt").is_file() else None
         tags = runs[trial_id].data.tags if runs is not None else {}
@@ -94,22 +94,6 @@ def _json_object(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
-
-
-def _last_json_line(path: Path) -> dict[str, Any]:
-    """The last whole JSON object of a file of JSON lines ({} where there is none)."""
-    try:
-        lines = path.read_text(errors="replace").splitlines()
-    except OSError:
-        return {}
-    for line in reversed(lines):
-        try:
-            value = json.loads(line) if line.strip() else None
-        except ValueError:  # a line cut off by a killed writer
-            continue
-        if isinstance(value, dict):
-            return value
-    return {}
 
 
 def best_epoch(history: list[Row], rule: ScoreRule = ScoreRule("best"), n_val: int | None = None) -> Row:

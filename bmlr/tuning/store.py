@@ -28,8 +28,9 @@ from bmlr.fileio import abs_path, atomic_write_text, read_csv, read_json, write_
 
 __all__ = ["STUDY_FILE", "SPACE_FILE", "TRIALS_FILE", "BEST_FILE", "RAY_DIR", "STATE_DIR", "TRIALS_DIR",
            "HISTORY_FILE", "LOCK_FILE", "StoreError", "StudyBusy", "StudyLock", "StudyStore", "check_name",
+           "check_unclaimed",
            "study_folder", "find_study", "studies",
-           "history_path", "read_history", "write_history"]
+           "history_path", "read_history", "write_history", "read_json_lines"]
 
 STUDY_FILE = "study.json"
 SPACE_FILE = "search_space.yaml"
@@ -157,6 +158,24 @@ def read_history(path: Path) -> list[dict[str, Any]] | None:
     return sorted(history, key=lambda h: int(h["epoch"]))
 
 
+def read_json_lines(path: Path) -> list[dict[str, Any]]:
+    """The whole JSON objects of a JSON-lines file such as Ray's ``result.json``, in order; a
+    line cut off by a killed writer is skipped ([] where the file cannot be read)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            value = json.loads(line) if line.strip() else None
+        except ValueError:  # a line cut off by a killed worker
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
+
+
 def studies(storage: str | os.PathLike, dataset: str) -> list["StudyStore"]:
     """Every study under ``<storage>/<dataset>``, oldest first (by when its study.json was
     last written)."""
@@ -187,6 +206,17 @@ def study_folder(storage: str | os.PathLike, dataset: str, name: str, option: st
         raise StoreError(f"{option} {name!r}: {folder} leads to {folder.resolve()}, outside {base}; "
                          f"choose another {option}")
     return folder
+
+
+def check_unclaimed(folder: Path, marker: str, what: str, option: str = "--name") -> None:
+    """StoreError where ``folder``, about to become a new study or comparison, already holds
+    files but not its ``marker`` file (``study.json``, ``comparison.json``): nothing new is ever
+    written into, or removed from, a folder it does not own. A driver lock is allowed."""
+    others = sorted(p.name for p in folder.iterdir() if p.name != LOCK_FILE) if folder.is_dir() else []
+    if others and not (folder / marker).exists():
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise StoreError(f"{folder} exists and is not {what} (it holds {shown}); a new one needs a new folder: "
+                         f"choose another {option}")
 
 
 def find_study(storage: str | os.PathLike, dataset: str, name: str | None) -> Path:
@@ -243,17 +273,10 @@ class StudyStore:
         """Whether the study has been created (its study.json written)."""
         return self.info_path.is_file()
 
-    def check_unclaimed(self, option: str = "--name") -> None:
-        """StoreError where the folder of a new study already holds files that are not a
-        study's (no ``study.json``): a new study never writes into, or removes from, a folder
-        it does not own. Its own driver lock is allowed."""
-        if not self.dir.is_dir():
-            return
-        others = sorted(p.name for p in self.dir.iterdir() if p.name != LOCK_FILE)
-        if others and not self.exists():
-            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-            raise StoreError(f"{self.dir} exists and is not a bmlr-tune study (it holds {shown}); a new study "
-                             f"needs a new folder: choose another {option}")
+    def check_unclaimed(self) -> None:
+        """StoreError where the folder of a new study already holds files but no ``study.json``
+        (:func:`check_unclaimed`)."""
+        check_unclaimed(self.dir, STUDY_FILE, "a bmlr-tune study")
 
     def is_finished(self) -> bool:
         """Whether a run of the study has written its trials table and the info file."""
@@ -367,14 +390,7 @@ class StudyStore:
         for folder in self._folders():
             path = folder / RAY_DIR / f"trial_{trial_id}" / "result.json"
             if path.is_file():
-                by_epoch: dict[int, dict[str, Any]] = {}
-                for line in path.read_text().splitlines():
-                    try:
-                        result = json.loads(line) if line.strip() else {}
-                    except ValueError:  # a line cut off by a killed worker
-                        continue
-                    if "epoch" in result:
-                        by_epoch[int(result["epoch"])] = result
+                by_epoch = {int(r["epoch"]): r for r in read_json_lines(path) if "epoch" in r}
                 return [by_epoch[e] for e in sorted(by_epoch)]
         return []
 

@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator
 from bmlr.config import Config, ConfigError, from_dict
 from bmlr.data import DataError, build_datasets
 from bmlr.data.cache import cache_root
-from bmlr.fileio import WRITE_FAILURES, write_failure
+from bmlr.fileio import write_failure_line
 from bmlr.production_tracking import interrupts_held
 from bmlr.tuning import ray_backend, tracking
 from bmlr.tuning.config_drift import config_drift, describe_drift
@@ -67,11 +67,10 @@ def build_cache(cfg: Config, log: Callable[[str], None] = print) -> dict[str, An
     try:
         data = build_datasets(cfg)
     except (DataError, OSError) as err:  # a missing file, a permission, a full disk under the cache
-        code = write_failure(err) if isinstance(err, OSError) else None
-        if code is not None:
-            problem, todo = WRITE_FAILURES[code]
-            raise StudyError(f"{problem} writing the data cache of {cfg.dataset!r} in {cache_root(cfg)}; "
-                             f"{todo}") from None
+        line = write_failure_line(err, f"the data cache of {cfg.dataset!r} in {cache_root(cfg)}") \
+            if isinstance(err, OSError) else None
+        if line is not None:
+            raise StudyError(line) from None
         raise StudyError(f"cannot prepare data set {cfg.dataset!r}: {err}") from None
     sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
     log(f"data: {cfg.dataset} {sizes} modalities {list(data.modalities)} classes {data.num_classes} "

@@ -43,7 +43,7 @@ from bmlr.tuning.compare.tables import render_markdown
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, resolve_search_space
 from bmlr.tuning.selection import choose_best, score, standard_error
-from bmlr.tuning.store import StudyStore, study_folder
+from bmlr.tuning.store import StudyStore, check_unclaimed, study_folder
 from bmlr.tuning.study import StudyError, StudySettings, build_cache, ray_session, run_study
 
 __all__ = ["COMPARISON_FILE", "TABLE_FILE", "Comparison", "ComparisonOutcome", "find_comparison"]
@@ -108,9 +108,8 @@ class Comparison:
         if not resume and (self.dir / COMPARISON_FILE).exists():
             raise ComparisonError(f"comparison {self.dir} exists; continue it with --resume --name {settings.name} "
                                   f"or choose another --name")
-        if not resume and self.dir.is_dir() and any(self.dir.iterdir()):  # never write into a folder not ours
-            raise ComparisonError(f"{self.dir} exists and is not a comparison (no {COMPARISON_FILE}); choose another "
-                                  f"--name")
+        if not resume:  # never write into a folder not ours
+            check_unclaimed(self.dir, COMPARISON_FILE, "a comparison")
         self.arms = settings.arm_list()
         self._plan()
 
