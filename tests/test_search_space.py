@@ -2,14 +2,16 @@
 rejected with the file and the key named. Fast: no Ray, no training."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 import yaml
 
 from bmlr.config import ConfigError
-from bmlr.tuning.search_space import (SearchSpaceError, load_search_space, parse_search_space,
-                                      resolve_search_space)
+from bmlr.tuning.search_space import (SearchSpace, SearchSpaceError, StudyDefaults, load_search_space,
+                                      parse_search_space, resolve_search_space)
+from bmlr.tuning.search_space_parse import DEFAULT_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("synthetic", "cremad", "ks", "ave", "avmnist", "mosi", "mosei")
@@ -126,3 +128,47 @@ def test_resolve_against_cwd_then_project(tmp_path):
     assert resolve_search_space(None, "ave", cwd=tmp_path) == own  # the current folder wins
     with pytest.raises(SearchSpaceError, match="not found"):
         resolve_search_space("missing.yaml", "ave", cwd=tmp_path)
+
+
+def test_a_parameter_describes_itself_and_writes_the_entry_it_was_read_from():
+    space = parse_search_space({"search": {"beta": {"uniform": [0.1, 0.9], "step": 0.1, "default": 0.5},
+                                           "fusion": {"choice": ["concat", "sum"], "default": "sum"},
+                                           "model_width": {"int": [4, 16]}}}, source="s.yaml")
+    assert space.describe().splitlines() == ["  beta           uniform [0.1, 0.9] step 0.1 default 0.5",
+                                             "  fusion         choice ['concat', 'sum'] default sum",
+                                             "  model_width    int [4, 16]"]
+    assert space.params["beta"].to_spec() == {"uniform": [0.1, 0.9], "step": 0.1, "default": 0.5}
+    assert space.params["model_width"].to_spec() == {"int": [4, 16]}
+    assert parse_search_space(yaml.safe_load(space.to_yaml()), source="s.yaml") == space
+
+
+def test_study_defaults_are_kept_apart_from_the_parameters():
+    """`score:`, `scheduler:`, `grace_period:` and `max_epochs:` are the study's: one frozen
+    `StudyDefaults` (`space.defaults`), never among the params; every derived space and the
+    written file keep them, and the read access from before (`space.score`, ...) still answers."""
+    doc = {"score": "last-3", "scheduler": "hyperband", "grace_period": 2, "max_epochs": 6, "fixed": {"epochs": 8},
+           "search": {"beta": {"uniform": [0.1, 0.9], "default": 0.5}, "lr": {"loguniform": [1e-4, 1e-2]}}}
+    space = parse_search_space(doc, source="s.yaml")
+    expected = StudyDefaults(score="last-3", scheduler="hyperband", grace_period=2, max_epochs=6)
+    assert space.defaults == expected and list(space.params) == ["beta", "lr"]
+    assert (space.score, space.scheduler, space.grace_period, space.max_epochs) == ("last-3", "hyperband", 2, 6)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        space.defaults.score = "best"
+    for derived in (space.for_method("bmlr"), space.with_fixed({"lr": 1e-3}), space.restricted(["lr"])):
+        assert derived.defaults == expected
+    assert parse_search_space(yaml.safe_load(space.to_yaml()), source="s.yaml") == space
+    assert parse_search_space({"search": doc["search"]}, source="s.yaml").defaults == StudyDefaults()
+    assert DEFAULT_KEYS == tuple(f.name for f in dataclasses.fields(StudyDefaults)) == tuple(doc)[:4]
+    # the spelling from before `defaults` (one keyword per entry) builds the same space
+    old = SearchSpace(space.params, space.fixed, "s.yaml", score="last-3", scheduler="hyperband", grace_period=2,
+                      max_epochs=6)
+    assert old == space
+    assert SearchSpace({}, {}, defaults=expected, score="best").defaults == dataclasses.replace(expected, score="best")
+
+
+def test_the_scheduler_names_live_where_schedulers_are_built():
+    from bmlr.tuning.ray_backend import SCHEDULERS
+
+    assert SCHEDULERS == ("asha", "hyperband", "none")
+    for name in SCHEDULERS:
+        assert parse_search_space({"scheduler": name, "search": GOOD}, source="s.yaml").defaults.scheduler == name

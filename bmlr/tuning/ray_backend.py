@@ -25,8 +25,6 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from bmlr.tuning.search_space_types import SCHEDULERS
-
 __all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "ResourceError", "LOOPBACK",
            "CONNECT_TIMEOUT_S", "address_host_port", "cluster_address", "check_address", "check_local",
            "check_resources",
@@ -37,6 +35,7 @@ __all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "Resour
 METRIC = "score"  # the trial's score so far (bmlr.tuning.scores: its rule over the validation accuracies)
 MODE = "max"
 TIME_ATTR = "epoch"  # ASHA's time axis: our own epoch counter, correct after a restore too
+SCHEDULERS = ("asha", "hyperband", "none")  # a study's early stopping (`scheduler:`, --scheduler; make_scheduler)
 
 
 class RayStartError(RuntimeError):

@@ -1,27 +1,48 @@
-"""Search-space documents -> validated `SearchSpace` objects (the grammar: `bmlr.tuning.search_space`).
+"""Search-space documents -> checked values (the grammar: `bmlr.tuning.search_space`).
 
-`parse_search_space` checks a parsed YAML document and builds the space: every key a field of
-`bmlr.config.Config` (or `method_args.<name>` of the method it belongs to), each distribution
-well formed, `fixed` valid as a Config, each search entry valid at its bounds or with each
-choice, each method's arguments accepted by the method's `Args`. Every error is a
-`SearchSpaceError` whose message starts with the source and the key. `grid_space` builds the
-space of a grid (every listed value of a few keys) the same way.
+`check_document` checks a parsed YAML document: every key a field of `bmlr.config.Config` (or
+`method_args.<name>` of the method it belongs to), each distribution well formed, `fixed` valid
+as a Config, each search entry valid at its bounds or with each choice, each method's arguments
+accepted by the method's `Args`, and the study defaults. Every error is a `SearchSpaceError`
+whose message starts with the source and the key. It returns plain values, which
+`bmlr.tuning.search_space.parse_search_space` turns into objects: this module imports none.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any
 
-from bmlr.config import FIELD_NAMES, ConfigError, field_kind, from_dict
+from bmlr.config import FIELD_NAMES, METHOD_ARGS_PREFIX, Config, ConfigError, field_kind, from_dict
 from bmlr.methods import METHOD_SPECIFIC_KEYS, METHODS, arg_kinds
+from bmlr.tuning.ray_backend import SCHEDULERS
 from bmlr.tuning.scores import ScoreError, parse_score
-from bmlr.tuning.search_space_types import (KINDS, METHOD_ARGS, NOT_SEARCHABLE, SCHEDULERS, MethodSection, Param,
-                                            SearchSpace, SearchSpaceError)
 
-__all__ = ["SECTIONS", "METHOD_SECTIONS", "parse_search_space", "grid_space"]
+__all__ = ["KINDS", "METHOD_ARGS", "NOT_SEARCHABLE", "SECTIONS", "METHOD_SECTIONS", "DEFAULT_KEYS", "SearchSpaceError",
+           "check_document", "checked_config"]
 
-SECTIONS = ("search", "fixed", "methods", "score", "scheduler", "grace_period", "max_epochs")
+KINDS = ("uniform", "loguniform", "int", "choice")
+METHOD_ARGS = METHOD_ARGS_PREFIX  # "method_args.": `method_args.<name>` keys
+# Keys a study controls itself or that are not scalar hyperparameters: never sampled.
+NOT_SEARCHABLE = ("dataset", "data_root", "cache_dir", "seeds", "name", "output_dir", "device",
+                  "method_args", "adam_betas", "num_workers")
+DEFAULT_KEYS = ("score", "scheduler", "grace_period", "max_epochs")  # the study defaults (StudyDefaults)
+SECTIONS = ("search", "fixed", "methods", *DEFAULT_KEYS)
 METHOD_SECTIONS = ("search", "fixed")
+Entry = dict[str, Any]  # one searched key: the keyword arguments of `bmlr.tuning.search_space.Param`
+Part = tuple[dict[str, Entry], dict[str, Any]]  # what a space or a method section searches, what it fixes
+
+
+class SearchSpaceError(ConfigError):
+    """A search-space file is malformed; the message names the file and the key."""
+
+
+def checked_config(values: dict[str, Any], source: str = "", where: str = "") -> Config:
+    """`bmlr.config.from_dict(values, source)`, its `ConfigError` raised as a `SearchSpaceError`
+    (the message after `where`)."""
+    try:
+        return from_dict(values, source=source)
+    except ConfigError as err:
+        raise SearchSpaceError(f"{where}{err}") from None
 
 
 def _err(source: str, key: str, message: str) -> SearchSpaceError:
@@ -55,8 +76,7 @@ def _field_kind(name: str, method: str | None = None) -> str:
     return field_kind(name)
 
 
-def _parse_param(source: str, name: str, spec: dict, key: str | None = None, method: str | None = None) -> Param:
-    key = key or f"search.{name}"
+def _parse_param(source: str, name: str, spec: dict, key: str, method: str | None) -> Entry:
     kinds = [k for k in spec if k in KINDS]
     unknown = sorted(set(spec) - set(KINDS) - {"step", "default"})
     if unknown:
@@ -64,21 +84,21 @@ def _parse_param(source: str, name: str, spec: dict, key: str | None = None, met
                                 f"(plus an optional 'step' for uniform and int, and 'default')")
     if len(kinds) != 1:
         raise _err(source, key, f"expected exactly one of {list(KINDS)}, got {sorted(spec) or 'none'}")
-    param = _parse_distribution(source, name, spec, key, kinds[0], _field_kind(name, method))
+    entry = _parse_distribution(source, name, spec, key, kinds[0], _field_kind(name, method))
     if "default" not in spec:
-        return param
+        return entry
     default = spec["default"]
-    if param.kind == "choice":
-        if default not in param.choices:
-            raise _err(source, key, f"default {default!r} is not one of the choices {list(param.choices)}")
+    if entry["kind"] == "choice":
+        if default not in entry["choices"]:
+            raise _err(source, key, f"default {default!r} is not one of the choices {list(entry['choices'])}")
     else:
-        default = _number(source, f"{key}.default", default, param.kind == "int")
-        if not param.low <= default <= param.high:
-            raise _err(source, key, f"default {default} is outside [{param.low}, {param.high}]")
-    return Param(param.name, param.kind, param.low, param.high, param.step, param.choices, default)
+        default = _number(source, f"{key}.default", default, entry["kind"] == "int")
+        if not entry["low"] <= default <= entry["high"]:
+            raise _err(source, key, f"default {default} is outside [{entry['low']}, {entry['high']}]")
+    return {**entry, "default": default}
 
 
-def _parse_distribution(source: str, name: str, spec: dict, key: str, kind: str, key_kind: str) -> Param:
+def _parse_distribution(source: str, name: str, spec: dict, key: str, kind: str, key_kind: str) -> Entry:
     args = spec[kind]
     if kind == "choice":
         if "step" in spec:
@@ -90,7 +110,7 @@ def _parse_distribution(source: str, name: str, spec: dict, key: str, kind: str,
                 raise _err(source, key, f"choice values must be plain scalars, got {value!r}")
         if len(set(map(repr, args))) != len(args):
             raise _err(source, key, f"choice values must be distinct, got {args!r}")
-        return Param(name, kind, choices=tuple(args))
+        return {"name": name, "kind": kind, "choices": tuple(args)}
     if key_kind not in ("int", "float"):
         raise _err(source, key, f"{kind} needs a numeric key, but {name!r} is a {key_kind}; use choice")
     if kind in ("uniform", "loguniform") and key_kind == "int":
@@ -114,7 +134,7 @@ def _parse_distribution(source: str, name: str, spec: dict, key: str, kind: str,
         span = (high - low) / step
         if abs(span - round(span)) > 1e-9:
             raise _err(source, key, f"high - low ({high - low}) is not a multiple of step {step}")
-    return Param(name, kind, low, high, step)
+    return {"name": name, "kind": kind, "low": low, "high": high, "step": step}
 
 
 def _check_keys(source: str, section: str, mapping: Any, method: str | None, where: str) -> None:
@@ -137,9 +157,8 @@ def _check_keys(source: str, section: str, mapping: Any, method: str | None, whe
                                                    f"(valid keys: {', '.join(FIELD_NAMES)})")
 
 
-def _split_search(source: str, prefix: str, search: dict, fixed: dict,
-                  method: str | None) -> tuple[dict[str, Param], dict[str, Any]]:
-    params: dict[str, Param] = {}
+def _split_search(source: str, prefix: str, search: dict, fixed: dict, method: str | None) -> Part:
+    params: dict[str, Entry] = {}
     constants: dict[str, Any] = {}
     for name, spec in search.items():
         key = f"{prefix}search.{name}"
@@ -167,44 +186,34 @@ def _check_method_values(source: str, key: str, cfg_dict: dict[str, Any]) -> Non
         raise _err(source, key, f"method {cfg.method!r} rejects it: {err}") from None
 
 
-def _validate_values(source: str, prefix: str, fixed: dict, constants: dict, params: dict[str, Param],
+def _validate_values(source: str, prefix: str, fixed: dict, constants: dict, params: dict[str, Entry],
                      base_fixed: dict[str, Any]) -> dict[str, Any]:
     """Each fixed value alone, the fixed part as a whole, and each parameter at its bounds or
     with each choice; returns the merged fixed part."""
     all_fixed = {**fixed, **constants}
     for key, value in all_fixed.items():
         section = f"{prefix}fixed" if key in fixed else f"{prefix}search"
-        try:
-            from_dict({**({"method": base_fixed["method"]} if "method" in base_fixed else {}), key: value})
-        except ConfigError as err:
-            raise _err(source, f"{section}.{key}", str(err)) from None
+        checked_config({**({"method": base_fixed["method"]} if "method" in base_fixed else {}), key: value},
+                       where=f"{source}: {section}.{key}: ")
     merged = {**base_fixed, **all_fixed}
-    try:
-        base = from_dict(merged, source=f"{source} ({prefix}fixed)")
-    except ConfigError as err:
-        raise SearchSpaceError(str(err)) from None
-    base_dict = base.to_dict()
-    has_method_args = any(k.startswith(METHOD_ARGS) for k in merged)
-    if has_method_args:
+    base_dict = checked_config(merged, source=f"{source} ({prefix}fixed)").to_dict()
+    if any(k.startswith(METHOD_ARGS) for k in merged):
         _check_method_values(source, f"{prefix}fixed", base_dict)
-    for name, param in params.items():
-        for value in param.sample_values():
-            try:
-                from_dict({**base_dict, name: value})
-            except ConfigError as err:
-                raise _err(source, f"{prefix}search.{name}", f"value {value!r} is not valid: {err}") from None
+    for name, entry in params.items():
+        for value in entry.get("choices") or (entry["low"], entry["high"]):  # every choice, or the bounds
+            checked_config({**base_dict, name: value},
+                           where=f"{source}: {prefix}search.{name}: value {value!r} is not valid: ")
             if name.startswith(METHOD_ARGS):
                 _check_method_values(source, f"{prefix}search.{name}", {**base_dict, name: value})
     return all_fixed
 
 
-def _parse_method_section(source: str, method: Any, doc: Any, shared_fixed: dict[str, Any],
-                          shared_params: dict[str, Param]) -> MethodSection:
+def _parse_method_section(source: str, method: Any, doc: Any, shared_fixed: dict[str, Any]) -> Part:
+    """`methods.<method>`: what it searches and fixes on top of the shared part."""
     prefix = f"methods.{method}."
     if method not in METHODS:
         raise _err(source, f"methods.{method}", f"unknown method; expected one of {METHODS.names()}")
-    if doc is None:
-        doc = {}
+    doc = {} if doc is None else doc
     if not isinstance(doc, dict):
         raise _err(source, f"methods.{method}", f"expected a mapping with 'search' and/or 'fixed', "
                                                 f"got {type(doc).__name__}")
@@ -223,15 +232,16 @@ def _parse_method_section(source: str, method: Any, doc: Any, shared_fixed: dict
             if key in ("method", "dataset"):
                 raise _err(source, f"{prefix}{section}.{key}", f"{key!r} cannot be set in a method section")
     params, constants = _split_search(source, prefix, search, fixed, method)
-    base_fixed = {k: v for k, v in shared_fixed.items() if k not in params}
-    base_fixed["method"] = method
+    base_fixed = {k: v for k, v in shared_fixed.items() if k not in params} | {"method": method}
     # a shared searched key the section fixes is no longer searched; the others keep their defaults
     all_fixed = _validate_values(source, prefix, fixed, constants, params, base_fixed)
-    return MethodSection(params=params, fixed=all_fixed)
+    return params, all_fixed
 
 
-def parse_search_space(data: Any, source: str = "<search space>", text: str = "") -> SearchSpace:
-    """Validate a parsed YAML document; every error names `source` and the key."""
+def check_document(data: Any, source: str) -> tuple[dict[str, Entry], dict[str, Any], dict[str, Part], dict[str, Any]]:
+    """A parsed YAML document, checked: its searched entries, its fixed part, each method's
+    section (entries, fixed part) and its study defaults (`DEFAULT_KEYS`, None where not given).
+    Every error names `source` and the key."""
     if data is None:
         raise SearchSpaceError(f"{source}: the file is empty; expected 'search:' and 'fixed:' mappings")
     if not isinstance(data, dict):
@@ -243,12 +253,10 @@ def parse_search_space(data: Any, source: str = "<search space>", text: str = ""
     search = data.get("search") or {}
     fixed = data.get("fixed") or {}
     methods = data.get("methods") or {}
-    top_method = None  # a flat file that fixes its method may use method_args.<name> at the top level
-    for mapping in (fixed, search):
-        if isinstance(mapping, dict) and isinstance(mapping.get("method"), str):
-            top_method = mapping["method"]
-    if top_method is not None and top_method not in METHODS:
-        top_method = None  # reported below as an invalid value of 'method'
+    # a flat file that fixes its method may use method_args.<name> at the top level (an unknown
+    # method is reported below as an invalid value of 'method')
+    named = [m["method"] for m in (fixed, search) if isinstance(m, dict) and isinstance(m.get("method"), str)]
+    top_method = named[-1] if named and named[-1] in METHODS else None
     for section, mapping in (("search", search), ("fixed", fixed)):
         _check_keys(source, section, mapping, top_method, "")
     if not isinstance(methods, dict):
@@ -261,33 +269,22 @@ def parse_search_space(data: Any, source: str = "<search space>", text: str = ""
     if not params:
         raise SearchSpaceError(f"{source}: search: every entry is a constant; nothing to search")
     all_fixed = _validate_values(source, "", fixed, constants, params, {})
-    sections = {str(m): _parse_method_section(source, m, doc, all_fixed, params) for m, doc in methods.items()}
-    score = data.get("score")
-    if score is not None:
+    sections = {str(m): _parse_method_section(source, m, doc, all_fixed) for m, doc in methods.items()}
+    return params, all_fixed, sections, _study_defaults(data, source)
+
+
+def _study_defaults(data: dict, source: str) -> dict[str, Any]:
+    """`score:` (its rule's name), `scheduler:`, `grace_period:` and `max_epochs:`, checked."""
+    out = {key: data.get(key) for key in DEFAULT_KEYS}
+    if out["score"] is not None:
         try:
-            score = parse_score(str(score), f"{source}: score").name
+            out["score"] = parse_score(str(out["score"]), f"{source}: score").name
         except ScoreError as err:
             raise SearchSpaceError(str(err)) from None
-    scheduler = data.get("scheduler")
-    if scheduler is not None and scheduler not in SCHEDULERS:
-        raise SearchSpaceError(f"{source}: scheduler: {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    grace = data.get("grace_period")
-    if grace is not None and (isinstance(grace, bool) or not isinstance(grace, int) or grace < 1):
-        raise SearchSpaceError(f"{source}: grace_period: expected a whole number of epochs >= 1, got {grace!r}")
-    budget = data.get("max_epochs")
-    if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
-        raise SearchSpaceError(f"{source}: max_epochs: expected a whole number of epochs >= 1, got {budget!r}")
-    return SearchSpace(params=params, fixed=all_fixed, source=source, text=text, methods=sections, score=score,
-                       scheduler=scheduler, grace_period=grace, max_epochs=budget)
-
-
-def grid_space(values: Mapping[str, Sequence[Any]], fixed: Mapping[str, Any], source: str,
-               header: list[str] | None = None) -> SearchSpace:
-    """The space whose only searched keys are `values` (each a choice among its list, in order)
-    and whose fixed part is `fixed`, checked like a file; e.g. the alpha x beta grid of a
-    surface over a base configuration. `text` is its file (with `header` as comments)."""
-    doc = {"search": {k: {"choice": list(v)} for k, v in values.items()},
-           "fixed": {k: v for k, v in fixed.items() if k not in values}}
-    space = parse_search_space(doc, source=source)
-    space.text = space.to_yaml(header=header)
-    return space
+    if out["scheduler"] is not None and out["scheduler"] not in SCHEDULERS:
+        raise SearchSpaceError(f"{source}: scheduler: {out['scheduler']!r} is not one of {', '.join(SCHEDULERS)}")
+    for key in ("grace_period", "max_epochs"):
+        epochs = out[key]
+        if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
+            raise SearchSpaceError(f"{source}: {key}: expected a whole number of epochs >= 1, got {epochs!r}")
+    return out

@@ -12,8 +12,7 @@ from bmlr.methods import METHODS
 from bmlr.methods.protocols import REFERENCE_LR, Protocol, lr_factor, protocol_for
 from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings
 from bmlr.tuning.recipes import Arm
-from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, method_defaults
-from bmlr.tuning.search_space_types import Param
+from bmlr.tuning.search_space import Param, SearchSpace, SearchSpaceError, method_defaults
 
 __all__ = ["overrides_for", "check_overrides", "user_named_keys", "protocol_space", "arm_space", "untuned_config",
            "check_method", "production_settings"]
@@ -111,8 +110,7 @@ def protocol_space(space: SearchSpace, arm: Arm, overrides: dict[str, Any]) -> S
         return flat
     params, fixed, changed = _apply_protocol(flat, protocol, named)
     out = SearchSpace(params=params, fixed=fixed, source=f"{flat.source} + its authors' settings",
-                      dropped=flat.dropped, score=flat.score, scheduler=flat.scheduler,
-                      grace_period=flat.grace_period, max_epochs=flat.max_epochs)
+                      dropped=flat.dropped, defaults=flat.defaults)
     out.text = out.to_yaml(header=[f"The search space of method {arm.method!r}, from {space.source}, with its "
                                    f"authors' training settings: {protocol.source}.",
                                    f"Changed: {'; '.join(changed) or 'nothing (every key named by the user)'}."])
