@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bmlr.tuning import plots, surface
+from bmlr.tuning import surface
+from bmlr.tuning.report import figure
 from bmlr.tuning.report.optuna_figures import FIGURE, FIGURES, OPTUNA_DIR, StudyInputs, draw
 from bmlr.tuning.report.optuna_study import optuna_study
 from bmlr.tuning.search_space import load_search_space
@@ -126,8 +127,8 @@ def test_a_view_that_cannot_be_drawn_is_skipped_with_its_reason(tmp_path):
 
 def test_binned_surface_labels_the_best_trial_by_its_own_values(tmp_path, monkeypatch):
     figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
+    save = figure.save
+    monkeypatch.setattr(figure, "save", lambda fig, path: figures.append(fig) or save(fig, path))
     rows = [_row("t1", 0.72, alpha=1.36, beta=0.61), _row("t2", 0.5, alpha=0.6, beta=0.2),
             _row("t3", 0.6, alpha=1.9, beta=0.85), _row("t4", 0.55, alpha=0.8, beta=0.7)]
     bins, points = surface.binned(rows, None, n_alpha=2, n_beta=2)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from bmlr.tuning import plots
 from bmlr.tuning.report import StudyView, confirmation_table, write_report
 from bmlr.tuning.report.best_trials import best_trials_table
-from bmlr.tuning.report.confirmation import FIGURE_FILE, WINNER_MARK
+from bmlr.tuning.report.confirmation import FIGURE_FILE, WINNER_MARK, draw_confirmation
+from bmlr.tuning.report.figure import save as save_figure
 from bmlr.tuning.report.optuna_figures import StudyInputs
 from bmlr.tuning.store import StudyStore
 
@@ -110,19 +110,14 @@ def test_a_tie_on_the_mean_goes_to_the_search_order(tmp_path):
     assert study.confirmed_winner.trial_id == "t1" and study.best_row()["trial_id"] == "t1"
 
 
-def test_confirmation_figure_draws_every_seed_and_the_search_scores(tmp_path, monkeypatch):
+def test_confirmation_figure_draws_every_seed_and_the_search_scores(tmp_path):
     from matplotlib.collections import PathCollection
 
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
     candidates = [{"label": "t1", "search": 0.80, "search_se": 0.05, "seeds": [0.70, 0.72], "winner": False},
                   {"label": "t2", "search": 0.78, "search_se": None, "seeds": [0.76, 0.74], "winner": True},
                   {"label": "t3", "search": 0.75, "search_se": 0.05, "seeds": [], "winner": False}]
-    path = plots.confirmation(candidates, tmp_path / "c.png", "title")
-    width, height = _open_png(path)
-    assert width > 300 and height > 200
-    ax = figures[0].axes[0]
+    fig = draw_confirmation(candidates, "title")  # the figure, drawn from plain numbers, then written
+    ax = fig.axes[0]
     dots = sorted(round(float(y), 6) for c in ax.collections if isinstance(c, PathCollection)
                   for _, y in c.get_offsets())
     assert dots == [70.0, 72.0, 74.0, 76.0]  # every seed a dot, nothing else drawn as one
@@ -133,6 +128,8 @@ def test_confirmation_figure_draws_every_seed_and_the_search_scores(tmp_path, mo
     means = sorted(round(float(line.get_ydata()[0]), 6) for line in ax.get_lines()
                    if line.get_marker() == "o" and len(line.get_ydata()) == 1)
     assert means == [71.0, 75.0]
+    width, height = _open_png(save_figure(fig, tmp_path / "c.png"))
+    assert width > 300 and height > 200
 
 
 # --- the page ---------------------------------------------------------------------------------------
@@ -140,7 +137,7 @@ def test_confirmation_figure_draws_every_seed_and_the_search_scores(tmp_path, mo
 def confirmed_report(tmp_path_factory):
     folder = _study(tmp_path_factory.mktemp("report") / "hand")
     log: list[str] = []
-    md_path = write_report(folder, train_baseline=False, mlflow=False, log=log.append)
+    md_path = write_report(folder, mlflow=False, log=log.append)
     return {"dir": folder, "md": md_path.read_text(), "html": (md_path.parent / "report.html").read_text()}
 
 
@@ -188,7 +185,7 @@ def test_optunas_axes_name_the_rule(tmp_path):
 def test_no_confirmation_no_section_and_legacy_rows_read_as_best(tmp_path):
     legacy = [_trial("a", 0.80, rule=None, alpha=0.5), _trial("b", 0.50, rule=None, alpha=2.0)]
     folder = _study(tmp_path / "old", legacy, confirmation=None)
-    md = write_report(folder, train_baseline=False, mlflow=False, log=lambda _: None).read_text()
+    md = write_report(folder, mlflow=False, log=lambda _: None).read_text()
     assert "Confirmation" not in md and not (folder / "report" / FIGURE_FILE).exists()
     assert "score (best: the best validation accuracy at any epoch) **82.0%**" in md  # no SE recorded: none shown
     assert "Noise." not in md

@@ -1,7 +1,7 @@
 """The report's t-SNE figures (the paper's Figures 1 and 3b-d): drawn from the best trial's own
-model (the validation sample a trial saves when it trains to its end) or, where it saved none,
-the retrained best model of a real finished study; said why where they cannot be; and the
-label distributions they embed checked by hand."""
+model (the validation sample a trial saves when it trains to its end) of a real finished study,
+never from a model the report trains; said why (and how to get them) where they cannot be; and
+the label distributions they embed checked by hand."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from bmlr.tuning.report import write_report
-from bmlr.tuning.report.best_model import CACHE_FILE
 from bmlr.tuning.report.tsne import embed, perplexity_for
 from bmlr.tuning.report.tsne_labels import label_distributions, shown_classes
 from bmlr.tuning.store import StudyStore
@@ -63,24 +62,28 @@ def test_the_end_of_study_report_has_both_tsne_figures(finished_study):
         if path.is_file():
             saved = torch.load(path, weights_only=True)
             assert saved["val_acc"] == pytest.approx(row["best_val_acc"]) and saved["n_val"] == n_val
-    assert "(the trial's own model) at its best validation epoch" in features and not (out / CACHE_FILE).exists()
+    assert "(the trial's own model) at its best validation epoch" in features
+    assert not (out / "best_model_val.pt").exists()  # (where an older report cached a retrained model)
 
 
-def test_fast_report_reuses_the_model_or_says_why(finished_study, tmp_path):
+def test_the_report_reads_the_saved_sample_or_says_why(finished_study, tmp_path):
     study = _copy(finished_study, tmp_path)
-    # a fast report reads the winner's saved sample: both figures again
-    write_report(study, train_baseline=False, mlflow=False, log=lambda _: None)
+    # a report reads the winner's saved sample: both figures again
+    write_report(study, mlflow=False, log=lambda _: None)
     assert _is_png(study / "report" / "tsne_features.png") and _is_png(study / "report" / "tsne_labels.png")
-    # without it (a winner stopped early) a fast report trains nothing: both sections say why, no figure
+    # without it (a winner stopped early) the report trains nothing: both sections say why and how, no figure
     for path in (study / "trials").glob("trial_*/val_sample.pt"):
         path.unlink()
-    write_report(study, train_baseline=False, mlflow=False, log=lambda _: None)
+    log: list[str] = []
+    write_report(study, mlflow=False, log=log.append)
     md = (study / "report" / "report.md").read_text()
     for heading in (FEATURES, LABELS):
         text = _section(md, heading)
-        assert "Not drawn:" in text and "keeps no model weights" in text and "--fast" in text
+        assert "Not drawn:" in text and "keeps no model weights" in text and "the report trains nothing" in text
+        assert "val_sample.pt" in text and "`--scheduler none`" in text
     assert not (study / "report" / "tsne_features.png").exists()
     assert not (study / "report" / "tsne_labels.png").exists()
+    assert not (study / "report" / "best_model_val.pt").exists() and not any("retrain" in line for line in log)
 
 
 def test_a_method_without_reshaping_gets_features_but_no_label_figure(finished_study, tmp_path):
@@ -89,7 +92,7 @@ def test_a_method_without_reshaping_gets_features_but_no_label_figure(finished_s
         history = [{k: v for k, v in h.items() if not k.startswith(("reshaped/", "wrong_top/"))}
                    for h in json.loads(path.read_text())]
         path.write_text(json.dumps(history))
-    write_report(study, train_baseline=False, mlflow=False, log=lambda _: None)
+    write_report(study, mlflow=False, log=lambda _: None)
     md = (study / "report" / "report.md").read_text()
     assert "reshapes no labels" in _section(md, LABELS) and not (study / "report" / "tsne_labels.png").exists()
     assert _is_png(study / "report" / "tsne_features.png")

@@ -1,5 +1,5 @@
 """alpha x beta surfaces, the staged strategy and the study report (bmlr.tuning.surface,
-staged, report, plots) on a tiny generated synthetic data set with a tiny model.
+staged, report and its figures) on a tiny generated synthetic data set with a tiny model.
 
 One Ray instance serves the whole module (a study that finds Ray running leaves it running);
 the end-to-end studies train 1 epoch per trial. The rest needs no Ray.
@@ -16,7 +16,9 @@ import pytest
 import yaml
 
 from bmlr.config import load_config
-from bmlr.tuning import cli, plots, surface
+from bmlr.tuning import cli, surface
+from bmlr.tuning.report import surface_figures
+from bmlr.tuning.report.figure import save as save_figure
 
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -190,9 +192,10 @@ def test_report_renders_and_references_every_figure(which, request, tiny):
                 "../optuna/contour_alpha_beta.png"}
     expected |= ({"surface_3d.png", "surface_heatmap.png"} if which == "surface_study" else
                  {"surface_from_trials_3d.png", "surface_from_trials_heatmap.png"})
-    # the t-SNE figures: staged (--report full) retrains the best configuration; a surface's
-    # winner trained all its epochs (a grid: no early stopping), so the report reads its own sample
+    # the t-SNE figures: each winner trained all its epochs (a grid: no early stopping; the staged
+    # study's 1-epoch trials), so the report reads the sample it saved (a staged one: in its stage's folder)
     expected |= {"tsne_features.png", "tsne_labels.png"}
+    assert md.count("(the trial's own model) at its best validation epoch") == 1
     if "../optuna/param_importances.png" not in pngs:  # e.g. two stage-1 trials: too few; the page says so instead
         expected.discard("../optuna/param_importances.png")
         assert "Not computed: it needs at least 3 finished trials" in md
@@ -213,18 +216,16 @@ def test_report_renders_and_references_every_figure(which, request, tiny):
     assert {"report/report.md", "report/report.html"} | {f"report/{p}" for p in own} <= logged
     logged = {a.path for a in client.list_artifacts(info["parent_run_id"], "optuna")}
     assert logged == {f"optuna/{p.name}" for p in optuna_dir.glob("*.png")}
-    if which == "staged_study":  # --report full: the baseline counterpart was trained, same seed and epochs
-        counterpart = json.loads((report / "baseline_counterpart.json").read_text())
-        assert counterpart["config"]["method"] == "baseline" and counterpart["config"]["seeds"] == [1]
-        assert [h["epoch"] for h in counterpart["history"]] == [1]
-        assert "method: baseline" in md
+    if which == "staged_study":  # --report full trains nothing: a staged study has no baseline reference
+        assert not (report / "baseline_counterpart.json").exists() and not (study["dir"] / "references.json").exists()
+        assert "No baseline shown: the study has no baseline reference (`references.json`" in md
         top3 = next(report.parent.glob("stage*/trials/trial_*/val_top3.json"))
         data = json.loads(top3.read_text())
         assert data["split"] == "val" and set(data["top_k"]) == {"multimodal", "audio", "visual"}
 
 
 def test_report_command_rerenders_and_reports_errors(staged_study, tiny, capsys):
-    assert cli.main(["report", "--study", str(staged_study["dir"]), "--no-mlflow"]) == 0  # cached counterpart
+    assert cli.main(["report", "--study", str(staged_study["dir"]), "--no-mlflow"]) == 0  # reads, trains nothing
     assert cli.main(["report", "--study", str(tiny["base"] / "nothing-here")]) == 2
     assert "not a finished bmlr-tune study" in capsys.readouterr().err
 
@@ -276,22 +277,20 @@ def test_cells_average_the_seeds_and_count_failures():
     assert surface.best_index(alphas, betas, values) == (0, 0)
 
 
-def test_heatmap_writes_every_cells_value(tmp_path, monkeypatch):
+def test_heatmap_writes_every_cells_value(tmp_path):
     """The images show the grid's values: each cell's number is a text of the heat map and the
     3-D figure plots exactly the grid's values."""
-    figures = []
-    save = plots._save
-    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or save(fig, path))
     values = np.array([[61.25, 70.0, np.nan], [65.5, 72.25, 68.0]])
-    plots.surface_heatmap([0.5, 2.0], [0.1, 0.5, 0.9], values, tmp_path / "h.png", "t", cells=None, empty="failed")
-    texts = [t.get_text() for t in figures[0].axes[0].texts]
+    info = surface.SurfaceFigure([0.5, 2.0], [0.1, 0.5, 0.9], values, "t", empty="failed")
+    heatmap = surface_figures.draw_heatmap(info)
+    texts = [t.get_text() for t in heatmap.axes[0].texts]
     assert {"61.2", "70.0", "65.5", "72.2", "68.0", "failed"} <= set(texts)  # 61.25 -> 61.2 (half to even)
-    plots.surface_3d([0.5, 2.0], [0.1, 0.5, 0.9], values, tmp_path / "s.png", "t")
-    lines = [ln for ln in figures[1].axes[0].get_lines() if ln.get_label().startswith("\u03b1 =")]
+    layers = surface_figures.draw_3d(info)
+    lines = [ln for ln in layers.axes[0].get_lines() if ln.get_label().startswith("\u03b1 =")]
     drawn = sorted(float(z) for ln in lines for z in ln.get_data_3d()[2])
     assert drawn == sorted(values[np.isfinite(values)].tolist())
-    for name in ("h.png", "s.png"):
-        _assert_png(tmp_path / name)
+    for fig, name in ((heatmap, "h.png"), (layers, "s.png")):
+        _assert_png(save_figure(fig, tmp_path / name))
 
 
 def test_stage2_winner_keeps_the_incumbent_on_a_tie():

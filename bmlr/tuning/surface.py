@@ -1,9 +1,10 @@
 """The alpha x beta surface (the paper's Figure 5, Section IV-E1) as data and figures: the grid's
 values, a grid study's cells, a finished study's trials binned, the CSV files and the images.
 
-This module only computes and draws; planning and running a surface study (the `tune.py
+This module computes (a figure's numbers and labels: :class:`SurfaceFigure`, drawn by
+:mod:`bmlr.tuning.report.surface_figures`); planning and running a surface study (the `tune.py
 surface` command) is :mod:`bmlr.tuning.surface_study`. It imports neither the study nor the
-report, so both can use it.
+report's sections, so both can use it.
 
     surface.csv           one row per (alpha, beta): validation accuracy over the cell's seeds
                           (mean, std, min, max; each seed's value is its trial's best_val_acc in
@@ -21,6 +22,7 @@ the highest mean over the seeds, ties to the smaller beta, then the smaller alph
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,15 +31,15 @@ import yaml
 
 from bmlr import fileio
 from bmlr.fileio import finite_or_none
-from bmlr.tuning import plots
 from bmlr.tuning.search_space import SearchSpaceError, load_search_space
 from bmlr.tuning.selection import choose_best, choose_best_group, is_candidate, score
 from bmlr.tuning.store import StoreError, StudyStore
 
 __all__ = ["SURFACE_CSV", "FROM_TRIALS_CSV", "IMAGES", "GRID_KEYS", "DEFAULT_GRID_SIZE", "SurfaceError",
            "round_sig", "spread", "axis_range", "grid_values", "cells", "cell_key", "best_cell_row", "read_csv",
-           "matrix", "best_index", "draw_grid", "describe_grid", "format_grid", "binned", "draw_binned",
-           "best_trial_label", "surface_from_study"]
+           "matrix", "best_index", "fmt_value", "best_cell_label", "SurfaceFigure", "grid_figure", "draw_grid",
+           "describe_grid", "format_grid", "binned", "binned_figure", "draw_binned", "best_trial_label",
+           "surface_from_study"]
 
 SURFACE_CSV = "surface.csv"
 FROM_TRIALS_CSV = "surface_from_trials.csv"
@@ -192,9 +194,56 @@ def best_index(alphas: list[float], betas: list[float], values: np.ndarray) -> t
     return tuple(min(found)[3:]) if found else None
 
 
-def draw_grid(cell_rows: list[dict[str, Any]], out_dir: Path, title: str, subtitle: str) -> list[Path]:
+def fmt_value(value: float) -> str:
+    """Grid values as typed: 0.5, 0.275, 2, 0.25 (no trailing zeros)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.4g}"
+
+
+def best_cell_label(value: float, alpha: float, beta: float) -> str:
+    """The legend text of a grid's best cell: its value (%) and its alpha and beta."""
+    return f"best cell: {value:.1f}% at \u03b1={fmt_value(alpha)}, \u03b2={fmt_value(beta)}"
+
+
+@dataclass
+class SurfaceFigure:
+    """What a surface's two figures (:mod:`bmlr.tuning.report.surface_figures`) draw: `values[i, j]`
+    in % at alphas[i], betas[j] (NaN: none) and the labels. The best cell (default: :func:`best_index`'s)
+    is marked in 3-D at `best_point` (a binned surface: its best trial's own alpha and beta)."""
+
+    alphas: list[float]
+    betas: list[float]
+    values: np.ndarray
+    title: str
+    subtitle: str = ""
+    best: tuple[int, int] | None = None
+    best_point: tuple[float, float, float] | None = None
+    best_label: str | None = None
+    notes: list[list[str]] | None = None    # under each heat-map cell's value
+    points: list[tuple[float, float, float]] | None = None  # (alpha, beta, %): trials drawn as dots in 3-D
+    layer_label: str = "\u03b1 = {}"
+    colour_label: str = "validation accuracy (%)"
+    empty: str = "no value"                 # a heat-map cell without a value
+    alpha_ticks: list[str] | None = None    # the heat map's own tick labels (default: the values)
+    beta_ticks: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.values = np.asarray(self.values, dtype=float)
+        if self.best is None:
+            self.best = best_index(self.alphas, self.betas, self.values)
+        if self.best is not None:
+            i, j = self.best
+            self.best_point = self.best_point or (self.alphas[i], self.betas[j], float(self.values[i, j]))
+            self.best_label = self.best_label or best_cell_label(self.values[i, j], self.alphas[i], self.betas[j])
+
+    label = staticmethod(fmt_value)  # how the figures write an alpha or a beta
+
+
+def grid_figure(cell_rows: list[dict[str, Any]], title: str, subtitle: str) -> SurfaceFigure:
+    """A grid study's figures: each cell's mean, with its spread over the seeds and its failed
+    trials written under it."""
     alphas, betas, values, by_index = matrix(cell_rows)
-    best = best_index(alphas, betas, values)
     notes = []
     for i in range(len(alphas)):
         line = []
@@ -207,9 +256,14 @@ def draw_grid(cell_rows: list[dict[str, Any]], out_dir: Path, title: str, subtit
                 text = (text + " " if text else "") + f"{failed} failed"
             line.append(text)
         notes.append(line)
-    return [plots.surface_3d(alphas, betas, values, out_dir / IMAGES[0], title, subtitle, best=best),
-            plots.surface_heatmap(alphas, betas, values, out_dir / IMAGES[1], title, subtitle, cells=notes,
-                                  empty="failed", best=best)]
+    return SurfaceFigure(alphas, betas, values, title, subtitle, notes=notes, empty="failed")
+
+
+def draw_grid(cell_rows: list[dict[str, Any]], out_dir: Path, title: str, subtitle: str) -> list[Path]:
+    """`surface_3d.png` and `surface_heatmap.png` of a grid study in `out_dir`."""
+    from bmlr.tuning.report import surface_figures  # (matplotlib; and the report imports this module)
+
+    return surface_figures.write(grid_figure(cell_rows, title, subtitle), out_dir / IMAGES[0], out_dir / IMAGES[1])
 
 
 def describe_grid(dataset: str, method: str, epochs: int, seeds: list[int]) -> tuple[str, str]:
@@ -223,10 +277,10 @@ def describe_grid(dataset: str, method: str, epochs: int, seeds: list[int]) -> t
 def format_grid(cell_rows: list[dict[str, Any]]) -> str:
     """The grid as text: rows alpha, columns beta, validation accuracy in %."""
     alphas, betas, values, _ = matrix(cell_rows)
-    head = "alpha \\ beta " + " ".join(f"{plots.fmt_value(b):>7s}" for b in betas)
+    head = "alpha \\ beta " + " ".join(f"{fmt_value(b):>7s}" for b in betas)
     lines = ["validation accuracy (%):", head]
     for i, a in enumerate(alphas):
-        lines.append(f"{plots.fmt_value(a):>12s} " + " ".join(
+        lines.append(f"{fmt_value(a):>12s} " + " ".join(
             f"{values[i, j]:7.1f}" if np.isfinite(values[i, j]) else f"{'-':>7s}" for j in range(len(betas))))
     return "\n".join(lines)
 
@@ -278,8 +332,9 @@ def binned(rows: list[dict[str, Any]], space=None, n_alpha: int = 3, n_beta: int
     return out, points
 
 
-def draw_binned(bins: list[dict[str, Any]], points, out_dir: Path, title: str, subtitle: str,
-                prefix: str = "surface_") -> list[Path]:
+def binned_figure(bins: list[dict[str, Any]], points, title: str, subtitle: str) -> SurfaceFigure:
+    """A binned surface's figures: a bin's best trial's value, the trials per bin under it, the
+    bins' ranges as the heat map's ticks, the best bin marked where its best trial lies."""
     alphas = sorted({b["alpha"] for b in bins})
     betas = sorted({b["beta"] for b in bins})
     values = np.full((len(alphas), len(betas)), np.nan)
@@ -294,29 +349,32 @@ def draw_binned(bins: list[dict[str, Any]], points, out_dir: Path, title: str, s
         ranges[key] = []
         for c in centres:
             b = next(x for x in bins if x[key] == c)
-            ranges[key].append(f"{plots.fmt_value(round_sig(b[f'{key}_low']))}\u2013"
-                               f"{plots.fmt_value(round_sig(b[f'{key}_high']))}")
+            ranges[key].append(f"{fmt_value(round_sig(b[f'{key}_low']))}\u2013{fmt_value(round_sig(b[f'{key}_high']))}")
     best = best_index(alphas, betas, values)
     top = next((b for b in bins if best is not None and (b["alpha"], b["beta"]) == (alphas[best[0]], betas[best[1]])),
                None)
-    trial = (top["best_alpha"], top["best_beta"], 100.0 * top["val_acc_max"]) if top else None
-    label = best_trial_label(top) if top else None
-    return [plots.surface_3d(alphas, betas, values, out_dir / f"{prefix}3d.png", title, subtitle, points=points,
-                             layer_label="\u03b1 bin \u2248 {} (best trial per \u03b2 bin)", best=best,
-                             best_trial=trial, best_label=label),
-            plots.surface_heatmap(alphas, betas, values, out_dir / f"{prefix}heatmap.png", title, subtitle,
-                                  cells=notes, colour_label="best validation accuracy in the bin (%)",
-                                  empty="no trial", best=best, alpha_ticks=ranges["alpha"], beta_ticks=ranges["beta"],
-                                  best_label=label)]
+    return SurfaceFigure(alphas, betas, values, title, subtitle, best=best,
+                         best_point=(top["best_alpha"], top["best_beta"], 100.0 * top["val_acc_max"]) if top else None,
+                         best_label=best_trial_label(top) if top else None, notes=notes, points=points,
+                         layer_label="\u03b1 bin \u2248 {} (best trial per \u03b2 bin)",
+                         colour_label="best validation accuracy in the bin (%)", empty="no trial",
+                         alpha_ticks=ranges["alpha"], beta_ticks=ranges["beta"])
+
+
+def draw_binned(bins: list[dict[str, Any]], points, out_dir: Path, title: str, subtitle: str,
+                prefix: str = "surface_") -> list[Path]:
+    """`<prefix>3d.png` and `<prefix>heatmap.png` of a binned surface in `out_dir`."""
+    from bmlr.tuning.report import surface_figures
+
+    return surface_figures.write(binned_figure(bins, points, title, subtitle), out_dir / f"{prefix}3d.png",
+                                 out_dir / f"{prefix}heatmap.png")
 
 
 def best_trial_label(bin_row: dict[str, Any]) -> str:
     """The legend text of a binned surface's best bin: its best trial's own score and sampled
     alpha and beta (not the bin's centre, which no trial need have)."""
     return (f"best trial {bin_row['best_trial_id']}: {100.0 * bin_row['val_acc_max']:.1f}% at "
-            f"\u03b1={plots.fmt_value(bin_row['best_alpha'])}, \u03b2={plots.fmt_value(bin_row['best_beta'])}")
-
-
+            f"\u03b1={fmt_value(bin_row['best_alpha'])}, \u03b2={fmt_value(bin_row['best_beta'])}")
 
 
 def surface_from_study(study_dir: Path, out_dir: Path | None = None, n_alpha: int | None = None,

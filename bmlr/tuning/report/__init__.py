@@ -3,9 +3,11 @@ inlined), written into `<study>/report/` and logged to the study's MLflow run un
 
     python tune.py report --study tune_runs/synthetic/<study> [--baseline-study DIR] [--fast]
 
-Every study writes it at its end (`--report full|fast|none`). It holds, from the study folder
-alone (validation only; test is never read), one module per section, as Optuna keeps one
-module per figure in `optuna/visualization/`:
+Every study writes it at its end (`--report full|fast|none`; full and fast are the same now).
+It holds, from the study folder alone (validation only; test is never read; nothing is trained),
+one module per section, as Optuna keeps one module per figure in `optuna/visualization/`: a
+section computes its figure's numbers apart from drawing them (`figure` holds what the drawings
+share: the backend, the modality colours, the PNG writer):
 
 1. `best_trials`  - the best trials table: each trial's score by the study's rule beside its
    binomial standard error (`scoring` names the rule and the noise for every section);
@@ -19,12 +21,13 @@ module per figure in `optuna/visualization/`:
    into `<study>/optuna/` and logged to the MLflow parent run under `optuna/`; both read
    the study `optuna_study` rebuilds from the finished trials and the search space;
 3. `surface`      - the alpha x beta surface: the grid of a surface study
-   (`bmlr.tuning.surface`), else the study's scattered trials binned;
+   (`bmlr.tuning.surface`), else the study's scattered trials binned; `surface_figures` draws
+   both figures of either;
 4. `curves`       - learning curves (the paper's Figure 6): multimodal and per-modality
    validation accuracy per epoch of the best trial, beside the best trial of
-   `--baseline-study`, or else the *baseline counterpart* of the best trial (`baseline`): the
-   same configuration, seed and epochs with `method: baseline`, trained here once (cached in
-   `report/baseline_counterpart.json`; `--fast` skips it);
+   `--baseline-study`, or else the study's baseline reference (the same configuration, seed and
+   epochs with `method: baseline`, its history in `references.json`, written by
+   `bmlr.tuning.references`); a study without one shows the best trial alone and says so;
 5. `reshaped`     - reshaped training samples per modality per epoch of the best trial
    (Figure 3a);
 6. `top3`         - per true class, the top-3 predicted classes of each modality's own head and
@@ -33,14 +36,15 @@ module per figure in `optuna/visualization/`:
    best validation accuracy;
 7. `tsne_features`, `tsne_labels` - t-SNE (scikit-learn) of the unimodal and fused features
    (the paper's Figure 1) and of uniform / BMLR / per-sample label distributions (Figure 3)
-   for a sample of validation clips, from the best configuration retrained once by
-   `best_model` (cached in `report/best_model_val.pt`; `--fast` uses the cache only).
+   for a sample of validation clips, from the validation sample the best trial saved
+   (`trials/trial_<id>/val_sample.pt`, read by `best_model`); where it saved none, the
+   sections say why and how to get one.
 
 `summary` writes the paragraphs above them, `page` renders the page, `study_view` reads the
 study folder (through `bmlr.tuning.store`; the best trial by `bmlr.tuning.selection`, or the
-confirmation's winner) and `build` puts the sections together.
+confirmation's winner) and `build` puts the sections together. (`baseline` is the baseline
+reference's training for `bmlr.tuning.references`, which imports it; it moves there.)
 """
-from bmlr.tuning.report.baseline import baseline_counterpart
 from bmlr.tuning.report.best_trials import best_trials_table
 from bmlr.tuning.report.build import log_to_mlflow, write_report, write_report_safely
 from bmlr.tuning.report.confirmation import confirmation_table
@@ -51,5 +55,4 @@ from bmlr.tuning.report.study_view import REPORT_DIR, Context, ReportError, Stud
 from bmlr.tuning.report.top3 import top3_table
 
 __all__ = ["REPORT_DIR", "ReportError", "StudyView", "Context", "Page", "write_report", "write_report_safely",
-           "log_to_mlflow", "param_importances", "optuna_study", "best_trials_table", "confirmation_table", "top3_table",
-           "baseline_counterpart"]
+           "log_to_mlflow", "param_importances", "optuna_study", "best_trials_table", "confirmation_table", "top3_table"]

@@ -6,7 +6,8 @@ from typing import Any
 
 from bmlr.fileio import finite_or_none
 from bmlr.tuning.report.page import Page, pct, val
-from bmlr.tuning.report.scoring import rule_of, score_label, se_cell
+from bmlr.tuning.report.scoring import score_label, se_cell
+from bmlr.tuning.scores import rule_of
 from bmlr.tuning.report.study_view import Context
 from bmlr.tuning.selection import rank, score
 

@@ -1,6 +1,7 @@
 """The report, section by section: `write_report` reads the study once and hands every
 section (one module each) the same context; `write_report_safely` is the end-of-study call
-that reports a failure instead of raising it (the study itself succeeded)."""
+that reports a failure instead of raising it (the study itself succeeded). The report reads the
+study folder and trains nothing."""
 from __future__ import annotations
 
 import traceback
@@ -35,13 +36,12 @@ def _clear(ctx: Context) -> None:
         old.unlink()
 
 
-def write_report(study_dir: str | Path, baseline_study: str | Path | None = None, train_baseline: bool = True,
-                 log: Log = print, mlflow: bool = True, top: int = 10) -> Path:
+def write_report(study_dir: str | Path, baseline_study: str | Path | None = None, log: Log = print,
+                 mlflow: bool = True, top: int = 10) -> Path:
     """Write `<study>/report/report.md` and `report.html` (and their PNGs); returns the .md path.
-    `baseline_study`: a study whose best trial is the learning curves' left panel; else
-    `train_baseline` trains the best trial's baseline counterpart, and retrains the best trial's
-    configuration for the t-SNE figures (each once: both are cached in the report folder). Raises ReportError where the
-    folder is not a finished study or no trial finished."""
+    `baseline_study`: a study whose best trial is the learning curves' left panel (else the
+    study's baseline reference, where it has one). The report trains nothing. Raises
+    ReportError where the folder is not a finished study or no trial finished."""
     ctx = Context.open(study_dir, log)
     _clear(ctx)
     page = Page()
@@ -52,9 +52,9 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
     add_importances(page, ctx, inputs)
     add_optuna_views(page, ctx, inputs)
     add_surface(page, ctx)
-    add_learning_curves(page, ctx, baseline_study, train_baseline)
+    add_learning_curves(page, ctx, baseline_study)
     add_reshaped(page, ctx)
-    sample = _best_model_sample(ctx, train_baseline)
+    sample = _best_model_sample(ctx)
     add_tsne_features(page, ctx, sample)
     add_tsne_labels(page, ctx, sample)
     add_top3(page, ctx)
@@ -65,11 +65,11 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
     return md_path
 
 
-def _best_model_sample(ctx: Context, train: bool) -> ValidationSample | Unavailable:
-    """The t-SNE sections' input: the best configuration retrained (`train`: a full report) or
-    read from the report's cache, else the reason it is not there."""
+def _best_model_sample(ctx: Context) -> ValidationSample | Unavailable:
+    """The t-SNE sections' input: the validation sample the best trial saved, else the reason
+    it is not there."""
     try:
-        return best_model_sample(ctx, train)
+        return best_model_sample(ctx)
     except Unavailable as reason:
         return reason
 

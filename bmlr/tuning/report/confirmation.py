@@ -12,16 +12,18 @@ highest of many noisy single-seed scores is an optimistic estimate.
 from __future__ import annotations
 
 import statistics
-from pathlib import Path
 from typing import Any
 
-from bmlr.tuning import plots
+import numpy as np
+
+from bmlr.tuning.report import figure
 from bmlr.tuning.report.page import Page, pct
 from bmlr.tuning.report.scoring import score_label, score_pm, se_cell
 from bmlr.tuning.report.study_view import Context, StudyView
 from bmlr.tuning.selection import Candidate, score
 
-__all__ = ["FIGURE_FILE", "WINNER_MARK", "confirmation_table", "confirmation_cost", "add_confirmation"]
+__all__ = ["FIGURE_FILE", "WINNER_MARK", "confirmation_table", "confirmation_cost", "draw_confirmation",
+           "add_confirmation"]
 
 FIGURE_FILE = "confirmation.png"
 WINNER_MARK = "\u2605 winner"
@@ -56,15 +58,55 @@ def confirmation_cost(study: StudyView) -> tuple[int, int]:
             sum(int(r.get("epochs") or 0) for r in study.rows))
 
 
-def _figure(ctx: Context) -> Path:
-    study, winner = ctx.study, ctx.study.confirmed_winner
-    candidates = [{"label": c.trial_id, "search": score(c.row), "search_se": c.row.get("score_se"),
-                   "seeds": [c.values[s] for s in sorted(c.values)], "winner": c is winner}
-                  for c in study.candidates]
-    return plots.confirmation(candidates, ctx.out / FIGURE_FILE,
-                              f"{study.dataset}: the confirmation of the search's top {len(candidates)} "
-                              f"configurations", "search score (one seed) beside the mean over new seeds "
-                              "(validation)")
+def _get_confirmation_info(study: StudyView) -> list[Row]:
+    """Per candidate, in the search's order: its label, search score and standard error
+    (fractions, None where unknown), its seeds' values and whether it won."""
+    winner = study.confirmed_winner
+    return [{"label": c.trial_id, "search": score(c.row), "search_se": c.row.get("score_se"),
+             "seeds": [c.values[s] for s in sorted(c.values)], "winner": c is winner} for c in study.candidates]
+
+
+def draw_confirmation(candidates: list[Row], title: str, subtitle: str = ""):
+    """One column per candidate (values in %): its search score beside its seeds' values and their
+    mean (+- std), joined by a grey line, so a drop from search to confirmation (the winner's
+    curse) reads at a glance; the winner's label starred. `candidates`: dicts with
+    `label`, `search` and `search_se` (fractions, None where unknown), `seeds` (the seeds'
+    values, fractions) and `winner` (bool). Returns the figure."""
+    fig, ax = figure.pyplot().subplots(figsize=(max(6.0, 1.6 * len(candidates) + 2.5), 4.8))
+    labelled: set[str] = set()
+
+    def once(label: str) -> str | None:  # each legend entry once, whichever candidate draws it first
+        new = label not in labelled
+        labelled.add(label)
+        return label if new else None
+
+    offset = 0.17
+    for x, c in enumerate(candidates):  # search score (hollow square, +- SE) left, seeds and their mean right
+        seeds = [100 * float(v) for v in c["seeds"]]
+        mean = float(np.mean(seeds)) if seeds else None
+        std = float(np.std(seeds, ddof=1)) if len(seeds) > 1 else 0.0
+        if c.get("search") is not None:
+            se = 100 * float(c["search_se"]) if c.get("search_se") is not None else 0.0
+            ax.errorbar([x - offset], [100 * float(c["search"])], yerr=[se], fmt="s", mfc="white", mec="#3b75af",
+                        ecolor="#3b75af", capsize=4, markersize=8, label=once("search score (one seed) \u00b1 SE"))
+            if mean is not None:
+                ax.plot([x - offset, x + offset], [100 * float(c["search"]), mean], color="#999999", linewidth=1,
+                        zorder=1)
+        if seeds:
+            ax.scatter([x + offset] * len(seeds), seeds, s=22, color="#d95f02", alpha=0.9, zorder=5,
+                       label=once("confirmation: each seed"))
+            ax.errorbar([x + offset], [mean], yerr=[std], fmt="o", color="#222222", capsize=5, markersize=8,
+                        zorder=4, label=once("confirmation: mean \u00b1 std"))
+    ax.set_xticks(range(len(candidates)))
+    ax.set_xticklabels([("\u2605 " if c.get("winner") else "") + str(c["label"]) for c in candidates], fontsize=9)
+    ax.set_xlim(-0.6, len(candidates) - 0.4)
+    ax.set_xlabel("candidate (search trial, in the search's order; \u2605 the confirmed winner)")
+    ax.set_ylabel("validation accuracy (%)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=11)
+    ax.legend(loc="best", fontsize=8, framealpha=0.9)
+    fig.tight_layout()
+    return fig
 
 
 def _protocol(study: StudyView) -> str:
@@ -113,7 +155,11 @@ def add_confirmation(page: Page, ctx: Context) -> None:
     head, body = confirmation_table(study)
     page.table(head, body)
     if any(c.values for c in study.candidates):
-        page.img(_figure(ctx), "confirmation: search score beside the mean over new seeds")
+        candidates = _get_confirmation_info(study)
+        fig = draw_confirmation(candidates, f"{study.dataset}: the confirmation of the search's top "
+                                f"{len(candidates)} configurations", "search score (one seed) beside the mean over "
+                                "new seeds (validation)")
+        page.img(figure.save(fig, ctx.out / FIGURE_FILE), "confirmation: search score beside the mean over new seeds")
     page.p(_verdict(study) + " `\u00b1 SE`: the search score's binomial standard error; `\u00b1 std`: the standard "
            "deviation over the confirmation's seeds (the spread a new seed gives); `per seed`: each seed's best "
            "validation accuracy, or its status where it did not complete.")

@@ -13,7 +13,7 @@ parent run in the MLflow UI shows them.
 
 A figure that cannot be drawn (too few trials, a key that did not vary) is skipped with its
 reason on the page; the report never fails for one. The figures Optuna lacks (the paper's
-surfaces, reshaped counts, learning curves) stay in `bmlr.tuning.plots`.
+surfaces, reshaped counts, learning curves...) are drawn by the report's sections themselves.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from bmlr.tuning import plots
+from bmlr.tuning.report.figure import pyplot, save
 from bmlr.tuning.report.optuna_study import distributions, optuna_study
 from bmlr.tuning.report.page import Page
 from bmlr.tuning.report.scoring import score_label, target_name
@@ -174,7 +174,7 @@ def draw(figure: Figure, inputs: StudyInputs, out_dir: Path) -> Path | str:
     reason = figure.needs(inputs.study, inputs.dists)
     if reason:
         return reason
-    plt = plots.pyplot()
+    plt = pyplot()
     try:
         # Optuna sets the ggplot style globally: the context undoes it on exit
         with warnings.catch_warnings(), plt.style.context("default"), plt.rc_context({"figure.figsize": FIGSIZE}):
@@ -182,7 +182,7 @@ def draw(figure: Figure, inputs: StudyInputs, out_dir: Path) -> Path | str:
             axes = figure.draw(inputs.study, target_name=inputs.target, **figure.kwargs)
             first = axes.flat[0] if hasattr(axes, "flat") else axes
             out_dir.mkdir(parents=True, exist_ok=True)
-            return plots.save_figure(first.figure, out_dir / f"{figure.name}.png")
+            return save(first.figure, out_dir / f"{figure.name}.png")
     except (OptunaError, ValueError, RuntimeError) as err:  # a figure missing; the page says why
         plt.close("all")
         return f"Optuna could not draw it ({type(err).__name__}: {err})"

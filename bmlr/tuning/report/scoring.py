@@ -12,10 +12,10 @@ from typing import Any
 
 from bmlr.fileio import finite_or_none
 from bmlr.tuning.report.page import pct
-from bmlr.tuning.scores import DEFAULT_SCORE, ScoreRule, parse_score
+from bmlr.tuning.scores import DEFAULT_RULE, ScoreRule, rule_of
 from bmlr.tuning.selection import noise_note, score
 
-__all__ = ["NOISE_TOP", "rule_of", "study_rules", "rule_text", "score_label", "target_name", "score_pm",
+__all__ = ["NOISE_TOP", "study_rules", "rule_text", "score_label", "target_name", "score_pm",
            "se_cell", "noise_text"]
 
 NOISE_TOP = 5  # the top trials the noise check compares with the winner (as the terminal summary does)
@@ -23,16 +23,10 @@ NOISE_TOP = 5  # the top trials the noise check compares with the winner (as the
 Row = dict[str, Any]
 
 
-def rule_of(row: Row) -> ScoreRule:
-    """The rule of the row's score (``best`` for a row from before score rules)."""
-    return parse_score(row.get("score_rule") or DEFAULT_SCORE, f"trials table: score_rule of trial "
-                                                                f"{row.get('trial_id')}")
-
-
 def study_rules(rows: list[Row]) -> list[ScoreRule]:
     """The distinct rules of the rows' scores in first-seen order: one for any study (the
     default where no row has a score)."""
-    return list(dict.fromkeys(rule_of(r) for r in rows if score(r) is not None)) or [parse_score(None)]
+    return list(dict.fromkeys(rule_of(r) for r in rows if score(r) is not None)) or [DEFAULT_RULE]
 
 
 def rule_text(rows: list[Row]) -> str:

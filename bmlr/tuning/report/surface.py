@@ -1,5 +1,6 @@
 """Section 3: the alpha x beta surface (the paper's Figure 5): a surface study's grid (its
-figures and a table of every cell), else the study's own scattered trials binned."""
+figures and a table of every cell), else the study's own scattered trials binned. The numbers
+are :mod:`bmlr.tuning.surface`'s, the drawing :mod:`bmlr.tuning.report.surface_figures`."""
 from __future__ import annotations
 
 import shutil
@@ -7,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bmlr.tuning import plots
 from bmlr.tuning.report.page import Page
 from bmlr.tuning.report.study_view import Context
-from bmlr.tuning.surface import IMAGES, SURFACE_CSV, SurfaceError, matrix, read_csv, surface_from_study
+from bmlr.tuning.surface import IMAGES, SURFACE_CSV, SurfaceError, fmt_value, matrix, read_csv, surface_from_study
 
 __all__ = ["add_surface"]
 
@@ -29,9 +29,9 @@ def _grid(page: Page, ctx: Context) -> None:
         if (folder / name).is_file():
             page.img(_copy_into(folder / name, ctx.out), name)
     alphas, betas, values, _ = matrix(read_csv(folder / SURFACE_CSV))
-    page.table(["\u03b1 \\ \u03b2"] + [plots.fmt_value(b) for b in betas],
-               [[plots.fmt_value(a)] + [f"{values[i, j]:.1f}" if np.isfinite(values[i, j]) else "-"
-                                        for j in range(len(betas))] for i, a in enumerate(alphas)])
+    page.table(["\u03b1 \\ \u03b2"] + [fmt_value(b) for b in betas],
+               [[fmt_value(a)] + [f"{values[i, j]:.1f}" if np.isfinite(values[i, j]) else "-"
+                                  for j in range(len(betas))] for i, a in enumerate(alphas)])
     page.p(f"Validation accuracy (%) of every cell (mean over its seeds; `{SURFACE_CSV}` has the "
            f"spread and the trial ids). Read it as the paper does: along \u03b2 accuracy should rise then fall; "
            f"across \u03b1 (the layers) it should change less.")

@@ -8,11 +8,13 @@ from typing import Any
 
 import numpy as np
 
-from bmlr.tuning import plots
+from bmlr.tuning.report import figure
 from bmlr.tuning.report.page import Page
 from bmlr.tuning.report.study_view import Context
 
-__all__ = ["top3_table", "add_top3"]
+__all__ = ["FIGURE", "top3_table", "draw_top3", "add_top3"]
+
+FIGURE = "top3_per_class.png"
 
 
 def _top3_cell(counts: np.ndarray, names: list[str], true: int, support: int) -> str:
@@ -37,6 +39,46 @@ def top3_table(data: dict[str, Any], heads: list[str]) -> tuple[list[str], list[
     return head, body
 
 
+def _get_top3_info(data: dict[str, Any], heads: list[str]) -> dict[str, np.ndarray]:
+    """Per head: cell [i, j] = % of class i's validation samples with class j among the head's top-3."""
+    support = np.asarray(data["support"], dtype=float)
+    return {h: 100.0 * np.asarray(data["top_k"][h], dtype=float) / np.maximum(support[:, None], 1) for h in heads}
+
+
+def draw_top3(shares: dict[str, np.ndarray], names: list[str], accuracy: dict[str, float], title: str):
+    """One matrix per head: row = true class, column = predicted class, cell = % of that class's
+    validation samples with the column's class among their top-3 predictions (the diagonal is
+    the top-3 accuracy; off-diagonal mass shows the class relations the head learned). Returns
+    the figure."""
+    plt, n = figure.pyplot(), len(names)
+    size = max(4.2, min(9.0, 0.42 * n + 2.2))
+    fig, axes = plt.subplots(1, len(shares), figsize=(size * len(shares) + 1.6, size + 1.0), squeeze=False,
+                             layout="constrained")
+    im = None
+    for k, (ax, (head, share)) in enumerate(zip(axes[0], shares.items())):
+        im = ax.imshow(share, cmap="Blues", vmin=0, vmax=100)
+        if n <= 15:  # annotated where the classes are few enough to read
+            for (i, j), v in np.ndenumerate(share):
+                if v >= 0.5:
+                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7 if n > 10 else 8,
+                            color="white" if v > 60 else "black")
+        for i in range(n):  # the true class of each row
+            ax.add_patch(plt.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#e6ab02", linewidth=1.5))
+        acc = accuracy.get(head)
+        ax.set_title(f"{head}" + (f" (top-1 accuracy {100 * acc:.1f}%)" if acc is not None else ""), fontsize=10)
+        ax.set_xticks(range(n))
+        ax.set_yticks(range(n))
+        fs, long = 8 if n <= 12 else 6, max(map(len, names)) > 3
+        ax.set_xticklabels(names, rotation=60 if long else 0, ha="right" if long else "center", fontsize=fs)
+        ax.set_yticklabels(names if k == 0 else [], fontsize=fs)
+        ax.set_xlabel("predicted class (among the top 3)")
+        if k == 0:
+            ax.set_ylabel("true class")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8).set_label("% of the true class's validation samples")
+    fig.suptitle(title + "\n(yellow squares: the true class; epoch of the best validation accuracy)", fontsize=11)
+    return fig
+
+
 def add_top3(page: Page, ctx: Context) -> None:
     page.h(2, "Top-3 predicted classes per true class (the paper's Figure 4)")
     top3 = ctx.study.top3(ctx.best_id)
@@ -45,10 +87,10 @@ def add_top3(page: Page, ctx: Context) -> None:
                "recorded).")
         return
     heads = [h for h in ctx.modalities if h in top3["top_k"]] + ["multimodal"]
-    path = plots.top3_matrices(top3, heads, ctx.out / "top3_per_class.png",
-                               f"{ctx.study.dataset}: how often each class is in the top-3 predictions, best trial "
-                               f"{ctx.best_id} (validation, epoch {top3.get('epoch')})")
-    page.img(path, "top-3 predicted classes per true class")
+    fig = draw_top3(_get_top3_info(top3, heads), list(top3["class_names"]), top3.get("accuracy", {}),
+                    f"{ctx.study.dataset}: how often each class is in the top-3 predictions, best trial "
+                    f"{ctx.best_id} (validation, epoch {top3.get('epoch')})")
+    page.img(figure.save(fig, ctx.out / FIGURE), "top-3 predicted classes per true class")
     head, body = top3_table(top3, heads)
     page.table(head, body)
     page.p("For each true class (rows) the three classes most often among a sample's top-3 predictions of each "

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bmlr.tuning import plots
+from bmlr.tuning.report import figure
 from bmlr.tuning.report.best_model import Unavailable, ValidationSample
 from bmlr.tuning.report.page import Page, pct
 from bmlr.tuning.report.study_view import Context
@@ -24,19 +24,22 @@ def feature_panels(sample: ValidationSample) -> dict[str, np.ndarray]:
     return panels
 
 
-def draw_features(sample: ValidationSample, path, title: str):
-    """One t-SNE per panel, side by side, one legend of the classes; returns the PNG path."""
-    plt = plots.pyplot()
-    panels = feature_panels(sample)
-    labels = sample.labels.numpy()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
-    for ax, (name, points) in zip(axes[0], panels.items()):
-        scatter_by_class(ax, embed(points), labels, sample.class_names, name)
+def _get_features_info(sample: ValidationSample) -> dict[str, np.ndarray]:
+    """Panel title -> its points embedded in 2-D (one t-SNE per panel; ValueError: too few)."""
+    return {name: embed(points) for name, points in feature_panels(sample).items()}
+
+
+def draw_features(embedded: dict[str, np.ndarray], labels: np.ndarray, class_names: list[str], title: str):
+    """The embedded panels side by side, coloured by true class, one legend of the classes;
+    returns the figure."""
+    fig, axes = figure.pyplot().subplots(1, len(embedded), figsize=(4.2 * len(embedded), 4.2), squeeze=False)
+    for ax, (name, xy) in zip(axes[0], embedded.items()):
+        scatter_by_class(ax, xy, labels, class_names, name)
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), title="true class", fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return plots.save_figure(fig, path)
+    return fig
 
 
 def add_tsne_features(page: Page, ctx: Context, sample: ValidationSample | Unavailable) -> None:
@@ -46,16 +49,18 @@ def add_tsne_features(page: Page, ctx: Context, sample: ValidationSample | Unava
         return
     n = len(sample.labels)
     try:
-        path = draw_features(sample, ctx.out / FIGURE,
-                             f"{ctx.study.dataset}: validation features of trial {ctx.best_id}'s configuration "
-                             f"({sample.source}), {n} samples")
+        embedded = _get_features_info(sample)
     except ValueError as err:
         page.p(f"Not drawn: {err}.")
         return
-    page.img(path, "t-SNE of per-modality and fused features")
+    fig = draw_features(embedded, sample.labels.numpy(), sample.class_names,
+                        f"{ctx.study.dataset}: validation features of trial {ctx.best_id}'s configuration "
+                        f"(the trial's own model), {n} samples")
+    page.img(figure.save(fig, ctx.out / FIGURE), "t-SNE of per-modality and fused features")
     page.p(f"{n} of {sample.n_val} validation samples (a fixed random sample), embedded by scikit-learn's t-SNE "
            f"(perplexity {perplexity_for(n):.3g}, random_state 0), one embedding per panel, coloured by true class. "
            f"The model is the best trial's configuration (`best.yaml`, fusion `{sample.config.get('fusion')}`) "
-           f"({sample.source}) at its best validation epoch ({sample.best_epoch}: "
-           f"{pct(sample.val_acc)}% validation accuracy; the trial: {pct(ctx.best.get('best_val_acc'))}%). Distinct clusters: a modality whose features map onto the classes "
-           f"easily; mixed colours: one the one-hot label space is hard to reach from.")
+           f"(the trial's own model) at its best validation epoch ({sample.best_epoch}: "
+           f"{pct(sample.val_acc)}% validation accuracy; the trial: {pct(ctx.best.get('best_val_acc'))}%). "
+           "Distinct clusters: a modality whose features map onto the classes easily; mixed colours: one the "
+           "one-hot label space is hard to reach from.")

@@ -24,13 +24,14 @@ import numpy as np
 import torch
 
 from bmlr.reshaping import Reshaping, compute_reshaping
-from bmlr.tuning import plots
+from bmlr.tuning.report import figure
 from bmlr.tuning.report.best_model import Unavailable, ValidationSample
 from bmlr.tuning.report.page import Page, pct
 from bmlr.tuning.report.study_view import Context
 from bmlr.tuning.report.tsne import embed, perplexity_for, scatter_by_class
 
-__all__ = ["FIGURE", "PANELS", "SHOWN_CLASSES", "label_distributions", "shown_classes", "add_tsne_labels"]
+__all__ = ["FIGURE", "PANELS", "SHOWN_CLASSES", "label_distributions", "shown_classes", "draw_labels",
+           "add_tsne_labels"]
 
 FIGURE = "tsne_labels.png"
 SHOWN_CLASSES = 3
@@ -56,22 +57,29 @@ def shown_classes(labels: np.ndarray, k: int = SHOWN_CLASSES) -> list[int]:
     return sorted(int(values[i]) for i in order)
 
 
-def _draw(sample: ValidationSample, shaped: dict[str, Reshaping], path, title: str):
-    plt = plots.pyplot()
+def _get_labels_info(sample: ValidationSample, shaped: dict[str, Reshaping]) -> tuple[dict[str, list], np.ndarray]:
+    """Per modality, each panel's targets of the shown classes' clips embedded in 2-D (a row's
+    panels in one t-SNE, so the same position means the same distribution across it), and
+    those clips' labels. ValueError: too few clips."""
     labels = sample.labels.numpy()
     keep = np.isin(labels, shown_classes(labels))
-    mods = list(sample.unimodal)
-    fig, axes = plt.subplots(len(mods), len(PANELS), figsize=(4 * len(PANELS), 3.8 * len(mods)), squeeze=False)
-    for row, u in zip(axes, mods):
-        stacked = np.concatenate([shaped[p].labels[u].numpy()[keep] for p in PANELS])
-        xy = np.split(embed(stacked), len(PANELS))
-        for ax, (name, (_, _, what)), points in zip(row, PANELS.items(), xy):
-            scatter_by_class(ax, points, labels[keep], sample.class_names, f"{u}: {what}")
+    rows = {u: np.split(embed(np.concatenate([shaped[p].labels[u].numpy()[keep] for p in PANELS])), len(PANELS))
+            for u in sample.unimodal}
+    return rows, labels[keep]
+
+
+def draw_labels(rows: dict[str, list], labels: np.ndarray, class_names: list[str], title: str):
+    """One row per modality, one panel per rule of PANELS, coloured by true class; returns the figure."""
+    fig, axes = figure.pyplot().subplots(len(rows), len(PANELS), figsize=(4 * len(PANELS), 3.8 * len(rows)),
+                                         squeeze=False)
+    for row, (u, xy) in zip(axes, rows.items()):
+        for ax, (_, _, what), points in zip(row, PANELS.values(), xy):
+            scatter_by_class(ax, points, labels, class_names, f"{u}: {what}")
     handles, names = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, names, loc="center left", bbox_to_anchor=(1.0, 0.5), title="true class", fontsize=8)
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
-    return plots.save_figure(fig, path), int(keep.sum())
+    return fig
 
 
 def _table(sample: ValidationSample, shaped: dict[str, Reshaping]) -> list[list]:
@@ -106,17 +114,18 @@ def add_tsne_labels(page: Page, ctx: Context, sample: ValidationSample | Unavail
     alpha, beta = float(sample.config["alpha"]), float(sample.config["beta"])
     shaped = label_distributions(sample.labels, sample.unimodal, alpha, beta)
     try:
-        path, shown = _draw(sample, shaped, ctx.out / FIGURE, f"{ctx.study.dataset}: label distributions of "
-                            f"validation samples, trial {ctx.best_id}'s configuration (alpha {alpha:.3g}, "
-                            f"beta {beta:.3g})")
+        rows, shown_labels = _get_labels_info(sample, shaped)
     except ValueError as err:
         page.p(f"Not drawn: {err}.")
         return
+    fig = draw_labels(rows, shown_labels, sample.class_names, f"{ctx.study.dataset}: label distributions of "
+                      f"validation samples, trial {ctx.best_id}'s configuration (alpha {alpha:.3g}, beta {beta:.3g})")
+    path, shown = figure.save(fig, ctx.out / FIGURE), len(shown_labels)
     page.img(path, "t-SNE of uniform, BMLR and per-sample label distributions")
     page.p(f"{shown} validation samples of the {SHOWN_CLASSES} most frequent classes in a sample of "
            f"{len(sample.labels)} "
            f"(t-SNE perplexity {perplexity_for(3 * shown):.3g}, random_state 0; a row's panels embedded together). "
-           f"Targets from the best model's unimodal logits at its best epoch ({sample.source}), by "
+           f"Targets from the best model's unimodal logits at its best epoch (the trial's own model), by "
            f"`bmlr.reshaping.compute_reshaping`: uniform `xi/C + (1 - xi) y`; BMLR `xi d + (1 - xi) y`; per-sample "
            f"the partner modality's prediction `softmax(z^w)`. Clips with xi = 0 keep their one-hot label under "
            f"uniform and BMLR (one point per class). On validation, after training, fewer samples are reshaped than "
