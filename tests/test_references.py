@@ -8,7 +8,6 @@ import mlflow
 import pytest
 
 from bmlr.tuning.references import difference_text
-from bmlr.tuning.report.baseline import CACHE_FILE
 from bmlr.tuning.store import StudyStore
 
 
@@ -42,10 +41,13 @@ def test_the_summary_compares_the_winner_with_the_untuned_method_and_the_baselin
         assert entry["score"] == pytest.approx(max(accs))
     assert "tuned against untuned, on the same validation split" in out
     assert "untuned (bmlr with the search space's defaults" in out and "tuned - baseline = " in out
-    # the report reused the baseline reference as its counterpart instead of training it again
-    cached = json.loads((study / "report" / CACHE_FILE).read_text())
-    assert cached["history"] == refs["baseline"]["history"]
+    # the report trains no counterpart of its own: it reads the baseline reference
+    assert not (study / "report" / "baseline_counterpart.json").exists()
     assert "training the baseline counterpart" not in out
+    # and its learning curves read the baseline's history from references.json
+    md = (study / "report" / "report.md").read_text()
+    assert "Left: the study's baseline reference (`references.json`)" in md
+    assert (study / "report" / "learning_curves.png").is_file()
     # and the parent MLflow run holds the numbers
     run = mlflow.MlflowClient(finished_study["uri"]).get_run(finished_study["parent_run_id"])
     assert run.data.metrics["reference.untuned.score"] == pytest.approx(refs["untuned"]["score"])

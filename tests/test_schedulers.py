@@ -100,9 +100,7 @@ def test_grace_period_in_the_search_space():
             parse_search_space({**SPACE, "grace_period": bad}, source="s.yaml")
 
     def resolved(cli, space, max_epochs):
-        settings = StudySettings(grace_period=cli)
-        resolve_grace(settings, space, max_epochs)
-        return settings.grace_period
+        return resolve_grace(StudySettings(grace_period=cli), space, max_epochs)
 
     plain = parse_search_space(SPACE, source="s.yaml")
     assert plain.grace_period is None

@@ -142,6 +142,31 @@ def oversized(package_dir: Path, max_module: int, max_function: int) -> list[str
     return bad
 
 
+def importers_of(package_dir: Path, library: str) -> list[str]:
+    """The package's modules that import ``library`` (at any depth, inside functions too)."""
+    found = []
+    for name, path in modules_of(package_dir).items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(n.split(".")[0] == library for n in names):
+                found.append(name)
+                break
+    return found
+
+
+def callers_of(package_dir: Path, function: str) -> list[str]:
+    """The package's modules that call ``function`` (by name or as an attribute)."""
+    found = []
+    for name, path in modules_of(package_dir).items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and function in (getattr(node.func, "id", None),
+                                                         getattr(node.func, "attr", None)):
+                found.append(name)
+                break
+    return found
+
+
 # --- the checkers find planted defects ---------------------------------------------------------
 @pytest.fixture
 def planted(tmp_path):
@@ -154,6 +179,8 @@ def planted(tmp_path):
         "sub/__init__.py": "",
         "sub/c.py": "from ..a import thing\nfrom pkg.d import _helper\n",
         "d.py": "def _helper():\n    pass\n" + "def long():\n" + "    x = 1\n" * 90,
+        "e.py": "def f():\n    from mlflow.entities import Metric\n    return tracking.client_for(u)\n",
+        "f.py": "import mlflow.tracking\nclient_for(u)\n",
     }
     for rel, text in files.items():
         (pkg / rel).write_text(text)
@@ -171,6 +198,8 @@ def test_checkers_find_planted_defects(planted):
     assert private_imports(pkg, bench) == ["b1 imports pkg._impl.x", "b1 imports pkg.d._helper"]
     assert private_attributes(bench) == ["b1.py:4 uses ._step"]
     assert oversized(pkg, 50, 80) == ["module pkg.d: 93 lines", "function pkg.d.long: 91 lines"]
+    assert importers_of(pkg, "mlflow") == ["pkg.e", "pkg.f"]
+    assert callers_of(pkg, "client_for") == ["pkg.e", "pkg.f"]
 
 
 # --- the project -----------------------------------------------------------------------------
@@ -189,3 +218,25 @@ def test_bench_imports_only_public_names():
 
 def test_modules_and_functions_are_short():
     assert oversized(ROOT / "bmlr", MAX_MODULE_LINES, MAX_FUNCTION_LINES) == []
+
+
+def test_one_owner_of_a_study_s_mlflow_runs():
+    """MLflow is imported by the study-tracking package, production tracking and the store they
+    share, nothing else; nothing else in bmlr/tuning opens an MLflow client."""
+    tracking = [m for m in importers_of(ROOT / "bmlr", "mlflow") if not m.startswith("bmlr.tuning.tracking.")]
+    assert tracking == ["bmlr.mlflow_store", "bmlr.production_tracking"]
+    clients = [m for m in callers_of(ROOT / "bmlr" / "tuning", "client_for") if not m.startswith("tuning.tracking")]
+    assert clients == []
+
+
+def test_the_score_rule_is_parsed_once_where_its_text_comes_in():
+    """One grammar (`scores.parse_score`, the only place a ScoreRule is built from text), called
+    once for each place the text comes in: the search-space file, the study's settings (--score,
+    or study.json on a resume) and a trials-table row (`scores.rule_of`); the trainable, the
+    results, the references and the report are handed the rule as an object."""
+    tuning = ROOT / "bmlr" / "tuning"
+    assert callers_of(tuning, "ScoreRule") == ["tuning.scores"]
+    assert callers_of(tuning, "parse_score") == ["tuning.plan", "tuning.scores", "tuning.search_space_parse"]
+    calls = [node for node in ast.walk(ast.parse((tuning / "plan.py").read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "parse_score"]
+    assert len(calls) == 1

@@ -283,14 +283,14 @@ def test_trial_run_names_show_the_sampled_values_compactly():
 
 
 def test_the_best_run_is_marked_and_described_once(tmp_path):
-    from bmlr.tuning import run_view, tracking
+    from bmlr.tuning import tracking
 
     uri = tracking.default_tracking_uri(tmp_path)
     experiment = tracking.get_or_create_experiment(uri, "names")
     client = _client(uri)
     ids = [client.create_run(experiment, run_name=f"a={i}").info.run_id for i in range(3)]
-    run_view.mark_best(client, [client.get_run(i) for i in ids], ids[1], "won: 0.9 at epoch 3")
-    run_view.mark_best(client, [client.get_run(i) for i in ids], ids[2], "won: 0.95 at epoch 2")  # a resume
+    tracking.mark_best(client, [client.get_run(i) for i in ids], ids[1], "won: 0.9 at epoch 3")
+    tracking.mark_best(client, [client.get_run(i) for i in ids], ids[2], "won: 0.95 at epoch 2")  # a resume
     runs = [client.get_run(i) for i in ids]
     assert [r.info.run_name for r in runs] == ["a=0", "a=1", "★ a=2"]
     assert [r.data.tags["best_trial"] for r in runs] == ["false", "false", "true"]
@@ -312,11 +312,11 @@ def test_summary_links_to_the_runs_table_and_the_parent_run():
 
 
 def test_the_study_view_lists_its_trials_best_first_with_the_sampled_columns(tmp_path):
-    from bmlr.tuning import run_view
+    from bmlr.tuning import tracking
 
     client = _client(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
-    key = run_view.save_table_view(client, experiment, "p1", ["beta", "alpha", "lr"], "best_val_acc")
+    key = tracking.save_table_view(client, experiment, "p1", ["beta", "alpha", "lr"], "best_val_acc")
     assert key == "bmlr-p1"
     view = json.loads(client.get_experiment(experiment).tags["mlflow.sharedViewState.bmlr-p1"])
     assert view["searchFilter"] == "tags.`mlflow.parentRunId` = 'p1'"

@@ -18,12 +18,11 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, Callable
 
-from bmlr.tuning import ray_backend, tracking
+from bmlr.tuning import ray_backend
 from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.results import Row, export_best, sampled_values
 from bmlr.tuning.scores import VAL_ACC
 from bmlr.tuning.selection import Candidate, choose_confirmed, rank
-from bmlr.tuning.trainable import train_trial
 
 __all__ = ["pick_candidates", "confirmation_seeds", "confirmation_space", "confirm"]
 
@@ -81,18 +80,10 @@ def _rows(grid, store, max_epochs: int) -> list[Row]:
 
 
 def _tuner(plan: Plan, candidates: list[Candidate], seeds: list[int], runs: dict[str, str], verbose: int):
-    s, store = plan.settings, plan.store
-    trainable = ray_backend.with_resources(
-        train_trial, s.cpus_per_trial, s.gpus_per_trial, base=plan.trial_base, state_dir=str(store.state_dir),
-        threads=plan.production.threads, extras_dir=str(store.extras_dir), max_epochs=plan.production.epochs,
-        score=s.rule.name)
-    logger = tracking.MLflowTrialLogger(
-        tracking_uri=plan.tracking_uri, experiment_id=plan.experiment_id, parent_run_id=plan.parent_run_id,
-        base_config=plan.trial_base, max_epochs=plan.production.epochs, export_epochs=plan.production.epochs,
-        export_seeds=plan.production.seeds, study=s.name, state_dir=str(store.state_dir),
-        extras_dir=str(store.extras_dir), order=list(plan.space.params),
-        confirms={NAME_PREFIX + c.trial_id: runs.get(c.trial_id) for c in candidates})
-    return ray_backend.build_tuner(trainable, store.confirm_ray_dir, callbacks=[logger],
+    """Ray's grid of candidate x seed, each trained for the production epochs, no early stopping."""
+    s, epochs = plan.settings, plan.production.epochs
+    logger = plan.trial_logger(epochs, confirms={NAME_PREFIX + c.trial_id: runs.get(c.trial_id) for c in candidates})
+    return ray_backend.build_tuner(plan.trainable(epochs), plan.store.confirm_ray_dir, callbacks=[logger],
                                    scheduler=ray_backend.make_scheduler("fifo"), concurrent=s.concurrent,
                                    max_failures=s.max_failures, verbose=verbose,
                                    param_space=confirmation_space(candidates, seeds))
@@ -100,12 +91,8 @@ def _tuner(plan: Plan, candidates: list[Candidate], seeds: list[int], runs: dict
 
 def _end_interrupted(plan: Plan) -> None:
     """End the study's confirmation runs still RUNNING as KILLED (the search's records stand)."""
-    client = tracking.client_for(plan.tracking_uri)
-    running = client.search_runs([plan.experiment_id], f"tags.`bmlr.role` = 'confirmation' and tags.study = "
-                                                       f"'{plan.settings.name}' and attributes.status = 'RUNNING'")
-    for run in running:
-        client.set_tag(run.info.run_id, "trial_status", "interrupted")
-        client.set_terminated(run.info.run_id, "KILLED")
+    plan.runs.end_running(f"tags.`bmlr.role` = 'confirmation' and tags.study = '{plan.settings.name}'",
+                          "interrupted")
 
 
 def confirm(plan: Plan, outcome: StudyOutcome, verbose: int, log: Callable[[str], None]) -> StudyOutcome:
@@ -142,13 +129,11 @@ def confirm(plan: Plan, outcome: StudyOutcome, verbose: int, log: Callable[[str]
         return outcome
     lines = [f"confirmed over seeds {seeds} at {plan.production.epochs} epochs (mean +- std of the best "
              f"validation accuracy; the winner's mean is the highest):"] + [f"  {c.text()}" for c in candidates]
-    trial_runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
+    trial_runs = plan.runs.trials()
     best_yaml = export_best(plan, winner.row, {t: r for t, r in trial_runs.items() if t in runs}, lines)
-    store.update_info(best_trial_id=winner.trial_id)  # the winner the report and a resume read
-    client = tracking.client_for(plan.tracking_uri)
-    client.set_tag(plan.parent_run_id, "confirmation", "; ".join(c.text() for c in candidates)[:5000])
-    client.set_tag(plan.parent_run_id, "confirmation_cost_epochs", str(cost))
-    client.log_artifact(plan.parent_run_id, str(store.confirmation_path))
+    store.record_winner(winner.row)  # the winner the report and a resume read
+    plan.runs.set_tags({"confirmation": "; ".join(c.text() for c in candidates), "confirmation_cost_epochs": cost})
+    plan.runs.log_artifacts([store.confirmation_path])
     log(f"confirmed winner: trial {winner.trial_id} ({winner.mean:.4f} over {len(winner.values)} seeds); "
         f"{best_yaml} now holds it" + ("" if winner.row is outcome.best else
                                       f" (the search's own winner was trial {outcome.best['trial_id']})"))

@@ -15,19 +15,21 @@ the space's text into its folder (``search_space.yaml``), and a resumed study re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from bmlr.config import FIELD_NAMES, METHOD_ARGS_PREFIX, Config, ConfigError, closest_key
 from bmlr.fileio import abs_path, timestamp
-from bmlr.tuning import tracking
+from bmlr.tuning import ray_backend, tracking
 from bmlr.tuning.ray_backend import SCHEDULERS
 from bmlr.tuning.scores import ScoreError, ScoreRule, parse_score
 from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
+from bmlr.tuning.strategies import Strategy, strategy_for
+from bmlr.tuning.trainable import train_trial
 from bmlr.tuning.store import StoreError, StudyLock, StudyStore, check_name, find_study, study_folder
 
-__all__ = ["StudyError", "StudySettings", "Plan", "StudyOutcome", "resume_store", "plan_study"]
+__all__ = ["StudyError", "StudySettings", "Runtime", "Plan", "StudyOutcome", "resume_store", "plan_study"]
 
 # the settings --resume takes from the stored study, with a note where the command line differs
 # ASHA's grace period where neither --grace-period nor the search space's `grace_period:` says
@@ -42,7 +44,7 @@ class StudyError(RuntimeError):
     """The study cannot start or continue; the message says why."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudySettings:
     """Everything that defines a study; stored in `study.json` and reused by `--resume`."""
 
@@ -113,16 +115,22 @@ class StudySettings:
                 check_name(self.name)
         except StoreError as err:
             raise StudyError(str(err)) from None
-        try:
-            parse_score(self.score) if self.score is not None else None
-        except ScoreError as err:
-            raise StudyError(str(err)) from None
 
-    @property
-    def rule(self) -> ScoreRule:
-        """The trial score rule (resolved by :func:`plan_study`: the command line's, else the
-        search space's, else ``best``)."""
-        return parse_score(self.score)
+
+@dataclass(frozen=True)
+class Runtime:
+    """How this process runs a study; none of it is recorded (a resume may change it): the Ray
+    cluster (``address``, else a local one of ``num_cpus``), Ray's verbosity, the rows of the
+    summary table, where the lines go, and the report at the end (``full``/``fast``: the same;
+    ``none``) with the study whose best trial its learning curves compare with."""
+
+    address: str | None = None
+    num_cpus: int | None = None
+    verbose: int = 1
+    top: int = 5
+    log: Callable[[str], None] = print
+    report: str = "fast"
+    baseline_study: str | None = None
 
 
 @dataclass
@@ -138,6 +146,7 @@ class Plan:
     # schedule's horizon) with the study's one seed; it stops after `max_epochs`
     trial_base: dict[str, Any]
     max_epochs: int
+    rule: ScoreRule  # the trial score rule: the command line's, else the search space's, else best
     tracking_uri: str
     experiment_id: str | None  # None until open_experiment() (a new study: once its data are ready)
     parent_run_id: str | None = None
@@ -147,6 +156,37 @@ class Plan:
     @property
     def store(self) -> StudyStore:
         return StudyStore(self.study_dir)
+
+    @property
+    def strategy(self) -> Strategy:
+        """How the study chooses its trials (:mod:`bmlr.tuning.strategies`)."""
+        return strategy_for(self.settings)
+
+    @property
+    def runs(self) -> tracking.StudyRuns:
+        """The study's MLflow runs (once its parent run exists)."""
+        return tracking.StudyRuns(self.tracking_uri, self.experiment_id, self.parent_run_id)
+
+    def trainable(self, max_epochs: int | None = None):
+        """The study's trial function with its resources and fixed arguments (Ray Tune's
+        trainable): every trial trains ``max_epochs`` (default the study's) of the production
+        configuration with the study's score rule."""
+        s, store = self.settings, self.store
+        return ray_backend.with_resources(train_trial, s.cpus_per_trial, s.gpus_per_trial, base=self.trial_base,
+                                          state_dir=str(store.state_dir), threads=self.production.threads,
+                                          extras_dir=str(store.extras_dir), max_epochs=max_epochs or self.max_epochs,
+                                          rule=self.rule)
+
+    def trial_logger(self, max_epochs: int | None = None,
+                     confirms: dict[str, str | None] | None = None) -> tracking.MLflowTrialLogger:
+        """The callback that logs each trial as an MLflow run nested under the study's parent run
+        (a confirmation's under the trial it ``confirms``)."""
+        return tracking.MLflowTrialLogger(
+            tracking_uri=self.tracking_uri, experiment_id=self.experiment_id, parent_run_id=self.parent_run_id,
+            base_config=self.trial_base, max_epochs=max_epochs or self.max_epochs,
+            export_epochs=self.production.epochs, export_seeds=self.production.seeds, study=self.settings.name,
+            state_dir=str(self.store.state_dir), extras_dir=str(self.store.extras_dir), order=list(self.space.params),
+            confirms=confirms)
 
     def open_experiment(self) -> str:
         """The study's MLflow experiment, created where new. A new study opens it only once its
@@ -191,15 +231,15 @@ def resume_store(settings: StudySettings) -> StudyStore:
 
 def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str], None] = print,
                space: SearchSpace | None = None, lock: bool = True) -> Plan:
-    """Resolve paths, validate the search space (``space``, else the file
-    ``settings.search_space``; a resumed study: its own copy) and the configuration, check the
-    data root and the tracking store. Nothing is written except the tracking store's folder
-    and, with ``lock``, the study folder's driver lock: taken before the study's exists-check
-    (a resumed study: before its settings are read) and held by the returned plan until
-    ``plan.release()``; StudyBusy (a StoreError) where another driver runs the study."""
+    """Resolve the settings once (:func:`resolve_settings`), validate the search space
+    (``space``, else the file ``settings.search_space``; a resumed study: its own copy) and the
+    configuration, check the data root and the tracking store. Nothing is written except the
+    tracking store's folder and, with ``lock``, the study folder's driver lock: taken before the
+    study's exists-check (a resumed study: before its settings are read) and held by the
+    returned plan until ``plan.release()``; StudyBusy (a StoreError) where another driver runs
+    the study."""
     settings.check()
-    storage = abs_path(settings.storage)
-    settings.storage = str(storage)
+    settings = replace(settings, storage=str(abs_path(settings.storage)))
     held: StudyLock | None = None
     try:
         if resume:
@@ -211,36 +251,71 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
             parent_run_id = None
             source = space if space is not None else load_search_space(settings.search_space)
             if space is None:
-                settings.search_space = str(abs_path(settings.search_space))
-        _check_data_root(settings)
-        flat, production = _resolve(settings, source)
-        _check_device(settings, production)
+                settings = replace(settings, search_space=str(abs_path(settings.search_space)))
+        settings, flat, production, rule = resolve_settings(settings, source)
         max_epochs = settings.max_epochs or source.max_epochs or production.epochs
-        resolve_grace(settings, source, max_epochs)
-        if not production.threads:  # the thread count the trial runs with, recorded: numbers depend on it
-            production.threads = max(1, int(settings.cpus_per_trial))
         # a trial has no source run (a base from an exported best.yaml would carry an older one)
         trial_base = {**production.to_dict(), "seeds": [settings.seed], "name": None, "source": None}
-        settings.name = settings.name or f"{settings.method}-{timestamp()}"
         if not resume:
-            study_dir = abs_path(settings.folder) if settings.folder else study_folder(storage, settings.dataset,
-                                                                                        settings.name)
-            held = StudyStore(study_dir).lock() if lock else None
-            if StudyStore(study_dir).exists():  # under the lock: a second driver cannot pass it too
-                raise StudyError(f"study {study_dir} exists; continue it with --resume --name {settings.name} "
-                                 f"or choose another --name")
-            StudyStore(study_dir).check_unclaimed()  # a folder that is not a study's is never written
-        uri, experiment_id = _tracking(settings, storage, open_experiment=resume)
+            study_dir, held = _new_study_dir(settings, lock)
+        experiment_id = _check_tracking(settings, open_experiment=resume)
         plan = Plan(settings=settings, study_dir=study_dir, space=flat, source_space=source, production=production,
-                    trial_base=trial_base, max_epochs=max_epochs, tracking_uri=uri, experiment_id=experiment_id,
-                    parent_run_id=parent_run_id, resumed=resume, lock=held)
+                    trial_base=trial_base, max_epochs=max_epochs, rule=rule, tracking_uri=settings.tracking_uri,
+                    experiment_id=experiment_id, parent_run_id=parent_run_id, resumed=resume, lock=held)
         if parent_run_id is not None:
-            _check_parent_run(uri, parent_run_id)
+            _check_parent_run(settings.tracking_uri, parent_run_id)
         return plan
     except BaseException:
         if held is not None:
             held.release()
         raise
+
+
+def resolve_settings(given: StudySettings, source: SearchSpace) -> tuple[StudySettings, SearchSpace, Config,
+                                                                         ScoreRule]:
+    """The settings with every default filled in, once: the data root, method, score rule,
+    scheduler, ASHA's grace period, the study's name, the tracking URI and experiment (what
+    ``study.json`` records); with them the method's view of the space, the production
+    configuration and the score rule as an object."""
+    data_root = _data_root(given)
+    method = given.method or source.fixed.get("method") or "bmlr"
+    flat, production = _resolve(given, source, method, data_root)
+    try:
+        rule = parse_score(given.score or source.score, "--score" if given.score else f"{source.source}: score")
+    except ScoreError as err:
+        raise StudyError(str(err)) from None
+    _check_device(given, production)
+    max_epochs = given.max_epochs or source.max_epochs or production.epochs
+    if not production.threads:  # the thread count the trial runs with, recorded: numbers depend on it
+        production.threads = max(1, int(given.cpus_per_trial))
+    storage = Path(given.storage)
+    settings = replace(given, data_root=data_root, method=method, score=rule.name,
+                       scheduler=given.scheduler or source.scheduler or "asha",
+                       grace_period=resolve_grace(given, source, max_epochs),
+                       name=given.name or f"{method}-{timestamp()}",
+                       tracking_uri=(given.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                                     or tracking.default_tracking_uri(storage)),
+                       experiment=(given.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+                                   or f"bmlr-tune-{given.dataset}"))
+    return settings, flat, production, rule
+
+
+def _new_study_dir(settings: StudySettings, lock: bool) -> tuple[Path, StudyLock | None]:
+    """A new study's folder, locked (with ``lock``) before its exists-check: a second driver
+    cannot pass it too; a folder that is not a study's is never written."""
+    study_dir = (abs_path(settings.folder) if settings.folder else
+                 study_folder(Path(settings.storage), settings.dataset, settings.name))
+    held = StudyStore(study_dir).lock() if lock else None
+    try:
+        if StudyStore(study_dir).exists():
+            raise StudyError(f"study {study_dir} exists; continue it with --resume --name {settings.name} "
+                             f"or choose another --name")
+        StudyStore(study_dir).check_unclaimed()
+    except BaseException:
+        if held is not None:
+            held.release()
+        raise
+    return study_dir, held
 
 
 def _stored(given: StudySettings, log: Callable[[str], None],
@@ -260,15 +335,18 @@ def _stored(given: StudySettings, log: Callable[[str], None],
     return store, settings, space
 
 
-def _check_data_root(settings: StudySettings) -> None:
-    if settings.data_root:
-        root = abs_path(settings.data_root)
-        if not root.is_dir():
-            raise StudyError(f"data root not found: {root} (--data-root)")
-        settings.data_root = str(root)
+def _data_root(settings: StudySettings) -> str | None:
+    """The data root as an absolute path (None: the data set's default), checked."""
+    if not settings.data_root:
+        return None
+    root = abs_path(settings.data_root)
+    if not root.is_dir():
+        raise StudyError(f"data root not found: {root} (--data-root)")
+    return str(root)
 
 
-def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, Config]:
+def _resolve(settings: StudySettings, space: SearchSpace, method: str,
+             data_root: str | None) -> tuple[SearchSpace, Config]:
     """The method's view of the space and the production configuration (its fixed part, the
     command line's --set values, the data set and method)."""
     for key in settings.overrides:
@@ -283,16 +361,12 @@ def _resolve(settings: StudySettings, space: SearchSpace) -> tuple[SearchSpace, 
     if "dataset" in space.fixed and space.fixed["dataset"] != settings.dataset:
         raise SearchSpaceError(f"{space.source}: fixed.dataset: {space.fixed['dataset']!r} does not match "
                                f"--dataset {settings.dataset!r}")
-    settings.method = settings.method or space.fixed.get("method") or "bmlr"
     if "method" in space.params:
         raise SearchSpaceError(f"{space.source}: search.method: the method is chosen with --method")
-    flat = space.for_method(settings.method)  # its methods.<name> section; no budget on keys it ignores
-    settings.score = parse_score(settings.score or space.score, "--score" if settings.score else
-                                 f"{space.source}: score").name
-    settings.scheduler = settings.scheduler or space.scheduler or "asha"
-    fixed = {**settings.overrides, "dataset": settings.dataset, "method": settings.method}
-    if settings.data_root:
-        fixed["data_root"] = settings.data_root
+    flat = space.for_method(method)  # its methods.<name> section; no budget on keys it ignores
+    fixed = {**settings.overrides, "dataset": settings.dataset, "method": method}
+    if data_root:
+        fixed["data_root"] = data_root
     if fixed.get("cache_dir"):
         fixed["cache_dir"] = str(abs_path(fixed["cache_dir"]))
     try:
@@ -317,36 +391,31 @@ def _check_device(settings: StudySettings, production: Config) -> None:
                          f"cluster")
 
 
-def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) -> None:
+def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) -> int:
     """ASHA's grace period: the command line's (an error where it exceeds a trial's epochs), else
     the search space's `grace_period:` (at most a trial's epochs: a shorter study, e.g.
     `--max-epochs 2`, cannot wait longer), else DEFAULT_GRACE_PERIOD."""
     if settings.grace_period is not None:
         if settings.grace_period > max_epochs:
             raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
-        return
-    settings.grace_period = min(space.grace_period or DEFAULT_GRACE_PERIOD, max_epochs)
+        return settings.grace_period
+    return min(space.grace_period or DEFAULT_GRACE_PERIOD, max_epochs)
 
 
-def _tracking(settings: StudySettings, storage: Path, open_experiment: bool) -> tuple[str, str | None]:
-    """The tracking URI (recorded in the settings), checked, and with ``open_experiment`` the
-    experiment's id (else None: :meth:`Plan.open_experiment` creates it when the study starts)."""
-    uri = settings.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or tracking.default_tracking_uri(storage)
-    settings.tracking_uri = uri
-    settings.experiment = (settings.experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
-                           or f"bmlr-tune-{settings.dataset}")
+def _check_tracking(settings: StudySettings, open_experiment: bool) -> str | None:
+    """The tracking store checked, and with ``open_experiment`` the experiment's id (else None:
+    :meth:`Plan.open_experiment` creates it when the study starts)."""
     try:
-        tracking.check_reachable(uri)
-        return uri, tracking.get_or_create_experiment(uri, settings.experiment) if open_experiment else None
+        tracking.check_reachable(settings.tracking_uri)
+        return tracking.get_or_create_experiment(settings.tracking_uri, settings.experiment) if open_experiment \
+            else None
     except tracking.TrackingError as err:
         raise StudyError(str(err)) from None
 
 
 def _check_parent_run(uri: str, run_id: str) -> None:
-    from mlflow.exceptions import MlflowException
-
     try:
-        tracking.client_for(uri).get_run(run_id)
-    except MlflowException as err:
+        tracking.check_run(uri, run_id)
+    except tracking.TrackingError as err:
         raise StudyError(f"--resume: the study's MLflow parent run {run_id} is not in {uri} "
-                         f"({type(err).__name__}); resume with the tracking URI the study used") from None
+                         f"({err}); resume with the tracking URI the study used") from None

@@ -7,8 +7,8 @@ rule on the same validation split (test is never read):
 
 * **untuned**: the study's method with the search space's defaults (each searched key's
   `default:`), what a user who did not tune would train;
-* **baseline**: the winner's configuration with ``method: baseline`` (the report's baseline
-  counterpart, whose learning curves it then reuses instead of training it again).
+* **baseline**: the winner's configuration with ``method: baseline`` (whose per-epoch history
+  the report's learning curves draw beside the winner's).
 
 The summary prints the three scores with their standard errors and each difference against
 the noise of a difference (two standard errors of it); the numbers go to
@@ -23,14 +23,16 @@ import math
 import time
 from typing import Any, Callable
 
-from bmlr.config import from_dict
+import yaml
+
+from bmlr.config import from_dict, load_config
 from bmlr.fileio import finite_or_none, write_json
-from bmlr.tuning import ray_backend, tracking
+from bmlr.tuning import ray_backend
 from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.results import best_epoch
 from bmlr.tuning.selection import score
 
-__all__ = ["FILE", "reference_configs", "train_references", "difference_text", "run_references"]
+__all__ = ["FILE", "reference_configs", "baseline_config", "train_references", "difference_text", "run_references"]
 
 FILE = "references.json"
 History = list[dict[str, Any]]
@@ -38,36 +40,43 @@ History = list[dict[str, Any]]
 
 def reference_configs(plan: Plan, best: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
     """``{name: (configuration, how it was obtained)}`` of the two references."""
-    from bmlr.tuning.report.baseline import counterpart_config
-    from bmlr.tuning.report.study_view import StudyView
-
     # a trial's configuration (the fixed part, --set values, seed, threads) with each searched key's default
     defaults_of = {k: p.default for k, p in plan.space.params.items() if p.default is not None}
     untuned = {**plan.trial_base, **defaults_of}
     defaults = ", ".join(f"{k} {v}" for k, v in defaults_of.items())
     defaults = defaults or "it gives none: the configuration's values"
     out = {"untuned": (untuned, f"{plan.settings.method} with the search space's defaults ({defaults})")}
-    planned = counterpart_config(StudyView(plan.study_dir), best)
-    if planned is not None and plan.settings.method != "baseline":
-        out["baseline"] = (planned[0].to_dict(), f"baseline at the winner's configuration (trial {best['trial_id']})")
+    if plan.store.best_path.is_file() and plan.settings.method != "baseline":
+        out["baseline"] = (baseline_config(plan, best), f"baseline at the winner's configuration (trial "
+                                                        f"{best['trial_id']})")
     return out
 
 
-def _share_with_report(plan: Plan, config: dict[str, Any], history: History, seconds: float) -> None:
-    """The baseline reference is the report's baseline counterpart: cached where the report
-    looks for it, so that the report does not train it again."""
-    from bmlr.tuning.report.baseline import write_counterpart
-    from bmlr.tuning.report.study_view import REPORT_DIR
-
-    write_counterpart(plan.study_dir / REPORT_DIR, config, plan.max_epochs, history, seconds)
+def baseline_config(plan: Plan, best: dict[str, Any]) -> dict[str, Any]:
+    """The winner's production configuration (``best.yaml``) with ``method: baseline`` and the
+    trial's one seed; its epochs the schedule's horizon, stretched to the study's budget as a
+    trial's is."""
+    cfg = load_config(plan.store.best_path).to_dict()
+    seeds = best.get("param.seeds")
+    seeds = yaml.safe_load(seeds) if isinstance(seeds, str) else seeds
+    seed = int(seeds[0]) if isinstance(seeds, (list, tuple)) and seeds else plan.settings.seed
+    cfg.update(method="baseline", epochs=max(int(cfg["epochs"]), plan.max_epochs), seeds=[seed], name=None)
+    return from_dict(cfg, source="baseline reference").to_dict()
 
 
 def _train(config: dict[str, Any], budget: int) -> History:
-    """One reference run (in a Ray worker): `budget` epochs, validation only, by the loop the
-    report trains its baseline counterpart with."""
-    from bmlr.tuning.report.baseline import train_history
+    """One reference run (in a Ray worker): `budget` epochs of `config` from scratch,
+    validation only, on at most 4 threads unless it sets its own."""
+    import torch
 
-    return train_history(from_dict(config, source="reference run"), budget)
+    from bmlr.engine import Trainer
+
+    cfg = from_dict(config, source="reference run")
+    if not cfg.threads:
+        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+    history = Trainer(cfg, seed=cfg.seeds[0]).fit(budget)
+    return [{k: finite_or_none(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            for m in history]
 
 
 def train_references(configs: dict[str, dict[str, Any]], budget: int, cpus: float, gpus: float) -> dict[str, History]:
@@ -95,7 +104,7 @@ def _lines(plan: Plan, best: dict[str, Any], scored: dict[str, dict[str, Any]], 
     s = plan.settings
     w, w_se = score(best), finite_or_none(best.get("score_se"))
     lines = [f"tuned against untuned, on the same validation split ({n_val or '?'} samples), seed {s.seed}, at most "
-             f"{plan.max_epochs} epochs each, score {s.rule.name}:",
+             f"{plan.max_epochs} epochs each, score {plan.rule.name}:",
              f"  tuned {s.method} (trial {best['trial_id']}, the best of {n_trials}): {w:.4f}"
              + (f" +- {w_se:.4f}" if w_se is not None else "")]
     for name, entry in scored.items():
@@ -120,22 +129,18 @@ def run_references(plan: Plan, outcome: StudyOutcome, log: Callable[[str], None]
     start = time.time()
     histories = train_references({k: v[0] for k, v in planned.items()}, plan.max_epochs, s.cpus_per_trial,
                                  ray_backend.gpus_per_trial(s.gpus_per_trial))
-    if "baseline" in histories:
-        _share_with_report(plan, planned["baseline"][0], histories["baseline"], time.time() - start)
     n_val = (store.data_info().get("sizes") or {}).get("val")
     scored = {}
     for name, history in histories.items():
-        row = best_epoch(history, s.rule, n_val)
+        row = best_epoch(history, plan.rule, n_val)
         scored[name] = {"how": planned[name][1], "score": row.get("score"), "score_se": row.get("score_se"),
                         "best_epoch": row.get("best_epoch"), "config": planned[name][0], "history": history}
     record = {"winner": {"trial_id": best["trial_id"], "score": score(best), "score_se": best.get("score_se")},
               "references": scored, "max_epochs": plan.max_epochs, "seconds": round(time.time() - start, 1)}
     write_json(plan.study_dir / FILE, record)
-    client = tracking.client_for(plan.tracking_uri)
-    for name, entry in scored.items():
-        client.log_metric(plan.parent_run_id, f"reference.{name}.score", float(entry["score"]))
-        client.set_tag(plan.parent_run_id, f"reference.{name}", entry["how"][:5000])
-    client.log_artifact(plan.parent_run_id, str(plan.study_dir / FILE))
+    plan.runs.log_metrics({f"reference.{name}.score": float(entry["score"]) for name, entry in scored.items()})
+    plan.runs.set_tags({f"reference.{name}": entry["how"] for name, entry in scored.items()})
+    plan.runs.log_artifacts([plan.study_dir / FILE])
     for line in _lines(plan, best, scored, n_val, len(outcome.rows)):
         log(line)
     return record

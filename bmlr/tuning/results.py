@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import shlex
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -27,16 +26,15 @@ from bmlr.tuning.faults import resume_line
 from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.ray_backend import METRIC
 from bmlr.tuning.rung_check import rung_warning
-from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, ScoreRule, parse_score
+from bmlr.tuning.scores import DEFAULT_RULE, VAL_ACC, ScoreRule, rule_of
 from bmlr.tuning.search_space import SearchSpace
-from bmlr.tuning.selection import SCORE, choose_best, noise_note, score, standard_error
+from bmlr.tuning.selection import SCORE, noise_note, score, standard_error
 from bmlr.tuning.store import StudyStore, read_json_lines
 
-__all__ = ["Row", "Chooser", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
+__all__ = ["Row", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
            "format_table", "winner_note", "score_text", "export_best", "finish", "FolderResult", "folder_results"]
 
 Row = dict[str, Any]
-Chooser = Callable[[list[Row]], "Row | None"]
 STATUSES = ("completed", "stopped_early", "failed", "interrupted", "lost")  # a trial's ends, as counted
 
 
@@ -96,7 +94,7 @@ def _json_object(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def best_epoch(history: list[Row], rule: ScoreRule = ScoreRule("best"), n_val: int | None = None) -> Row:
+def best_epoch(history: list[Row], rule: ScoreRule = DEFAULT_RULE, n_val: int | None = None) -> Row:
     """The trial's score by ``rule`` and the metrics of the epoch at which it is reached
     (the first of equals; nothing where it reported no epoch); ``score_se`` where the
     validation split's size ``n_val`` is known."""
@@ -181,59 +179,46 @@ def format_table(rows: list[Row], top: int = 5) -> str:
 
 
 # --- the end of a run ---------------------------------------------------------------------------
-def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = print, top: int = 5,
-           chooser: Chooser | None = None) -> StudyOutcome:
-    """Write ``trials.csv`` and ``best.yaml`` (the trial ``chooser`` picks, by default
-    :func:`~bmlr.tuning.selection.choose_best`), mark the MLflow runs, end the parent run and
+def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = print, top: int = 5) -> StudyOutcome:
+    """Write ``trials.csv`` and ``best.yaml`` (the trial the study's strategy picks), mark the MLflow runs, end the parent run and
     print the summary. An uninterrupted study's trial states are deleted (nothing to resume)."""
-    client = tracking.client_for(plan.tracking_uri)
-    store = plan.store
-    runs = tracking.child_runs(plan.tracking_uri, plan.experiment_id, plan.parent_run_id)
+    store, study_runs = plan.store, plan.runs
+    runs = study_runs.trials()
     n_val = (store.data_info().get("sizes") or {}).get("val")
-    rows = trial_rows(grid, plan.max_epochs, runs, store, plan.settings.rule, n_val)
+    rows = trial_rows(grid, plan.max_epochs, runs, store, plan.rule, n_val)
     known = {row["trial_id"] for row in rows}
-    parent_tags = client.get_run(plan.parent_run_id).data.tags
-    lost = int(parent_tags.get("trials.lost", "0")) + tracking.mark_lost_runs(
-        client, [run for trial_id, run in runs.items() if trial_id not in known])
+    lost = int(study_runs.tags().get("trials.lost", "0")) + study_runs.mark_lost(
+        [run for trial_id, run in runs.items() if trial_id not in known])
     runs = {trial_id: run for trial_id, run in runs.items() if trial_id in known}
-    sync_runs(client, rows, runs, store)
-    best = (chooser or choose_best)(rows)
+    sync_runs(study_runs, rows, runs, store)
+    best = plan.strategy.choose(rows)
     store.write_rows(rows)
     best_yaml = export_best(plan, best, runs) if best is not None else None
+    if best is not None:
+        store.record_winner(best)
     counts = status_counts(rows)
     if lost:
         counts["lost"] = lost
-    for status in sorted(set(STATUSES) | set(counts)):  # every count current, 0 where none (after a resume)
-        client.set_tag(plan.parent_run_id, f"trials.{status}", str(counts.get(status, 0)))
-    client.log_artifact(plan.parent_run_id, str(store.trials_path))
-    client.log_artifact(plan.parent_run_id, str(store.info_path))
-    client.set_terminated(plan.parent_run_id, "KILLED" if interrupted else "FINISHED")
+    # every count current, 0 where none (after a resume)
+    study_runs.set_tags({f"trials.{status}": counts.get(status, 0) for status in sorted(set(STATUSES) | set(counts))})
+    study_runs.log_artifacts([store.trials_path, store.info_path])
+    study_runs.end("KILLED" if interrupted else "FINISHED")
     if not interrupted:  # every trial has ended: no state to continue from
         shutil.rmtree(store.state_dir, ignore_errors=True)
     _summary(plan, rows, counts, best_yaml, interrupted, log, top)
     return StudyOutcome(plan.study_dir, rows, best, best_yaml, plan.parent_run_id, plan.tracking_uri, interrupted)
 
 
-def sync_runs(client, rows: list[Row], runs: dict[str, Any], store: StudyStore) -> None:
+def sync_runs(study_runs: tracking.StudyRuns, rows: list[Row], runs: dict[str, Any], store: StudyStore) -> None:
     """Make each trial's MLflow run match its row: the epochs of its history MLflow lacks
-    (the driver died before it logged them), its end state (FINISHED, FAILED; KILLED for a
-    trial cut off, until --resume continues it) and its status tags."""
+    (the driver died before it logged them), its end state and its status tags."""
     for row in rows:
         run = runs.get(row["trial_id"])
         if run is None:
             continue
-        run_id = run.info.run_id
-        steps = tracking.logged_steps(client, run_id)
+        steps = study_runs.logged_epochs(run.info.run_id)
         missing = [h for h in store.history(row["trial_id"]) if int(h["epoch"]) > max(steps, default=0)]
-        if missing:
-            tracking.log_epochs(client, run_id, missing, int(time.time() * 1000))
-        status = row["status"]
-        end = {"interrupted": "KILLED", "failed": "FAILED"}.get(status, "FINISHED")
-        if run.info.status != end or run.data.tags.get("trial_status") != status or missing:
-            client.set_tag(run_id, "trial_status", status)
-            client.set_tag(run_id, "epochs_trained", str(row["epochs"]))
-            client.set_tag(run_id, "early_stopped", str(status == "stopped_early").lower())
-            client.set_terminated(run_id, end)
+        study_runs.sync_trial(run, row["status"], row["epochs"], missing)
 
 
 def export_best(plan: Plan, best: Row, runs: dict[str, Any], confirmation: list[str] = ()):
@@ -253,13 +238,9 @@ def export_best(plan: Plan, best: Row, runs: dict[str, Any], confirmation: list[
               "sampled: " + ", ".join(f"{k}={v}" for k, v in sampled.items()),
               f"production: {cfg.epochs} epochs, seeds {cfg.seeds}", *confirmation]
     best_yaml = write_config(cfg, plan.store.best_path, header)
-    client = tracking.client_for(plan.tracking_uri)
     note = winner_note(best, f"study {s.name}") + ("\n\n" + "\n".join(confirmation) if confirmation else "")
-    run_view.mark_best(client, runs.values(), best["run_id"], note)
-    client.set_tag(plan.parent_run_id, "best_run_id", best["run_id"] or "")
-    client.set_tag(plan.parent_run_id, "best_trial_id", best["trial_id"])
-    client.set_tag(plan.parent_run_id, "best_score", f"{best[SCORE]:.6g}")  # a tag: the parent is no trial
-    client.log_artifact(plan.parent_run_id, str(best_yaml))
+    plan.runs.mark_winner(runs.values(), best, note)
+    plan.runs.log_artifacts([best_yaml])
     return best_yaml
 
 
@@ -267,7 +248,7 @@ def score_text(row: Row) -> str:
     """A row's score as a phrase: ``score 0.8333 +- 0.0340 (best: ... at epoch 7 of 12 trained)``."""
     value = score(row)
     se = finite_or_none(row.get("score_se"))
-    rule = parse_score(row.get("score_rule") or DEFAULT_SCORE, "trials table: score_rule")
+    rule = rule_of(row)
     return (f"score {value:.4f}" + (f" +- {se:.4f}" if se is not None else "")
             + f" ({rule.name}: {rule.describe()}, reached at epoch {row.get('best_epoch')} of {row.get('epochs')} trained)")
 
@@ -283,7 +264,7 @@ def rung_line(plan: Plan, rows: list[Row]) -> str:
     """How well ASHA's rung epochs ranked the trials (:mod:`bmlr.tuning.rung_check`), also the
     parent run's tag ``rung_agreement``; empty without early stopping or too few long trials."""
     s = plan.settings
-    if s.kind != "search" or s.scheduler == "none":
+    if not plan.strategy.early_stopping:
         return ""
     curves = []
     for row in rows:
@@ -292,7 +273,7 @@ def rung_line(plan: Plan, rows: list[Row]) -> str:
             curves.append([float(h.get(METRIC, h.get(VAL_ACC))) for h in history])
     line = rung_warning(curves, s.grace_period, s.reduction_factor, plan.max_epochs)
     if line:
-        tracking.client_for(plan.tracking_uri).set_tag(plan.parent_run_id, "rung_agreement", line[:5000])
+        plan.runs.set_tags({"rung_agreement": line})
     return line
 
 
@@ -301,7 +282,7 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
     s = plan.settings
     log(f"\nstudy {plan.study_dir}  trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if rows:
-        rule = s.rule
+        rule = plan.rule
         log(f"best trials by score, {rule.name}: {rule.describe()} (of {len(rows)}):\n" + format_table(rows, top))
         noise = noise_note(rows, top)
         if noise:
@@ -315,8 +296,7 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
     else:
         log("no trial finished successfully: nothing exported")
     log(f"MLflow: {plan.tracking_uri}  experiment {s.experiment!r}  parent run {plan.parent_run_id}")
-    view = run_view.save_table_view(tracking.client_for(plan.tracking_uri), plan.experiment_id, plan.parent_run_id,
-                                    plan.space.params, SCORE)
+    view = plan.runs.save_table_view(plan.space.params, SCORE)
     for line in run_view.ui_lines(plan.tracking_uri, plan.experiment_id, plan.parent_run_id, view):
         log(line)
     if interrupted:

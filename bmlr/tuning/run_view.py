@@ -3,11 +3,10 @@ winner's marker and description, the study's runs-table view (saved in the exper
 MLflow UI shared view), and where to look (the `mlflow ui` command, the links to that view and
 the parent run).
 
-A leaf module: plain strings, and an MLflow client passed in where runs are changed.
+A leaf module of plain strings; :mod:`bmlr.tuning.tracking.runs` writes them to MLflow.
 """
 from __future__ import annotations
 
-import json
 import math
 import shlex
 import urllib.parse
@@ -15,8 +14,8 @@ from typing import Any, Iterable
 
 from bmlr.mlflow_store import BEST_MARK  # leads the best trial's run name (export strips it there)
 
-__all__ = ["BEST_MARK", "NOTE_TAG", "VIEW_TAG_PREFIX", "compact", "trial_run_name", "plain_name", "mark_best",
-           "table_view", "save_table_view", "view_key", "ui_lines"]
+__all__ = ["BEST_MARK", "NOTE_TAG", "VIEW_TAG_PREFIX", "compact", "trial_run_name", "plain_name",
+           "table_view", "view_key", "ui_lines"]
 
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 SHORT_KEYS = {"alpha": "a", "beta": "b"}  # the paper's two reshaping knobs, by their one-letter names
@@ -61,24 +60,6 @@ def plain_name(name: str | None) -> str:
     return name[len(BEST_MARK):] if name.startswith(BEST_MARK) else name
 
 
-def mark_best(client, runs: Iterable[Any], best_run_id: str | None, note: str) -> None:
-    """Mark the run ``best_run_id`` among ``runs`` (MLflow Run objects) as the winner: its name
-    led by :data:`BEST_MARK`, ``note`` as its description, tag ``best_trial`` true. Any other run
-    loses an earlier marker and description (a resumed study's winner can change)."""
-    for run in runs:
-        run_id, name = run.info.run_id, run.info.run_name or ""
-        is_best = run_id == best_run_id
-        client.set_tag(run_id, "best_trial", str(is_best).lower())
-        if is_best:
-            if not name.startswith(BEST_MARK):
-                client.update_run(run_id, name=BEST_MARK + name)
-            client.set_tag(run_id, NOTE_TAG, note)
-        elif name.startswith(BEST_MARK):
-            client.update_run(run_id, name=plain_name(name))
-            if NOTE_TAG in run.data.tags:
-                client.delete_tag(run_id, NOTE_TAG)
-
-
 def view_key(parent_run_id: str) -> str:
     """The share key of a study's runs-table view (one per parent run)."""
     return f"bmlr-{parent_run_id}"
@@ -94,14 +75,6 @@ def table_view(parent_run_id: str, sampled: Iterable[str], score: str) -> dict[s
             "orderByKey": f"metrics.`{score}`", "orderByAsc": False,
             "selectedColumns": columns, "columnOrder": [RUN_NAME_COLUMN, *columns],
             "columnWidths": {RUN_NAME_COLUMN: 340}}
-
-
-def save_table_view(client, experiment_id: str, parent_run_id: str, sampled: Iterable[str], score: str) -> str:
-    """Save :func:`table_view` as the experiment's shared view for this study; returns its key."""
-    key = view_key(parent_run_id)
-    client.set_experiment_tag(experiment_id, VIEW_TAG_PREFIX + key,
-                              json.dumps(table_view(parent_run_id, sampled, score)))
-    return key
 
 
 def ui_lines(tracking_uri: str, experiment_id: str, parent_run_id: str, view: str | None = None) -> list[str]:

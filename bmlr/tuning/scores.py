@@ -21,7 +21,8 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-__all__ = ["ScoreRule", "ScoreError", "DEFAULT_SCORE", "VAL_ACC", "SCORE_HELP", "parse_score"]
+__all__ = ["ScoreRule", "ScoreError", "DEFAULT_SCORE", "DEFAULT_RULE", "VAL_ACC", "SCORE_HELP", "parse_score",
+           "rule_of"]
 
 DEFAULT_SCORE = "best"
 VAL_ACC = "val_acc"  # an epoch's validation multimodal accuracy: what every rule reads
@@ -89,3 +90,13 @@ def parse_score(text: str | None, source: str = "--score") -> ScoreRule:
     if k < 1:
         raise ScoreError(f"{source}: {text!r}: the window must be at least 1 epoch")
     return ScoreRule(match.group(1), k)
+
+
+DEFAULT_RULE = parse_score(DEFAULT_SCORE)
+
+
+def rule_of(row: dict) -> ScoreRule:
+    """The rule of a trials-table row's score (its ``score_rule``; ``best`` for a row from before
+    score rules)."""
+    return parse_score(row.get("score_rule") or DEFAULT_SCORE, f"trials table: score_rule of trial "
+                                                                f"{row.get('trial_id')}")

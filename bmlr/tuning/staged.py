@@ -44,13 +44,13 @@ from typing import Any, Callable
 from bmlr.config import ConfigError, load_config
 from bmlr.fileio import abs_path, atomic_write_text, timestamp
 from bmlr.methods import METHODS
-from bmlr.tuning import run_view, tracking
+from bmlr.tuning import tracking
 from bmlr.tuning.export import write_config
 from bmlr.tuning.results import format_table, winner_note
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, project_root
 from bmlr.tuning.selection import SCORE, choose_best, score
 from bmlr.tuning.store import StoreError, StudyStore, study_folder
-from bmlr.tuning.study import (Plan, StudyError, StudyOutcome, StudySettings, plan_study, ray_session, resume_store,
+from bmlr.tuning.study import (Plan, Runtime, StudyError, StudyOutcome, StudySettings, plan_study, ray_session, resume_store,
                                run_study)
 
 __all__ = ["STAGES", "stage2_budget", "choose_stage2_winner", "run_staged"]
@@ -115,6 +115,11 @@ class _Staged:
     def staged(self) -> dict[str, Any]:
         return self.info["staged"]
 
+    @property
+    def runs(self) -> tracking.StudyRuns:
+        """The staged study's MLflow run (the stages' parent runs nest under it)."""
+        return tracking.StudyRuns(self.info["tracking_uri"], self.info["experiment_id"], self.info["parent_run_id"])
+
     def save(self) -> None:
         self.store.write_info(self.info)
 
@@ -141,70 +146,66 @@ class _Staged:
         return self.source
 
 
-def run_staged(settings: StudySettings, stage2_samples: int | None = None, stage1_alpha: float | None = None,
-               resume: bool = False, address: str | None = None, num_cpus: int | None = None, verbose: int = 1,
-               top: int = 5, log: Callable[[str], None] = print, report: str = "fast",
-               baseline_study: str | None = None) -> StudyOutcome:
+def run_staged(settings: StudySettings, runtime: Runtime = Runtime(), stage2_samples: int | None = None,
+               stage1_alpha: float | None = None, resume: bool = False) -> StudyOutcome:
     """Run (or with `resume`, continue) a staged study; returns the outcome of the whole. The
     staged study's folder is locked for its driver from before its exists-check to the end."""
+    log = runtime.log
     with contextlib.ExitStack() as held:
         run = (_resume(settings, log, held) if resume else
                _start(settings, stage2_samples, stage1_alpha, log, held))
-        if resume and run.store.is_finished() and run.staged.get("stage2_done") and tracking.client_for(
-                run.info["tracking_uri"]).get_run(run.info["parent_run_id"]).info.status == "FINISHED":
+        if resume and run.store.is_finished() and run.staged.get("stage2_done") and run.runs.status() == "FINISHED":
             rows = run.store.read_rows()
             log(f"study {run.store.dir} is finished ({len(rows)} trials); nothing to resume")
-            winner = next((r for r in rows if str(r["trial_id"]) == str(run.info.get("best_trial_id"))), None)
+            winner = run.store.winner(rows)
             return StudyOutcome(run.store.dir, rows, winner, run.store.best_path, run.info["parent_run_id"],
                                 run.info["tracking_uri"], False)
-        outcome = _run_stages(run, log, address, num_cpus, verbose, top)
+        outcome = _run_stages(run, runtime)
         if outcome is not None:
             return outcome
-        outcome = _finish(run, log, top)
-    if report != "none" and outcome.best is not None:
+        outcome = _finish(run, log, runtime.top)
+    if runtime.report != "none" and outcome.best is not None:
         from bmlr.tuning.report import write_report_safely
 
-        write_report_safely(run.store.dir, baseline_study=baseline_study, train_baseline=report == "full", log=log)
+        write_report_safely(run.store.dir, baseline_study=runtime.baseline_study, log=log)
     return outcome
 
 
-def _run_stages(run: _Staged, log: Callable[[str], None], address: str | None, num_cpus: int | None, verbose: int,
-                top: int) -> StudyOutcome | None:
+def _run_stages(run: _Staged, runtime: Runtime) -> StudyOutcome | None:
     """The stages not done yet; an outcome where the staged study stops before its end."""
-    uri, parent = run.info["tracking_uri"], run.info["parent_run_id"]
-    client = tracking.client_for(uri)
-    with ray_session(address, num_cpus, verbose):
+    uri, parent, runs, log = run.info["tracking_uri"], run.info["parent_run_id"], run.runs, runtime.log
+    with ray_session(runtime.address, runtime.num_cpus, runtime.verbose):
         try:
-            client.update_run(parent, status="RUNNING")
+            runs.reopen(count=False)
             for stage in STAGES:
                 if run.staged.get(f"{stage}_done"):
                     continue
-                outcome = _run_stage(run, stage, log, address=address, num_cpus=num_cpus, verbose=verbose,
-                                     top=top)
+                outcome = _run_stage(run, stage, runtime)
                 if outcome.interrupted:
-                    client.set_terminated(parent, "KILLED")
+                    runs.end("KILLED")
                     log(f"the staged study was interrupted; continue it with: bmlr-tune --strategy staged --dataset "
                         f"{run.base.dataset} --storage {shlex.quote(run.base.storage)} --name {run.base.name} --resume")
                     return StudyOutcome(run.store.dir, [], None, None, parent, uri, True)
                 if outcome.best is None:
-                    client.set_terminated(parent, "FAILED")
+                    runs.end("FAILED")
                     log(f"{stage}: no trial finished successfully; the staged study stops here")
                     return StudyOutcome(run.store.dir, outcome.rows, None, None, parent, uri, False)
                 run.staged[f"{stage}_done"] = True
                 run.staged[f"{stage}_best"] = outcome.best["trial_id"]
                 run.save()
         except KeyboardInterrupt:
-            client.set_terminated(parent, "KILLED")
+            runs.end("KILLED")
             raise
         except StudyError:  # a stage that stopped on an error (a full disk): its own runs are ended already
             with contextlib.suppress(Exception):  # a full store cannot take this either: a resume ends it
-                client.set_terminated(parent, "FAILED")
+                runs.end("FAILED")
             raise
     return None
 
 
-def _run_stage(run: _Staged, stage: str, log: Callable[[str], None], **run_kwargs: Any) -> StudyOutcome:
+def _run_stage(run: _Staged, stage: str, runtime: Runtime) -> StudyOutcome:
     """One stage as an ordinary study in `<study>/<stage>/` (resumed where it exists)."""
+    log = runtime.log
     stage_store = StudyStore(run.store.dir / stage)
     again = stage_store.exists()
     space = None if again else (_prepare_stage2(run, log) if stage == "stage2" else run.stage_space(stage))
@@ -216,7 +217,7 @@ def _run_stage(run: _Staged, stage: str, log: Callable[[str], None], **run_kwarg
                              warm_start=staged.get("warm_start", []) if stage == "stage2" else [])
     log(f"\n=== {stage}: {'resuming' if again else 'searching'} "
         f"{', '.join(staged[f'{stage}_searched'])} ({staged[f'{stage}_samples']} trials) ===")
-    return run_study(stage_settings, resume=again, space=space, log=log, report="none", **run_kwargs)
+    return run_study(stage_settings, replace(runtime, report="none"), resume=again, space=space)
 
 
 def _resume(settings: StudySettings, log: Callable[[str], None], held: contextlib.ExitStack) -> _Staged:
@@ -294,7 +295,7 @@ def _create_run(base: StudySettings, probe: Plan, staged: dict[str, Any], folder
               "max_epochs": probe.max_epochs, "grace_period": probe.settings.grace_period,
               "reduction_factor": base.reduction_factor, "seed": base.seed,
               "stage1_searched": staged["stage1_searched"], "stage2_searched": staged["stage2_searched"]}
-    return tracking.create_parent_run(probe.tracking_uri, probe.experiment_id, base.name, tags, params)
+    return tracking.StudyRuns.create(probe.tracking_uri, probe.experiment_id, base.name, tags, params).parent_run_id
 
 
 def _prepare_stage2(run: _Staged, log: Callable[[str], None]) -> SearchSpace:
@@ -341,9 +342,8 @@ def _finish(run: _Staged, log: Callable[[str], None], top: int) -> StudyOutcome:
               f"stage 1: {len(rows1)} trials, {epochs[1]} epochs; stage 2: {len(rows2)} trials, {epochs[2]} epochs",
               f"production: {cfg.epochs} epochs, seeds {cfg.seeds}"]
     best_yaml = write_config(cfg, store.best_path, header)
-    run.info.update(best_trial_id=str(winner["trial_id"]), best_run_id=winner.get("run_id"),
-                    best_val_acc=winner[SCORE], epochs_trained=epochs[1] + epochs[2])
-    run.save()
+    run.store.record_winner(winner, best_val_acc=winner[SCORE], epochs_trained=epochs[1] + epochs[2])
+    run.info = run.store.read_info()
     _log_winner(run, winner, rows, epochs[1] + epochs[2], best_yaml)
     stage1_best = next(r for r in rows if r["stage"] == 1 and r["stage2_candidate"])
     log(f"\nstaged study {store.dir}: stage 1 best {stage1_best[SCORE]:.4f} (trial "
@@ -356,16 +356,11 @@ def _finish(run: _Staged, log: Callable[[str], None], top: int) -> StudyOutcome:
 
 
 def _log_winner(run: _Staged, winner: Row, rows: list[Row], epochs: int, best_yaml: Path) -> None:
-    parent = run.info["parent_run_id"]
-    client = tracking.client_for(run.info["tracking_uri"])
-    client.set_tag(parent, "best_run_id", winner.get("run_id") or "")
-    client.set_tag(parent, "best_trial_id", str(winner["trial_id"]))
-    client.set_tag(parent, "best_stage", str(winner["stage"]))
-    client.set_tag(parent, "best_score", f"{float(winner[SCORE]):.6g}")  # a tag: the parent is no trial
-    stage_runs = [client.get_run(r["run_id"]) for r in rows if r.get("run_id")]  # one marked winner in all
-    run_view.mark_best(client, stage_runs, winner.get("run_id"), winner_note(winner, f"staged study {run.base.name}"))
-    client.log_metric(parent, "epochs_trained", float(epochs))
-    for path in (best_yaml, run.store.trials_path, run.store.info_path, run.space_record("stage1"),
-                 run.space_record("stage2")):
-        client.log_artifact(parent, str(path))
-    client.set_terminated(parent, "FINISHED")
+    runs = run.runs
+    stage_runs = runs.runs(r["run_id"] for r in rows if r.get("run_id"))  # one marked winner in all
+    runs.mark_winner(stage_runs, winner, winner_note(winner, f"staged study {run.base.name}"),
+                     best_stage=winner["stage"])
+    runs.log_metrics({"epochs_trained": float(epochs)})
+    runs.log_artifacts([best_yaml, run.store.trials_path, run.store.info_path, run.space_record("stage1"),
+                        run.space_record("stage2")])
+    runs.end("FINISHED")

@@ -317,6 +317,19 @@ class StudyStore:
         self.write_info(info)
         return info
 
+    def record_winner(self, row: dict[str, Any], **extra: Any) -> None:
+        """Name the study's winner in ``study.json`` (``best_trial_id``, ``best_run_id``,
+        ``best_score``): written when a study, its confirmation or a staged study's last stage
+        finishes, and read by everyone who needs the winner (:meth:`winner`)."""
+        self.update_info(best_trial_id=str(row["trial_id"]), best_run_id=row.get("run_id"),
+                         best_score=row.get("score"), **extra)
+
+    def winner(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The row of the winner ``study.json`` names (None where it names none: a study that
+        found none, or one from before the record)."""
+        wanted = self.read_info().get("best_trial_id")
+        return next((r for r in rows if str(r["trial_id"]) == str(wanted)), None) if wanted is not None else None
+
     def kind(self) -> str:
         """"search", "surface" or "staged"."""
         info = self.read_info()

@@ -17,9 +17,9 @@ significant digits.
 
 :func:`plan_surface` builds the grid's search space as an object (the study records it as its
 `search_space.yaml`); :func:`run_surface` runs or resumes the study with the surface's rules:
-the exported trial is the best cell's best seed (:func:`bmlr.tuning.surface.best_cell_row`),
-and a finished surface writes `surface.csv` and its two images (:mod:`bmlr.tuning.surface`),
-also logged under `surface/` to the study's MLflow run.
+its strategy (:class:`bmlr.tuning.strategies.Grid`) exports the best cell's best seed
+(:func:`bmlr.tuning.surface.best_cell_row`), and a finished surface writes `surface.csv` and its
+two images (:mod:`bmlr.tuning.surface`), also logged under `surface/` to the study's MLflow run.
 """
 from __future__ import annotations
 
@@ -29,17 +29,15 @@ from typing import Any, Callable
 import yaml
 
 from bmlr.config import from_dict, load_config
-from bmlr.fileio import abs_path, timestamp, write_csv
+from bmlr.fileio import abs_path, timestamp
 from bmlr.methods import METHODS
-from bmlr.tuning import tracking
 from bmlr.tuning.search_space import (SearchSpace, load_search_space, parse_search_space,
                                       resolve_search_space)
 from bmlr.tuning.store import SPACE_FILE, StoreError, StudyStore, studies, study_folder
-from bmlr.tuning.study import Plan, StudyError, StudyOutcome, StudySettings, run_study
-from bmlr.tuning.surface import (GRID_KEYS, SURFACE_CSV, SurfaceError, best_cell_row, cells,
-                                 describe_grid, draw_grid, format_grid, grid_values)
+from bmlr.tuning.study import Runtime, StudyError, StudyOutcome, StudySettings, run_study
+from bmlr.tuning.surface import GRID_KEYS, SurfaceError, grid_values
 
-__all__ = ["last_study_best", "surface_space", "plan_surface", "run_surface", "write_grid_outputs"]
+__all__ = ["last_study_best", "surface_space", "plan_surface", "run_surface"]
 
 
 # --- base configuration ------------------------------------------------------------------------
@@ -135,26 +133,8 @@ def plan_surface(dataset: str, storage: str, search_space: str | None, base: str
     return settings, grid_space
 
 
-def run_surface(settings: StudySettings, space: SearchSpace | None = None, resume: bool = False,
-                **run_kwargs: Any) -> StudyOutcome:
+def run_surface(settings: StudySettings, runtime: Runtime = Runtime(), space: SearchSpace | None = None,
+                resume: bool = False) -> StudyOutcome:
     """Run the surface `plan_surface` planned (`space` its grid), or with `resume` continue
-    the surface `settings` names; `run_kwargs` as for :func:`bmlr.tuning.study.run_study`
-    (address, num_cpus, verbose, top, log, report, baseline_study)."""
-    return run_study(settings, resume=resume, space=space, chooser=best_cell_row, after=write_grid_outputs,
-                     **run_kwargs)
-
-
-def write_grid_outputs(plan: Plan, outcome: StudyOutcome, log: Callable[[str], None] = print) -> list[Path]:
-    """After a surface study: surface.csv and the two images, logged to the parent run."""
-    s = plan.settings
-    grid = {k: sorted(float(c) for c in plan.space.params[k].choices) for k in GRID_KEYS if k in plan.space.params}
-    cell_rows = cells(outcome.rows, grid.get("alpha"), grid.get("beta"))
-    csv_path = write_csv(cell_rows, outcome.study_dir / SURFACE_CSV)
-    title, subtitle = describe_grid(s.dataset, s.method, plan.max_epochs, list(s.grid_seeds or [s.seed]))
-    paths = [csv_path] + draw_grid(cell_rows, outcome.study_dir, title, subtitle)
-    client = tracking.client_for(plan.tracking_uri)
-    for path in paths:
-        client.log_artifact(outcome.parent_run_id, str(path), "surface")
-    log(format_grid(cell_rows))
-    log(f"surface: {csv_path}\n  images: {', '.join(str(p) for p in paths[1:])}")
-    return paths
+    the surface `settings` names (:func:`bmlr.tuning.study.run_study`)."""
+    return run_study(settings, runtime, resume=resume, space=space)

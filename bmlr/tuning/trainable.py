@@ -36,7 +36,7 @@ from typing import Any
 
 from bmlr.fileio import atomic_torch_save, atomic_write_text
 from bmlr.tuning.ray_backend import METRIC
-from bmlr.tuning.scores import DEFAULT_SCORE, VAL_ACC, parse_score
+from bmlr.tuning.scores import DEFAULT_RULE, VAL_ACC, ScoreRule
 from bmlr.tuning.store import history_path, write_history
 from bmlr.tuning.val_sample import save_val_sample, val_sample_path
 
@@ -95,7 +95,7 @@ def save_val_top3(trainer, path: Path, k: int = 3) -> None:
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, threads: int = 1,
-                extras_dir: str | None = None, max_epochs: int | None = None, score: str = DEFAULT_SCORE) -> None:
+                extras_dir: str | None = None, max_epochs: int | None = None, rule: ScoreRule = DEFAULT_RULE) -> None:
     """Function trainable. `config` holds the sampled keys, `base` everything else (from
     `tune.with_parameters`, a small dict: no data, no model), its `epochs` the production
     run's (the schedule's horizon). The trial trains `max_epochs` epochs of that run (None:
@@ -104,8 +104,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     in `<extras_dir>/trial_<id>/history.json` (written before each report) and the validation
     top-3 counts of the best epoch so far in `<extras_dir>/trial_<id>/val_top3.json` (for the
     study report's Figure 4), and a trial that trains to its end saves its best epoch's view of a
-    validation sample (`val_sample.pt`, :mod:`bmlr.tuning.val_sample`). Each report carries :data:`METRIC`, the trial's ``score`` (a
-    :mod:`bmlr.tuning.scores` rule) over the epochs trained so far."""
+    validation sample (`val_sample.pt`, :mod:`bmlr.tuning.val_sample`). Each report carries :data:`METRIC`, the trial's score by ``rule``
+    (:mod:`bmlr.tuning.scores`) over the epochs trained so far."""
     import torch
     from ray import tune
 
@@ -113,7 +113,6 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     from bmlr.engine import Trainer
 
     torch.set_num_threads(max(1, int(threads)))
-    rule = parse_score(score)
     cfg = from_dict({**base, **config}, source="trial configuration")
     budget = cfg.epochs if max_epochs is None else int(max_epochs)
     cfg.epochs = max(cfg.epochs, budget)

@@ -35,16 +35,16 @@ from bmlr.config import Config, load_config
 from bmlr.fileio import abs_path, atomic_write_text, finite_or_none, read_json, write_json
 from bmlr.tuning import tracking
 from bmlr.tuning.compare.identity import find_reusable, is_finished_run_of, load_results
-from bmlr.tuning.compare.mlflow_run import ComparisonRun
 from bmlr.tuning.compare.pool import Job, run_jobs
-from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings, slug
+from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings, mlflow_record, slug
 from bmlr.tuning.compare.spaces import arm_space, check_overrides, production_settings, untuned_config
 from bmlr.tuning.compare.tables import render_markdown
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, resolve_search_space
 from bmlr.tuning.selection import choose_best, score, standard_error
-from bmlr.tuning.store import StudyStore, check_unclaimed, study_folder
-from bmlr.tuning.study import StudyError, StudySettings, build_cache, ray_session, run_study
+from bmlr.tuning.store import StoreError, StudyStore, check_unclaimed, study_folder
+from bmlr.tuning.study import Runtime, StudyError, StudySettings, build_cache, ray_session, run_study
+from bmlr.tuning.tracking.comparison import ComparisonRun
 
 __all__ = ["COMPARISON_FILE", "TABLE_FILE", "Comparison", "ComparisonOutcome", "find_comparison"]
 
@@ -187,8 +187,8 @@ class Comparison:
                                         self.settings.name)
             self.mlflow.reopen()
             return
-        self.mlflow = ComparisonRun.create(self.tracking_uri, self.experiment_id, self.settings, self.arms,
-                                           self.spaces, data_info, self.dir)
+        tags, params = mlflow_record(self.settings, self.arms, self.spaces, data_info, self.dir)
+        self.mlflow = ComparisonRun.create(self.tracking_uri, self.experiment_id, self.settings.name, tags, params)
         self.save()
 
     def save(self, rows: list[Row] | None = None) -> None:
@@ -247,10 +247,13 @@ class Comparison:
                  f"TPE seed {study_seed}) ===")
         settings = self._study_settings(arm, space_file, store, study_seed)
         try:
-            outcome = run_study(settings, resume=resume, address=address, num_cpus=num_cpus, verbose=verbose,
-                                top=3, log=self.log, space=self.spaces[arm.label])
+            runtime = Runtime(address=address, num_cpus=num_cpus, verbose=verbose, top=3, log=self.log)
+            outcome = run_study(settings, runtime, resume=resume, space=self.spaces[arm.label])
         finally:
-            self.mlflow.nest_study(store.dir, arm.label, study_seed)
+            try:
+                self.mlflow.nest_study(store.read_info()["parent_run_id"], arm.label, study_seed)
+            except (StoreError, KeyError):  # the study stopped before it had an MLflow run: nothing to tag
+                pass
         if outcome.interrupted:
             raise KeyboardInterrupt
 
@@ -259,7 +262,7 @@ class Comparison:
         its binomial standard error where the study knew the validation split's size)."""
         # a study stopped before it wrote its trials table has no trials
         trials = store.read_rows() if store.is_finished() else []
-        best = choose_best(trials)
+        best = (store.winner(trials) or choose_best(trials)) if trials else None  # choose_best: before the record
         row: Row = {"label": arm.label, "method": arm.method, "study_dir": str(store.dir),
                     "study_run_id": store.read_info().get("parent_run_id"), "trials": len(trials),
                     "epochs_searched": sum(int(t.get("epochs") or 0) for t in trials),

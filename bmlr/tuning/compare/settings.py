@@ -9,10 +9,12 @@ from typing import Any
 
 from bmlr.fileio import timestamp
 from bmlr.tuning.options import settings_from
+from bmlr.tuning.search_space import project_root
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.study import StudySettings
+from bmlr.tuning.tracking import git_commit
 
-__all__ = ["PROTOCOLS", "ComparisonError", "ComparisonSettings", "slug"]
+__all__ = ["PROTOCOLS", "ComparisonError", "ComparisonSettings", "mlflow_record", "slug"]
 
 # ComparisonSettings fields a row's study does not take over: a comparison's kind and `--set`
 # values are not a study's (the values are already fixed in the row's search space)
@@ -113,3 +115,23 @@ class ComparisonSettings:
         row's method and search space (`space_file`), in `folder`, nested under `outer_run_id`."""
         return settings_from(StudySettings, self, skip=NOT_FOR_STUDIES, search_space=str(space_file),
                              method=arm.method, name=folder.name, outer_run_id=outer_run_id)
+
+
+def mlflow_record(s: ComparisonSettings, arms: list[Arm], spaces: dict[str, Any], data_info: dict[str, Any],
+                  folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The comparison's MLflow parent run: its tags (the rows) and params (the budget)."""
+    tags = {"bmlr.role": "comparison", "comparison": s.name, "dataset": s.dataset, "kind": s.kind,
+            "tuned": str(s.tune).lower(), "arms": ", ".join(a.label for a in arms),
+            "methods": ", ".join(dict.fromkeys(a.method for a in arms)), "comparison_dir": str(folder),
+            "search_space": s.search_space}
+    commit = git_commit(project_root())
+    if commit:
+        tags["git_commit"] = commit
+    params = {"tuned": s.tune, "production_seeds": s.seeds or "search space", "data_sizes": data_info.get("sizes"),
+              "overrides": s.overrides or "none", "reference": s.reference}
+    if s.tune:
+        params.update({"samples": s.samples, "max_epochs": s.max_epochs or "fixed epochs",
+                       "grace_period": s.grace_period or "search space", "reduction_factor": s.reduction_factor,
+                       "seed": s.seed, "study_seeds": s.study_seeds, "searcher": "optuna-tpe", "scheduler": "asha"})
+        params.update({f"searched.{slug(label)}": ", ".join(sp.params) for label, sp in spaces.items()})
+    return tags, params

@@ -14,12 +14,10 @@ from typing import Any
 
 import statistics
 
-from bmlr.tuning import tracking
+from bmlr.mlflow_store import client_for
 from bmlr.tuning.compare.identity import RESULTS_FILE
-from bmlr.tuning.compare.settings import ComparisonSettings, slug
-from bmlr.tuning.recipes import Arm
-from bmlr.tuning.search_space import SearchSpace, project_root
-from bmlr.tuning.store import StoreError, StudyStore
+from bmlr.tuning.compare.settings import slug
+from bmlr.tuning.tracking.runs import create_parent_run, log_params
 
 __all__ = ["ComparisonRun"]
 
@@ -65,30 +63,13 @@ class ComparisonRun:
 
     @property
     def client(self):
-        return tracking.client_for(self.uri)
+        return client_for(self.uri)
 
     @classmethod
-    def create(cls, uri: str, experiment_id: str, settings: ComparisonSettings, arms: list[Arm],
-               spaces: dict[str, SearchSpace], data_info: dict[str, Any], folder: Path) -> "ComparisonRun":
+    def create(cls, uri: str, experiment_id: str, name: str, tags: dict[str, Any],
+               params: dict[str, Any]) -> "ComparisonRun":
         """A new parent run, tagged with the rows and parametrised with the budget."""
-        s = settings
-        tags = {"bmlr.role": "comparison", "comparison": s.name, "dataset": s.dataset, "kind": s.kind,
-                "tuned": str(s.tune).lower(), "arms": ", ".join(a.label for a in arms),
-                "methods": ", ".join(dict.fromkeys(a.method for a in arms)), "comparison_dir": str(folder),
-                "search_space": s.search_space}
-        commit = tracking.git_commit(project_root())
-        if commit:
-            tags["git_commit"] = commit
-        params = {"tuned": s.tune, "production_seeds": s.seeds or "search space", "data_sizes": data_info.get("sizes"),
-                  "overrides": s.overrides or "none", "reference": s.reference}
-        if s.tune:
-            params.update({"samples": s.samples, "max_epochs": s.max_epochs or "fixed epochs",
-                           "grace_period": s.grace_period or "search space", "reduction_factor": s.reduction_factor, "seed": s.seed,
-                           "study_seeds": s.study_seeds,
-                           "searcher": "optuna-tpe", "scheduler": "asha"})
-            params.update({f"searched.{slug(label)}": ", ".join(sp.params) for label, sp in spaces.items()})
-        run_id = tracking.create_parent_run(uri, experiment_id, s.name, tags, params)
-        return cls(uri, experiment_id, run_id, s.name)
+        return cls(uri, experiment_id, create_parent_run(uri, experiment_id, name, tags, params), name)
 
     def reopen(self) -> None:
         """A resumed comparison's run is running again."""
@@ -98,13 +79,9 @@ class ComparisonRun:
         self.client.set_terminated(self.run_id, "FAILED")
 
     # --- studies -------------------------------------------------------------------------
-    def nest_study(self, study_dir: Path, label: str, study_seed: int | None = None) -> None:
-        """Put a row's study run under the comparison run (and tag it with the row and, where
-        given, the TPE seed of this search of the row)."""
-        try:
-            run_id = StudyStore(study_dir).read_info()["parent_run_id"]
-        except (StoreError, KeyError):  # the study stopped before it had an MLflow run: nothing to tag
-            return
+    def nest_study(self, run_id: str, label: str, study_seed: int | None = None) -> None:
+        """Put a row's study run (``run_id``) under the comparison run (and tag it with the row
+        and, where given, the TPE seed of this search of the row)."""
         for key, value in (("mlflow.parentRunId", self.run_id), ("comparison", self.name),
                            ("comparison_run_id", self.run_id), ("arm", label)):
             self.client.set_tag(run_id, key, value)
@@ -154,7 +131,7 @@ class ComparisonRun:
                     "arm": row["label"], "method": row["method"], "run_dir": search["run_dir"]}
             run_id = client.create_run(self.experiment_id, run_name=f"{self.name}/{slug(row['label'])}",
                                        tags=tags).info.run_id
-            tracking.log_params(client, run_id, res["config"])
+            log_params(client, run_id, res["config"])
             search["arm_run_id"] = run_id
         client.log_batch(run_id, metrics=_summary_metrics(res["summary"], "production.", short=False))
         client.log_artifact(run_id, str(Path(search["run_dir"]) / RESULTS_FILE), "production")
