@@ -19,7 +19,7 @@ from bmlr.methods.protocols import PROTOCOLS, REFERENCE_LR, Protocol, protocol_f
 from bmlr.models import build_model
 from bmlr.tuning import cli
 from bmlr.tuning.compare import ComparisonError, arm_space, untuned_config
-from bmlr.tuning.compare.cli import compare_parser, compare_rows, comparison_settings, recipe_parser, recipe_rows
+from bmlr.tuning.compare.cli import compare_rows, comparison_settings, recipe_rows
 from bmlr.tuning.recipes import TABLE6_PAPER_ROWS, Arm, describe_recipes, get_recipe, method_arms
 from bmlr.tuning.search_space import load_search_space, parse_search_space
 
@@ -169,21 +169,34 @@ def test_tuned_rows_keep_searched_keys_searched():
 
 # ---------------------------------------------------------------------------------------------
 # the command line: fusion, recipes, settings recorded
+def _parse(command: str, *argv: str):
+    """`bmlr-tune COMMAND ARGV...`, parsed by the one `bmlr-tune` parser."""
+    return cli.build_parser(command).parse_args([command, *argv])
+
+
+def _help(command: str, capsys) -> str:
+    """What `bmlr-tune COMMAND --help` prints."""
+    with pytest.raises(SystemExit) as exited:
+        cli.main([command, "--help"])
+    assert exited.value.code == 0
+    return capsys.readouterr().out
+
+
 def test_compare_fixes_concat_unless_search_fusion_and_records_it(tmp_path):
-    args = compare_parser().parse_args(["--methods", "baseline", "ogm_ge", "--study-seeds", "3"])
+    args = _parse("compare", "--methods", "baseline", "ogm_ge", "--study-seeds", "3")
     rows = compare_rows(args)
     assert all(a.fixed_dict == {"fusion": "concat"} for a in rows.arms)
     settings = asdict(comparison_settings(args, rows))
     assert (settings["study_seeds"], settings["search_fusion"], settings["protocols"]) == (3, False, "authors")
-    args = compare_parser().parse_args(["--methods", "baseline", "--search-fusion", "--protocol", "shared"])
+    args = _parse("compare", "--methods", "baseline", "--search-fusion", "--protocol", "shared")
     rows = compare_rows(args)
     assert rows.arms[0].fixed_dict == {}
     settings = comparison_settings(args, rows)
     assert settings.search_fusion and settings.protocols == "shared" and not settings.arm_list()[0].protocol
-    t3 = recipe_rows(recipe_parser().parse_args(["table3", "--search-fusion"]))
+    t3 = recipe_rows(_parse("recipe", "table3", "--search-fusion"))
     assert all("fusion" not in a.fixed_dict for a in t3.arms)
     with pytest.raises(ComparisonError, match="compares the fusions"):
-        recipe_rows(recipe_parser().parse_args(["table2", "--search-fusion"]))
+        recipe_rows(_parse("recipe", "table2", "--search-fusion"))
 
 
 def test_study_seeds_are_checked(tmp_path, capsys):
@@ -193,7 +206,7 @@ def test_study_seeds_are_checked(tmp_path, capsys):
     assert not (tmp_path / "runs" / "synthetic").exists()
 
 
-def test_recipes_name_what_they_reproduce():
+def test_recipes_name_what_they_reproduce(capsys):
     t6 = get_recipe("Table-VI")
     assert t6 is not get_recipe("table1") and t6.name == "table6"
     assert [a.method for a in t6.arms] == [m for m in TABLE6_PAPER_ROWS if m in METHODS]
@@ -202,7 +215,7 @@ def test_recipes_name_what_they_reproduce():
     assert all(m in " ".join(t6.notes) for m in missing)
     listing = describe_recipes()
     assert "table6" in listing and "not rows of the paper's Table I" in listing
-    help_text = recipe_parser().format_help() + compare_parser().format_help()
+    help_text = _help("recipe", capsys) + _help("compare", capsys)
     assert "own protocol" not in help_text and "untuned defaults" in " ".join(help_text.split())
 
 

@@ -10,47 +10,50 @@
     python tune.py compare --methods baseline bmlr --samples 16          # equal-budget comparison
     python tune.py recipe table3 --no-tune                               # one of the paper's tables
 
-The top of the tuning layer: nothing in `bmlr` imports this module (`tune.py` and the
-`bmlr-tune` console script call :func:`main`). The options the commands share are declared
-once in `bmlr.tuning.options`. See docs/tuning.md.
+One parser (:func:`build_parser`), a subcommand per entry of :data:`COMMANDS`: `run` (a study, the
+default: `tune.py --samples 8` is `tune.py run --samples 8`), `export`, `compare`, `report`,
+`surface`, `recipe`. Each handler imports the modules it runs (torch, Ray, MLflow) when it is
+called, so `--help` is quick. The top of the tuning layer: nothing in `bmlr` imports this module
+(`tune.py` and the `bmlr-tune` console script call :func:`main`). The options the commands share
+are declared once in `bmlr.tuning.options`. See docs/tuning.md.
 """
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from bmlr.config import ConfigError
-from bmlr.mlflow_store import store_of
-from bmlr.train import parse_overrides, sigterm_as_ctrl_c
-from bmlr.tuning import tracking
-from bmlr.tuning.compare.cli import main as compare_main
-from bmlr.tuning.export import ExportError, check_store, export_run
-from bmlr.tuning.options import (add_asha_options, add_data_options, add_max_failures_option,
-                                 add_ray_options, add_result_options, add_set_option, add_verbose_option,
+from bmlr.tuning.compare.cli import add_compare_options, add_recipe_options, compare_main, recipe_main
+from bmlr.tuning.options import (add_asha_options, add_data_options, add_max_failures_option, add_ray_options,
+                                 add_result_options, add_set_option, add_verbose_option, check_dataset,
                                  check_ray_options, command_parser, settings_from)
-from bmlr.tuning.ray_backend import RayStartError
-from bmlr.tuning.report import ReportError, write_report
-from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
-from bmlr.tuning.staged import run_staged
-from bmlr.tuning.store import StoreError, StudyStore, find_study
-from bmlr.tuning.study import StudyError, StudyOutcome, StudySettings, run_study
-from bmlr.tuning.surface import SurfaceError, surface_from_study
-from bmlr.tuning.surface_study import plan_surface, run_surface
 
-__all__ = ["EXIT_ERROR", "EXIT_NO_RESULT", "EXIT_INTERRUPTED", "study_parser", "surface_parser", "report_parser",
-           "export_parser", "main"]
+if TYPE_CHECKING:
+    from bmlr.tuning.study import StudyOutcome, StudySettings
+
+__all__ = ["EXIT_ERROR", "EXIT_NO_RESULT", "EXIT_INTERRUPTED", "COMMANDS", "build_parser", "main"]
 
 EXIT_ERROR = 2
 EXIT_NO_RESULT = 1
 EXIT_INTERRUPTED = 130
-# a study that cannot start: EXIT_ERROR (RayStartError: includes a resource request the cluster cannot meet)
-START_ERRORS = (SearchSpaceError, ConfigError, StudyError, StoreError, RayStartError)
+
+
+def start_errors() -> tuple[type[Exception], ...]:
+    """A study that cannot start: EXIT_ERROR (RayStartError: includes a resource request the cluster cannot meet)."""
+    from bmlr.config import ConfigError
+    from bmlr.tuning.ray_backend import RayStartError
+    from bmlr.tuning.search_space import SearchSpaceError
+    from bmlr.tuning.store import StoreError
+    from bmlr.tuning.study import StudyError
+
+    return SearchSpaceError, ConfigError, StudyError, StoreError, RayStartError
 
 
 def check_storage(storage: str) -> None:
     """StudyError where `--storage` is, or lies under, something other than a folder."""
+    from bmlr.tuning.study import StudyError
+
     path = Path(storage).expanduser().absolute()
     for where in (path, *path.parents):
         if where.exists():
@@ -64,6 +67,8 @@ def check_study_options(args: argparse.Namespace) -> None:
     """Options that would be ignored are errors: the staged ones on a joint study or on
     `--resume` (a resumed study keeps its own), `--search-space` on `--resume` (a resumed study
     searches its own copy)."""
+    from bmlr.tuning.study import StudyError
+
     staged = [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in ("stage2_samples", "stage1_alpha")
               if getattr(args, k) is not None]
     if args.resume and (staged or args.search_space):
@@ -75,10 +80,11 @@ def check_study_options(args: argparse.Namespace) -> None:
                          f"drop it or add --strategy staged")
 
 
-def study_parser() -> argparse.ArgumentParser:
-    p = command_parser("bmlr-tune", "Tune BMLR hyperparameters with Ray Tune (Optuna TPE search, ASHA early "
-                       "stopping), one MLflow parent run per study and a nested run per trial. "
-                       "`bmlr-tune export --help` exports a trial chosen in MLflow.")
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """`bmlr-tune run` (and `bmlr-tune` with no command): a study."""
+    p.description = ("Tune BMLR hyperparameters with Ray Tune (Optuna TPE search, ASHA early stopping), one MLflow "
+                     "parent run per study and a nested run per trial. `bmlr-tune export --help` exports a trial "
+                     "chosen in MLflow.")
     g = p.add_argument_group("what to tune")
     add_data_options(g)
     g.add_argument("--method", help="training method (default: the search space's fixed method, else bmlr)")
@@ -108,24 +114,37 @@ def study_parser() -> argparse.ArgumentParser:
                    help="after the search, train the method untuned (the search space's defaults) and the baseline "
                    "at the winner's configuration once each, with a trial's seed and budget, and print the winner "
                    "against them on the validation split (default: on for the embedded synthetic data, else off)")
-    _report_options(g)
-    return p
+    g.add_argument("--report", choices=("full", "fast", "none"), default="full",
+                   help="the study report written at the end (report/report.md and .html), or none; full and fast "
+                   "are the same (the report trains nothing: its baseline is the study's baseline reference)")
+    add_baseline_study_option(g)
 
 
-def _report_options(g, study: bool = True) -> None:
-    if study:
-        g.add_argument("--report", choices=("full", "fast", "none"), default="full",
-                       help="the study report written at the end (report/report.md and .html): full also trains "
-                       "the baseline counterpart of the best trial for the learning curves, fast does not")
-    g.add_argument("--baseline-study", help="learning curves: compare with the best trial of this (baseline) "
-                   "study instead of training the baseline counterpart")
+def add_baseline_study_option(group) -> None:
+    group.add_argument("--baseline-study", help="learning curves: compare with the best trial of this (baseline) "
+                       "study instead of the study's baseline reference (--references)")
 
 
-def surface_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "bmlr-tune surface", "Train an alpha x beta grid (the paper's Figure 5) with everything else fixed, through "
-        "Ray Tune and MLflow like any study, and draw it (surface.csv, surface_3d.png, surface_heatmap.png in the "
-        "study folder); or, with --from-trials, draw the surface of an existing study's scattered trials.")
+def add_report_options(p: argparse.ArgumentParser) -> None:
+    """`bmlr-tune report`: a finished study's report."""
+    p.description = (
+        "Write a finished study's report (report/report.md and a self-contained report/report.html, logged to the "
+        "study's MLflow run): best trials, hyperparameter importances, the alpha x beta surface, learning curves "
+        "against a baseline (Figure 6), reshaped samples per epoch (Figure 3a) and the top-3 predicted classes per "
+        "class (Figure 4). Validation only.")
+    p.add_argument("--study", required=True, help="the study folder, e.g. tune_runs/synthetic/<study>")
+    add_baseline_study_option(p)
+    p.add_argument("--fast", action="store_true", help="kept for older scripts: the report trains nothing either way")
+    p.add_argument("--top", type=int, default=10, help="rows of the best trials table")
+    p.add_argument("--no-mlflow", action="store_true", help="write the files only")
+
+
+def add_surface_options(p: argparse.ArgumentParser) -> None:
+    """`bmlr-tune surface`: an alpha x beta grid trained as a study, or an existing study's trials drawn."""
+    p.description = (
+        "Train an alpha x beta grid (the paper's Figure 5) with everything else fixed, through Ray Tune and MLflow "
+        "like any study, and draw it (surface.csv, surface_3d.png, surface_heatmap.png in the study folder); or, "
+        "with --from-trials, draw the surface of an existing study's scattered trials.")
     g = p.add_argument_group("what to train")
     add_data_options(g, data_root_help="the data set's folder (default: the base configuration's, else the "
                      "generated synthetic data set)", search_space_help="search space whose alpha and beta ranges "
@@ -152,38 +171,41 @@ def surface_parser() -> argparse.ArgumentParser:
     add_result_options(g, storage_help="results folder", name_help="study name (default: surface-<timestamp>)",
                        resume_help="continue the interrupted surface --name")
     g.add_argument("--report", choices=("full", "fast", "none"), default="fast",
-                   help="the study report at the end (full: also train the baseline counterpart)")
+                   help="the study report at the end, or none (full and fast are the same)")
     add_verbose_option(g)
-    return p
 
 
-def report_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "bmlr-tune report", "Write a finished study's report (report/report.md and a self-contained "
-        "report/report.html, logged to the study's MLflow run): best trials, hyperparameter importances, the "
-        "alpha x beta surface, learning curves against a baseline (Figure 6), reshaped samples per epoch "
-        "(Figure 3a) and the top-3 predicted classes per class (Figure 4). Validation only.")
-    p.add_argument("--study", required=True, help="the study folder, e.g. tune_runs/synthetic/<study>")
-    _report_options(p, study=False)
-    p.add_argument("--fast", action="store_true", help="do not train the baseline counterpart of the best trial")
-    p.add_argument("--top", type=int, default=10, help="rows of the best trials table")
-    p.add_argument("--no-mlflow", action="store_true", help="write the files only")
-    return p
+def add_export_options(p: argparse.ArgumentParser) -> None:
+    """`bmlr-tune export`: a trial's configuration as a production YAML."""
+    p.description = ("Write a trial's configuration (an MLflow run id from the UI) as a production YAML for "
+                     "`python -m bmlr.train --config`. A study's parent run id exports its best trial.")
+    p.add_argument("--run-id", required=True, help="MLflow run id of a trial (or of a study)")
+    p.add_argument("-o", "--output", required=True, help="YAML file to write")
+    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite in --storage")
+    p.add_argument("--storage", default="tune_runs", help="the study's --storage folder: its mlflow.db is the store "
+                   "when neither --tracking-uri nor $MLFLOW_TRACKING_URI is given (never created here)")
+    p.add_argument("--epochs", type=int, help="production epochs (default: the study's fixed epochs)")
+    p.add_argument("--seeds", type=int, nargs="+", help="production seeds (default: the study's fixed seeds)")
+    p.add_argument("--as-trained", action="store_true", help="the trial's own seed and epochs instead of the "
+                   "production ones: training the file repeats the trial's validation history exactly")
 
 
-def report_main(argv: list[str]) -> int:
-    args = report_parser().parse_args(argv)
+def report_main(args: argparse.Namespace, argv: list[str]) -> int:
+    from bmlr.config import ConfigError
+    from bmlr.tuning.report import ReportError, write_report
+
     try:
-        write_report(args.study, baseline_study=args.baseline_study, train_baseline=not args.fast,
-                     mlflow=not args.no_mlflow, top=args.top)
+        write_report(args.study, baseline_study=args.baseline_study, mlflow=not args.no_mlflow, top=args.top)
     except (ReportError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     return 0
 
 
-def _from_trials(args: argparse.Namespace) -> int:
+def from_trials(args: argparse.Namespace) -> int:
     """`surface --from-trials`: draw an existing study's trials (no training)."""
+    from bmlr.tuning.surface import SurfaceError, surface_from_study
+
     try:
         n_alpha, n_beta = args.bins or (None, None)
         paths = surface_from_study(Path(args.from_trials), n_alpha=n_alpha, n_beta=n_beta)
@@ -194,11 +216,16 @@ def _from_trials(args: argparse.Namespace) -> int:
     return 0
 
 
-def surface_main(argv: list[str]) -> int:
-    args = surface_parser().parse_args(argv)
+def surface_main(args: argparse.Namespace, argv: list[str]) -> int:
     if args.from_trials:
-        return _from_trials(args)
+        return from_trials(args)
+    from bmlr.train import parse_overrides
+    from bmlr.tuning.study import Runtime, StudyError, StudySettings
+    from bmlr.tuning.surface import SurfaceError
+    from bmlr.tuning.surface_study import plan_surface, run_surface
+
     try:
+        check_dataset(args.dataset)
         check_storage(args.storage)
         check_ray_options(args)
         if args.resume:
@@ -212,9 +239,9 @@ def surface_main(argv: list[str]) -> int:
                 data_root=args.data_root, concurrent=args.concurrent, cpus_per_trial=args.cpus_per_trial,
                 gpus_per_trial=args.gpus_per_trial, tracking_uri=args.tracking_uri, experiment=args.experiment,
                 max_failures=args.max_failures)
-        outcome = run_surface(settings, space, resume=args.resume, address=args.address, num_cpus=args.num_cpus,
-                              verbose=args.verbose, top=5, report=args.report)
-    except (*START_ERRORS, SurfaceError) as err:
+        runtime = Runtime(address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, report=args.report)
+        outcome = run_surface(settings, runtime, space, resume=args.resume)
+    except (*start_errors(), SurfaceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -229,24 +256,13 @@ def exit_code(outcome: StudyOutcome) -> int:
     return 0 if outcome.best is not None else EXIT_NO_RESULT
 
 
-def export_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "bmlr-tune export", "Write a trial's configuration (an MLflow run id from the UI) as a production YAML for "
-        "`python -m bmlr.train --config`. A study's parent run id exports its best trial.")
-    p.add_argument("--run-id", required=True, help="MLflow run id of a trial (or of a study)")
-    p.add_argument("-o", "--output", required=True, help="YAML file to write")
-    p.add_argument("--tracking-uri", help="default: $MLFLOW_TRACKING_URI, else sqlite in --storage")
-    p.add_argument("--storage", default="tune_runs", help="the study's --storage folder: its mlflow.db is the store "
-                   "when neither --tracking-uri nor $MLFLOW_TRACKING_URI is given (never created here)")
-    p.add_argument("--epochs", type=int, help="production epochs (default: the study's fixed epochs)")
-    p.add_argument("--seeds", type=int, nargs="+", help="production seeds (default: the study's fixed seeds)")
-    p.add_argument("--as-trained", action="store_true", help="the trial's own seed and epochs instead of the "
-                   "production ones: training the file repeats the trial's validation history exactly")
-    return p
+def export_main(args: argparse.Namespace, argv: list[str]) -> int:
+    import shlex
 
+    from bmlr.config import ConfigError
+    from bmlr.mlflow_store import TrackingError, store_of
+    from bmlr.tuning.export import ExportError, check_store, export_run
 
-def export_main(argv: list[str]) -> int:
-    args = export_parser().parse_args(argv)
     uri, source = store_of(args.tracking_uri, args.storage)
     try:
         if Path(args.output).is_dir():
@@ -257,7 +273,7 @@ def export_main(argv: list[str]) -> int:
             raise ExportError("--as-trained takes the trial's own epochs and seeds; drop --epochs / --seeds")
         path, cfg = export_run(args.run_id, args.output, uri, epochs=args.epochs, seeds=args.seeds,
                                as_trained=args.as_trained)
-    except (ExportError, tracking.TrackingError, ConfigError) as err:
+    except (ExportError, TrackingError, ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     print(f"wrote {path} ({cfg.dataset}, method {cfg.method}, {cfg.epochs} epochs, seeds {cfg.seeds})\n"
@@ -265,10 +281,15 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-def study_main(argv: list[str]) -> int:
+def run_main(args: argparse.Namespace, argv: list[str]) -> int:
     """A study: joint (one search) or staged (`--strategy staged`, or resuming a staged study)."""
-    args = study_parser().parse_args(argv)
+    from bmlr.train import parse_overrides
+    from bmlr.tuning.search_space import resolve_search_space
+    from bmlr.tuning.staged import run_staged
+    from bmlr.tuning.study import Runtime, StudySettings, run_study
+
     try:
+        check_dataset(args.dataset)
         check_study_options(args)
         check_storage(args.storage)
         check_ray_options(args)
@@ -277,17 +298,14 @@ def study_main(argv: list[str]) -> int:
         references = embedded if args.references is None else args.references
         settings = settings_from(StudySettings, args, search_space=search_space,
                                  overrides=parse_overrides(args.overrides), references=references)
-        run_kwargs = dict(resume=args.resume, address=args.address, num_cpus=args.num_cpus, verbose=args.verbose,
-                          top=args.top, report=args.report, baseline_study=args.baseline_study)
-        kind = _resumed_kind(settings) if args.resume else None
+        runtime = Runtime(address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, top=args.top,
+                          report=args.report, baseline_study=args.baseline_study)
+        kind = resumed_kind(settings) if args.resume else None
         if args.strategy == "staged" or kind == "staged":
-            outcome = run_staged(settings, stage2_samples=args.stage2_samples, stage1_alpha=args.stage1_alpha,
-                                 **run_kwargs)
-        elif kind == "surface":
-            outcome = run_surface(settings, **run_kwargs)
-        else:
-            outcome = run_study(settings, **run_kwargs)
-    except START_ERRORS as err:
+            outcome = run_staged(settings, runtime, args.stage2_samples, args.stage1_alpha, resume=args.resume)
+        else:  # a search or a grid (a resumed surface): the study's strategy comes from its settings
+            outcome = run_study(settings, runtime, resume=args.resume)
+    except start_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
@@ -295,10 +313,12 @@ def study_main(argv: list[str]) -> int:
     return exit_code(outcome)
 
 
-def _resumed_kind(settings: StudySettings) -> str | None:
+def resumed_kind(settings: StudySettings) -> str | None:
     """The kind ("search", "surface" or "staged") of the study `--resume` points at, so each
     is continued by its own strategy. A study that cannot be found or read has none here:
     resuming it reports why."""
+    from bmlr.tuning.store import StoreError, StudyStore, find_study
+
     try:
         folder = find_study(settings.storage, settings.dataset, settings.name)
         return StudyStore(folder).kind()
@@ -306,17 +326,45 @@ def _resumed_kind(settings: StudySettings) -> str | None:
         return None
 
 
-COMMANDS = {"export": export_main, "surface": surface_main, "report": report_main}
+# name: (its line in `bmlr-tune --help`, the function adding its options, its handler(args, argv) -> exit code)
+COMMANDS = {
+    "run": ("tune: one study (the default command)", add_run_options, run_main),
+    "export": ("a trial (an MLflow run id) as a production YAML", add_export_options, export_main),
+    "compare": ("compare balancing methods with the same search budget", add_compare_options, compare_main),
+    "report": ("write a finished study's report", add_report_options, report_main),
+    "surface": ("train and draw an alpha x beta surface (Figure 5)", add_surface_options, surface_main),
+    "recipe": ("run one of the paper's tables (`recipe --list`)", add_recipe_options, recipe_main),
+}
+
+
+def build_parser(*commands: str) -> argparse.ArgumentParser:
+    """The `bmlr-tune` parser: one subcommand per entry of COMMANDS, with the options of the
+    `commands` named (the others are listed only: the comparisons' options name constants of
+    modules that import torch, and `bmlr-tune --help` needs none of them)."""
+    parser = command_parser("bmlr-tune", "Tune Balanced Multimodal Label Reshaping with Ray Tune (Optuna, ASHA), "
+                            "tracked in MLflow. With no command the options are run's: `bmlr-tune --samples 8` "
+                            "is `bmlr-tune run --samples 8`. `bmlr-tune COMMAND --help` lists a command's options; "
+                            "docs/tuning.md explains them.")
+    parser.usage = "%(prog)s [-h] [COMMAND] [OPTIONS ...]"
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND", required=True)
+    for name, (line, add_options, _handler) in COMMANDS.items():
+        command = sub.add_parser(name, prog=f"bmlr-tune {name}", help=line, formatter_class=parser.formatter_class)
+        if name in commands:
+            add_options(command)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse (a first argument that is an option means `run`), then run the command's handler."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-") and argv[0] not in ("-h", "--help"):
+        argv = ["run", *argv]
+    args = build_parser(argv[0]).parse_args(argv)
+    _line, _add_options, handler = COMMANDS[args.command]
+    from bmlr.train import sigterm_as_ctrl_c
+
     with sigterm_as_ctrl_c():  # SIGTERM (timeout, schedulers, Kubernetes) stops a study like Ctrl-C
-        if argv and argv[0] in ("compare", "recipe"):  # equal-budget comparisons and the paper's tables
-            return compare_main(argv)  # it reads which of the two from argv[0]
-        if argv and argv[0] in COMMANDS:
-            return COMMANDS[argv[0]](argv[1:])
-        return study_main(argv)
+        return handler(args, argv)
 
 
 if __name__ == "__main__":

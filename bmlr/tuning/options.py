@@ -6,8 +6,10 @@ composes the groups below and adds its own. :func:`settings_from` turns parsed o
 another settings object) into a settings dataclass field by field, so no command lists the
 fields again.
 
-This module imports nothing from `bmlr.tuning` but the `--score` grammar, the scheduler names and
-the Ray checks that run before anything is created: the command modules import it.
+This module imports nothing from `bmlr.tuning` but the `--score` grammar's help, the scheduler names
+and the Ray checks that run before anything is created, all from modules that import only the
+standard library at their top: building a parser imports neither torch nor Ray nor MLflow, so
+`bmlr-tune --help` is quick. The data sets are checked after parsing (:func:`check_dataset`).
 """
 from __future__ import annotations
 
@@ -15,15 +17,12 @@ import argparse
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from bmlr.data import DATASETS
-from bmlr.tuning.ray_backend import CONNECT_TIMEOUT_S, check_address, check_local, cluster_address
+from bmlr.tuning.ray_backend import CONNECT_TIMEOUT_S, SCHEDULERS, check_address, check_local, cluster_address
 from bmlr.tuning.scores import SCORE_HELP
-from bmlr.tuning.search_space_types import SCHEDULERS
 
-__all__ = ["HelpFormatter", "command_parser", "add_data_options", "add_set_option", "add_asha_options",
-           "add_ray_options", "check_ray_options", "add_max_failures_option", "add_result_options",
-           "add_verbose_option",
-           "settings_from"]
+__all__ = ["HelpFormatter", "command_parser", "add_data_options", "check_dataset", "add_set_option",
+           "add_asha_options", "add_ray_options", "check_ray_options", "add_max_failures_option",
+           "add_result_options", "add_verbose_option", "settings_from"]
 
 Settings = TypeVar("Settings")
 
@@ -39,18 +38,29 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def command_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The parser of one `bmlr-tune` command, with :class:`HelpFormatter`."""
+    """A parser with :class:`HelpFormatter` (`bmlr-tune`'s, whose subcommands use it too)."""
     return argparse.ArgumentParser(prog=prog, description=description, formatter_class=HelpFormatter)
 
 
 def add_data_options(group, data_root_help: str = "", search_space_help: str = "") -> None:
     """`--dataset`, `--data-root`, `--search-space`."""
-    group.add_argument("--dataset", default="synthetic",
-                       help=f"data set ({', '.join(DATASETS.names())}; manifest: your own, docs/data.md)")
+    group.add_argument("--dataset", default="synthetic", help="a registered data set, e.g. ave or cremad (an unknown "
+                       "name lists them; manifest: your own, docs/data.md)")
     group.add_argument("--data-root", help=data_root_help or "the data set's folder (default: the generated "
                        "synthetic data set)")
     group.add_argument("--search-space", help=search_space_help or "search-space YAML (default: "
                        "search_spaces/<dataset>.yaml, looked up in the current folder, then in the project)")
+
+
+def check_dataset(name: str) -> None:
+    """ConfigError where `--dataset` names no registered data set; after parsing, as the
+    registry's modules import torch."""
+    from bmlr.config import ConfigError
+    from bmlr.data import DATASETS
+
+    if name not in DATASETS:
+        raise ConfigError(f"--dataset {name}: no such data set; registered: {', '.join(DATASETS.names())} "
+                          f"(manifest: your own, docs/data.md)")
 
 
 def add_set_option(group, help_text: str) -> None:

@@ -32,18 +32,40 @@ Modules, one job each (data flows down this list):
 * `spaces`     - each row's search space, untuned and production configuration;
 * `tables`     - the Markdown tables (`comparison.md`);
 * `pool`       - the production trainings, in this process or `--jobs` processes;
-* `mlflow_run` - the comparison's MLflow parent run and the rows' runs;
+* (its MLflow parent run and the rows' runs: `bmlr.tuning.tracking.comparison`);
 * `runner`     - `Comparison`: plan, studies, production, tables (`comparison.json`);
 * `cli`        - `bmlr-tune compare` and `bmlr-tune recipe` (not imported here).
-"""
-from bmlr.tuning.compare.identity import find_reusable, is_complete, load_results, run_key
-from bmlr.tuning.compare.runner import COMPARISON_FILE, TABLE_FILE, Comparison, ComparisonOutcome
-from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings, slug
-from bmlr.tuning.compare.spaces import (arm_space, check_method, check_overrides, overrides_for,
-                                        production_settings, untuned_config)
-from bmlr.tuning.compare.tables import accuracy_table, fusion_table, modality_table, render_markdown
 
-__all__ = ["COMPARISON_FILE", "TABLE_FILE", "Comparison", "ComparisonError", "ComparisonOutcome",
-           "ComparisonSettings", "accuracy_table", "arm_space", "check_method", "check_overrides",
-           "find_reusable", "fusion_table", "is_complete", "load_results", "modality_table", "overrides_for",
-           "production_settings", "render_markdown", "run_key", "slug", "untuned_config"]
+The names below are imported from their modules when first used (PEP 562), so that importing
+`bmlr.tuning.compare.cli` (for `bmlr-tune --help`) imports none of the modules above.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# public name -> the module (in this package) that defines it
+EXPORTS = {
+    "identity": ("find_reusable", "is_complete", "load_results", "run_key"),
+    "runner": ("COMPARISON_FILE", "TABLE_FILE", "Comparison", "ComparisonOutcome"),
+    "settings": ("ComparisonError", "ComparisonSettings", "slug"),
+    "spaces": ("arm_space", "check_method", "check_overrides", "overrides_for", "production_settings",
+               "untuned_config"),
+    "tables": ("accuracy_table", "fusion_table", "modality_table", "render_markdown"),
+}
+MODULE_OF = {name: module for module, names in EXPORTS.items() for name in names}
+
+
+__all__ = sorted(MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{MODULE_OF[name]}"), name)
+    globals()[name] = value  # the next look-up finds it without this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -5,29 +5,28 @@
     python tune.py compare --methods baseline bmlr ogm_ge --no-tune      # untuned defaults, all seeds
     python tune.py recipe table5 --dataset avmnist --data-root ../shared/data --no-tune
     python tune.py compare --resume --name compare-20250101-120000      # continue an interrupted one
+
+`bmlr.tuning.cli` adds the two subcommands with :func:`add_compare_options` and
+:func:`add_recipe_options` and calls :func:`compare_main` or :func:`recipe_main`; both import
+what they run (and the constants the options name) when called, so `bmlr-tune --help` is quick.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from bmlr.config import ConfigError
-from bmlr.fileio import atomic_write_text
-from bmlr.train import parse_overrides
-from bmlr.tuning.compare.runner import Comparison
-from bmlr.tuning.compare.settings import PROTOCOLS, ComparisonError, ComparisonSettings
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_ray_options, add_result_options,
-                                 add_set_option, add_verbose_option, check_ray_options, command_parser,
+                                 add_set_option, add_verbose_option, check_dataset, check_ray_options,
                                  settings_from)
-from bmlr.tuning.ray_backend import RayStartError
-from bmlr.tuning.recipes import (PAPER_FUSION, TABLE1_METHODS, Arm, describe_recipes, get_recipe, method_arms,
-                                 without_fusion)
-from bmlr.tuning.search_space import SearchSpaceError, resolve_search_space
-from bmlr.tuning.store import StoreError
-from bmlr.tuning.study import StudyError
 
-__all__ = ["EXIT_ERROR", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "compare_parser", "recipe_parser", "main"]
+if TYPE_CHECKING:
+    from bmlr.tuning.compare.settings import ComparisonSettings
+    from bmlr.tuning.recipes import Arm
+
+__all__ = ["EXIT_ERROR", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "add_compare_options", "add_recipe_options",
+           "compare_rows", "recipe_rows", "comparison_settings", "compare_main", "recipe_main"]
 
 EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 2, 1, 130
 DEFAULT_SAMPLES = 16
@@ -35,6 +34,9 @@ DEFAULT_SAMPLES = 16
 
 def add_comparison_options(p: argparse.ArgumentParser) -> None:
     """The options `compare` and `recipe` share: data, the budget of every row, resources, results."""
+    from bmlr.tuning.compare.settings import PROTOCOLS  # (imports the study: only where compare or recipe parses)
+    from bmlr.tuning.recipes import PAPER_FUSION
+
     g = p.add_argument_group("data and search space")
     add_data_options(g)
     add_set_option(g, "fix a configuration key for every row (repeatable; a searched key is then not searched); "
@@ -78,26 +80,22 @@ def add_comparison_options(p: argparse.ArgumentParser) -> None:
     add_verbose_option(g)
 
 
-def compare_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "bmlr-tune compare", "Compare balancing methods with the same search budget: one study per method (the "
-        "same trials, ASHA budget and seed), each method's winner trained with every production seed, and "
-        "Table I / Table III-style tables in Markdown and MLflow. See docs/comparisons.md.")
+def add_compare_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Compare balancing methods with the same search budget: one study per method (the same trials, "
+                     "ASHA budget and seed), each method's winner trained with every production seed, and Table I / "
+                     "Table III-style tables in Markdown and MLflow. See docs/comparisons.md.")
     p.add_argument("--methods", nargs="+", default=None, metavar="METHOD",
                    help="methods to compare (default: baseline uniform_baseline ogm_ge dgl aug udi bmlr)")
     add_comparison_options(p)
-    return p
 
 
-def recipe_parser() -> argparse.ArgumentParser:
-    p = command_parser(
-        "bmlr-tune recipe", "Run one of the paper's experiments (one table) on any supported data set, tuned "
-        "(--samples N, the same budget per row) or untuned (--no-tune). `--list` shows them.")
+def add_recipe_options(p: argparse.ArgumentParser) -> None:
+    p.description = ("Run one of the paper's experiments (one table) on any supported data set, tuned (--samples N, "
+                     "the same budget per row) or untuned (--no-tune). `--list` shows them.")
     p.add_argument("table", nargs="?", help="table1 ... table6 (`--list` shows each one's rows and what it leaves "
                    "out)")
     p.add_argument("--list", action="store_true", help="list the recipes and their rows")
     add_comparison_options(p)
-    return p
 
 
 @dataclass
@@ -115,6 +113,9 @@ class Rows:
 def recipe_rows(args: argparse.Namespace) -> Rows:
     """The rows of recipe `args.table` (KeyError: no such recipe; ComparisonError:
     `--search-fusion` on Table II, whose rows are the fusions)."""
+    from bmlr.tuning.compare.settings import ComparisonError
+    from bmlr.tuning.recipes import get_recipe, without_fusion
+
     recipe = get_recipe(args.table)
     arms = list(recipe.arms)
     if args.search_fusion:
@@ -128,6 +129,8 @@ def recipe_rows(args: argparse.Namespace) -> Rows:
 def compare_rows(args: argparse.Namespace) -> Rows:
     """One row per `--methods` entry (default: Table I's methods), each with concat fusion
     unless `--search-fusion`."""
+    from bmlr.tuning.recipes import PAPER_FUSION, TABLE1_METHODS, method_arms
+
     title = "Equal-budget comparison" if not args.no_tune else "Comparison at the untuned defaults"
     fusion = None if args.search_fusion else PAPER_FUSION
     return Rows(list(method_arms(args.methods or TABLE1_METHODS, fusion)), "compare", title, args.reference)
@@ -135,6 +138,10 @@ def compare_rows(args: argparse.Namespace) -> Rows:
 
 def comparison_settings(args: argparse.Namespace, rows: Rows) -> ComparisonSettings:
     """The settings of the comparison the options ask for (a resumed one reads its own)."""
+    from bmlr.train import parse_overrides
+    from bmlr.tuning.compare.settings import ComparisonSettings
+    from bmlr.tuning.search_space import resolve_search_space
+
     overrides = parse_overrides(args.overrides)
     search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
     arms = [{"label": a.label, "method": a.method, "fixed": a.fixed_dict} for a in rows.arms]
@@ -143,25 +150,41 @@ def comparison_settings(args: argparse.Namespace, rows: Rows) -> ComparisonSetti
                          reference=rows.reference, layout=rows.layout)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`compare ...` or `recipe ...` (argv[0] names which)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    command = argv[0] if argv else "compare"
-    if command == "recipe":
-        args = recipe_parser().parse_args(argv[1:])
-        if args.list or not args.table:
-            print(describe_recipes())
-            return 0 if args.list else EXIT_ERROR
-        try:
-            rows = recipe_rows(args)
-        except (KeyError, ComparisonError) as err:
-            print(f"error: {err.args[0]}", file=sys.stderr)
-            return EXIT_ERROR
-    else:
-        args = compare_parser().parse_args(argv[1:])
-        rows = compare_rows(args)
+def recipe_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """`recipe TABLE ...` (`--list`, or no table: the recipes)."""
+    from bmlr.tuning.compare.settings import ComparisonError
+    from bmlr.tuning.recipes import describe_recipes
+
+    if args.list or not args.table:
+        print(describe_recipes())
+        return 0 if args.list else EXIT_ERROR
+    try:
+        rows = recipe_rows(args)
+    except (KeyError, ComparisonError) as err:
+        print(f"error: {err.args[0]}", file=sys.stderr)
+        return EXIT_ERROR
+    return run_comparison(args, rows, argv)
+
+
+def compare_main(args: argparse.Namespace, argv: list[str]) -> int:
+    """`compare ...`: one row per method."""
+    return run_comparison(args, compare_rows(args), argv)
+
+
+def run_comparison(args: argparse.Namespace, rows: Rows, argv: list[str]) -> int:
+    """Check, plan and run the comparison of `rows`; `argv` (from `compare` or `recipe` on) is recorded."""
+    from bmlr.config import ConfigError
+    from bmlr.fileio import atomic_write_text
+    from bmlr.tuning.compare.runner import Comparison
+    from bmlr.tuning.compare.settings import ComparisonError
+    from bmlr.tuning.ray_backend import RayStartError
+    from bmlr.tuning.search_space import SearchSpaceError
+    from bmlr.tuning.store import StoreError
+    from bmlr.tuning.study import StudyError
+
     shown = " ".join(["python", "tune.py", *argv])
     try:
+        check_dataset(args.dataset)
         check_ray_options(args)
         comparison = Comparison(comparison_settings(args, rows), resume=args.resume, command=shown, title=rows.title,
                                 notes=rows.notes)
