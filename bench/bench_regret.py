@@ -3,38 +3,19 @@ study's incumbent against cumulative training epochs, per searcher x scheduler, 
 studies on a seed-averaged grid (HPOBench's average incumbent; Syne Tune's and Kegl 2023's
 regret-over-budget curves).
 
-Ground truth: `--tables T0 T1 ...`, one grid table per training seed (bench_winners.load_grid:
-only the configurations every table holds; `--only` a complete sub-grid). A configuration's true
-quality q(c) is the mean over the tables of its best validation accuracy (Grid.quality);
-q* = max q, q- = min q over the grid's configurations.
+`--tables T0 T1 ...`, one grid table per training seed, are the ground truth (bench/replay.py:
+q(c), q* = max q; here also q- = min q). Each strategy (`--strategies`, SAMPLER+SCHEDULER[/gGRACE]:
+tpe | random x asha | hyperband | none, grace period GRACE; plus tpe+asha with each of `--graces`)
+is replayed with `--seeds` searcher seeds and `--samples` trials through real Ray Tune with the
+product's sampler and scheduler (as `tune.py --scheduler` builds them); a study trains with one
+seed, table r % n (r the searcher seed). Replays are cached in `--out`/replays/ (shared with
+bench_winners: its TPE + ASHA replays have the same names).
 
-Replays: each strategy (`--strategies`, SAMPLER+SCHEDULER[/gGRACE]: tpe | random x asha |
-hyperband | none, grace period GRACE; plus tpe+asha with each of `--graces`) is replayed with
-`--seeds` searcher seeds and `--samples` trials through real Ray Tune by bench_winners.run_replay,
-whose searcher and scheduler come from the product's factories (make_sampler, make_searcher,
-make_scheduler, exactly as `tune.py --scheduler` builds them). The study trains with one seed:
-table r % n (r the searcher seed). Replays are cached in `--out`/replays/ (shared with
-bench_winners: its TPE + ASHA replays have the same names) and run in `--workers` processes.
-
-The anytime regret of one replay: its trials in Ray's creation order (the record's order, which
-is the ResultGrid's: Ray's trial list; the random sampler's draws come in that order, a test checks);
-after trial i the incumbent is what the study would export with trials 1..i (the product's rule:
-bench_winners.trial_rows, i.e. bmlr.tuning.results.best_epoch with `--rule`, then
-bmlr.tuning.selection.choose_best), its regret (q* - q(incumbent)) / (q* - q-), plotted at the
-epochs trials 1..i trained together. Approximation: with `--concurrent` trials at once a later
-trial may start before an earlier one has finished (and ASHA may stop an earlier trial because
-of a later one), so "after trial i" counts every epoch trial i and its predecessors ever trained;
-the last point is exact (the whole study). Before the first trial, or while every trial so far
-has failed, there is no incumbent: regret 1.
-
-Per strategy over the searcher seeds, on a common integer epoch axis (each replay's curve a step
-function, held at its final value after its study ended): the median curve and its interquartile
-band; `median_final_regret` (the median of the studies' final regrets, i.e. the median curve at
-the end of the budget); `speedup_vs_random`: the epochs random search (random+none, the
-reference: `--reference-samples` trials) needs for its median curve to reach the strategy's
-median final regret, divided by the strategy's median total epochs. Where random's median curve
-never reaches it within its own budget, the speed-up is None (JSON null, "> x" in the table) and
-`speedup_lower_bound` is random's budget divided by the strategy's epochs.
+A replay's anytime regret (`anytime_regret`) is (q* - q(incumbent)) / (q* - q-) after each of its
+trials, the incumbent being what the study would export with the trials so far. Per strategy, on a
+common epoch axis: the median curve over the searcher seeds and its interquartile band
+(`band`), the median final regret, and the speed-up over random search (`speedup`; random+none
+with `--reference-samples` trials is the reference).
 
     # the synthetic grid, three training seeds (the seed-2 table still being written: --only)
     python bench/bench_regret.py --name synthetic --out bench/results/regret-synthetic --workers 2 \\
@@ -60,12 +41,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "bench"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import bench_winners as bw  # noqa: E402  (sets Ray's environment before Ray is imported)
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay import (ROOT, Grid, Replay, add_replay_arguments, load_record, open_replays,  # noqa: E402
+                    parse_replay_arguments, row_key, run_all, trial_rows)
 
 STRATEGIES = ("tpe+asha", "tpe+hyperband", "tpe+none", "random+asha", "random+hyperband", "random+none")
 REFERENCE = "random+none"
@@ -86,14 +65,14 @@ class Strategy:
         grace = "" if self.grace_period is None else f"/g{self.grace_period}"
         return f"{self.sampler}+{self.scheduler}{grace}"
 
-    def replay(self, rule: str, samples: int, seed: int) -> bw.Replay:
-        return bw.Replay(rule, samples, seed, self.sampler, self.scheduler, self.grace_period)
+    def replay(self, rule: str, samples: int, seed: int) -> Replay:
+        return Replay(rule, samples, seed, self.sampler, self.scheduler, self.grace_period)
 
 
 def parse_strategy(text: str, default_grace: int) -> Strategy:
     """`SAMPLER+SCHEDULER[/gGRACE]`, checked against the product's names; a grace period equal
     to the study's default is the default (the same replays)."""
-    from bmlr.tuning.search_space_types import SCHEDULERS
+    from bmlr.tuning.ray_backend import SCHEDULERS
 
     body, _, grace = text.partition("/g")
     sampler, _, scheduler = body.partition("+")
@@ -113,7 +92,7 @@ def strategies(names: Sequence[str], graces: Sequence[int], default_grace: int) 
 
 
 # --- the anytime regret of one replay ------------------------------------------------------------------
-def normalised_regret(grid: bw.Grid, key: str | None) -> float:
+def normalised_regret(grid: Grid, key: str | None) -> float:
     """(q* - q(key)) / (q* - q-); 1 where there is no incumbent (key None)."""
     qualities = [grid.quality(k) for k in grid.points]
     best, worst = max(qualities), min(qualities)
@@ -122,17 +101,23 @@ def normalised_regret(grid: bw.Grid, key: str | None) -> float:
     return 1.0 if key is None else (best - grid.quality(key)) / (best - worst)
 
 
-def anytime_regret(record: dict[str, Any], grid: bw.Grid, rule: str, max_epochs: int) -> list[tuple[int, float]]:
-    """(cumulative epochs, normalised regret of the incumbent) after each trial, in creation order:
-    the incumbent is the product's export from the trials so far (trial_rows + choose_best)."""
+def anytime_regret(record: dict[str, Any], grid: Grid, rule: str, max_epochs: int) -> list[tuple[int, float]]:
+    """(cumulative epochs, normalised regret of the incumbent) after each trial, in Ray's creation
+    order (the record's: the ResultGrid's; the random sampler's draws come in that order, a test
+    checks): the incumbent is the product's export from trials 1..i (trial_rows with `rule`, then
+    choose_best), at the epochs they trained together. Approximation: with `--concurrent` trials
+    at once a later trial may start before an earlier one has finished (and ASHA may stop an
+    earlier trial because of a later one), so "after trial i" counts every epoch trial i and its
+    predecessors ever trained; the last point is exact (the whole study). Without an incumbent
+    (before the first trial, or while every trial so far failed) the regret is 1."""
     from bmlr.tuning.selection import choose_best
 
-    rows = bw.trial_rows(record, rule, max_epochs)  # the record's order: Ray's (ResultGrid's) creation order
+    rows = trial_rows(record, rule, max_epochs)  # the record's order: Ray's (ResultGrid's) creation order
     points, epochs = [], 0
     for i, row in enumerate(rows, 1):
         epochs += row["epochs"]
         winner = choose_best(rows[:i])
-        points.append((epochs, normalised_regret(grid, None if winner is None else bw.row_key(winner, grid))))
+        points.append((epochs, normalised_regret(grid, None if winner is None else row_key(winner, grid))))
     return points
 
 
@@ -144,7 +129,8 @@ def value_at(curve: list[tuple[int, float]], epochs: int) -> float:
 
 # --- per strategy: the band over seeds, the final regret, the speed-up ---------------------------------
 def band(curves: list[list[tuple[int, float]]], axis: Sequence[int]) -> dict[str, list[float]]:
-    """Median and 25 / 75 % quantiles over the curves at every epoch of `axis`."""
+    """Median and 25 / 75 % quantiles over the curves at every epoch of `axis` (each curve a step
+    function, held at its final value after its study ended)."""
     import numpy as np
 
     values = np.array([[value_at(c, x) for x in axis] for c in curves])
@@ -159,8 +145,10 @@ def epochs_to_reach(axis: Sequence[int], median: Sequence[float], target: float)
 
 def speedup(reference_axis: Sequence[int], reference_median: Sequence[float], target: float,
             strategy_epochs: float, reference_budget: float) -> dict[str, float | int | None]:
-    """Random search's epochs to reach `target` over the strategy's epochs; where it never does,
-    None and the lower bound random's budget / the strategy's epochs."""
+    """The epochs random search's median curve needs to reach `target` (the strategy's median
+    final regret) over the strategy's median total epochs; where it never does within its own
+    budget, None (JSON null, "> x" in the table) and the lower bound random's budget / the
+    strategy's epochs."""
     reached = epochs_to_reach(reference_axis, reference_median, target)
     return {"speedup_vs_random": None if reached is None else reached / strategy_epochs,
             "random_epochs_to_reach": reached,
@@ -177,7 +165,7 @@ def summarise(curves: list[list[tuple[int, float]]], axis: Sequence[int]) -> dic
             "final_regrets": finals, "total_epochs": totals, "band": band(curves, axis)}
 
 
-def measure(grid: bw.Grid, chosen: list[Strategy], records: dict[Strategy, list[dict[str, Any]]],
+def measure(grid: Grid, chosen: list[Strategy], records: dict[Strategy, list[dict[str, Any]]],
             reference: list[dict[str, Any]], rule: str, max_epochs: int) -> dict[str, Any]:
     """Every strategy's summary and speed-up against the reference's (random+none) median curve."""
     curves = {s: [anytime_regret(r, grid, rule, max_epochs) for r in records[s]] for s in chosen}
@@ -276,19 +264,16 @@ def markdown(results: dict[str, Any]) -> str:
 # --- the command ----------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--tables", nargs="+", required=True, help="grid tables of one grid, one per training seed")
+    add_replay_arguments(p, None)  # --out's default: bench/results/regret-<name>
     p.add_argument("--name", required=True, help="the data set's label (synthetic, avmnist): file names, JSON key")
-    p.add_argument("--out", help="replay cache and results (default bench/results/regret-<name>)")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="SAMPLER+SCHEDULER[/gGRACE]")
     p.add_argument("--graces", type=int, nargs="*", default=[], help="tpe+asha with these grace periods too")
-    p.add_argument("--seeds", type=int, default=10, help="searcher seeds per strategy")
     p.add_argument("--samples", type=int, default=48, help="trials per study (--samples)")
     p.add_argument("--reference-samples", type=int, help="trials of the random+none reference (default --samples)")
     p.add_argument("--rule", help="the trial score rule (default: the product's, bmlr.tuning.scores)")
-    bw.add_replay_arguments(p)
     p.add_argument("--logx", action="store_true", help="log-scaled epoch axis")
     p.add_argument("--docs", action="store_true", help="copy the figure to docs/img and merge the summary JSON")
-    args = bw.parse_replay_arguments(p, argv)
+    args = parse_replay_arguments(p, argv)
     from bmlr.tuning.scores import DEFAULT_SCORE, parse_score
 
     args.rule = args.rule or DEFAULT_SCORE
@@ -303,25 +288,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
-    grid = bw.load_grid([Path(t) for t in args.tables], args.only)
-    args.tables = [str(Path(t).resolve()) for t in args.tables]
-    args.max_epochs = args.max_epochs or grid.epochs
-    truth = bw.describe(grid, args.tables)
+    grid, truth, settings = open_replays(args, None)  # bench_winners' settings: its cache is shared
     chosen = strategies(args.strategies, args.graces, StudySettings().grace_period)
-    bw.check_settings(out, {"tables": args.tables, "only": args.only, "configurations": sorted(grid.points),
-                            "max_epochs": args.max_epochs, "grace_period": None,
-                            "reduction_factor": args.reduction_factor, "startup": args.startup,
-                            "concurrent": args.concurrent})  # bench_winners' keys: its cache is shared
-    settings = bw.ReplaySettings(args.max_epochs, None, args.reduction_factor, args.startup, args.concurrent,
-                                 args.replay_sleep)
-    seeds = range(args.seeds)
-    reference = Strategy("random", "none")
-    wanted = {s: [s.replay(args.rule, args.samples, r) for r in seeds] for s in chosen}
-    ref_replays = [reference.replay(args.rule, args.reference_samples, r) for r in seeds]
+    wanted = {s: [s.replay(args.rule, args.samples, r) for r in range(args.seeds)] for s in chosen}
+    ref_replays = [Strategy("random", "none").replay(args.rule, args.reference_samples, r) for r in range(args.seeds)]
     start = time.time()
-    bw.run_all([r for rs in wanted.values() for r in rs] + ref_replays, args, settings, out)
-    records = {s: [bw.load_record(out, r) for r in rs] for s, rs in wanted.items()}
-    results = measure(grid, chosen, records, [bw.load_record(out, r) for r in ref_replays], args.rule,
+    run_all([r for rs in wanted.values() for r in rs] + ref_replays, args, settings, out)
+    records = {s: [load_record(out, r) for r in rs] for s, rs in wanted.items()}
+    results = measure(grid, chosen, records, [load_record(out, r) for r in ref_replays], args.rule,
                       args.max_epochs)
     table = markdown(results)
     secs = [rec["seconds"] for recs in records.values() for rec in recs]

@@ -106,6 +106,8 @@ def du(path: Path) -> int:
 
 # --- one study ----------------------------------------------------------------------------------
 def run_study(args, work: Path, name: str, extra: list[str], data_root: Path | None = None) -> dict[str, Any]:
+    from bmlr.tuning.store import read_json_lines
+
     storage = work / "runs"
     cmd = [sys.executable, str(ROOT / "tune.py"), "--storage", str(storage), "--name", name, "-v", "0",
            "--set", f"cache_dir={work / 'cache'}", *extra]
@@ -136,7 +138,7 @@ def run_study(args, work: Path, name: str, extra: list[str], data_root: Path | N
                      if "prepared in" in line), None)
     intervals, epochs = [], 0
     for result in (study / "ray").glob("trial_*/result.json"):
-        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        rows = read_json_lines(result)
         if rows:
             epochs += len(rows)
             intervals.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]))
@@ -181,15 +183,9 @@ def start_head(cpus: int, gpus: int, temp_dir: str) -> tuple[subprocess.Popen, s
                              "--disable-usage-stats", "--temp-dir", temp_dir,
                              "--object-store-memory", str(200 * 1024 ** 2)],
                             env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 90
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() > deadline:
-                raise SystemExit("ray start --head did not come up")
-            time.sleep(0.5)
+    from bmlr.tuning.ray_backend import check_address
+
+    check_address(f"127.0.0.1:{port}", timeout=90)  # RayStartError where it does not come up
     return proc, f"127.0.0.1:{port}"
 
 
@@ -205,9 +201,41 @@ def stop_group(proc: subprocess.Popen) -> None:
             continue
 
 
-def main(argv: list[str] | None = None) -> int:
+# per measurement: the rows' key, its default values, a row's progress line, the table's title
+WHAT = {"samples": ("samples", "8,16,32", "{} samples", "wall time and memory against the number of trials "
+                    "(TPE + ASHA defaults, at most {max_epochs} epochs, tiny synthetic default)"),
+        "data": ("clips/class", "50,100,200,400", "{} clips per class",
+                 "wall time and memory against the data set size ({runs}, no early stopping)"),
+        "concurrency": ("concurrent", "1,2,4", "--concurrent {}", "trials per hour against --concurrent ({runs}, "
+                        "no early stopping, --cpus-per-trial = {cpus} / concurrent)"),
+        "packing": ("per_gpu", "1,2,4", "{} trials per GPU", "trials per hour against trials per GPU ({gpus}; {runs})")}
+
+
+def study_args(args, value: int, work: Path) -> tuple[list[str], Path | None]:
+    """tune.py's arguments of the study that measures `value` (after the common ones), and its data
+    folder (`data` only). Grace = max epochs: no trial is stopped early, so every setting does the
+    same work (but `samples`, which measures the TPE + ASHA defaults)."""
+    fixed = ["--samples", str(args.samples), "--grace-period", str(args.max_epochs)]
+    concurrent = ["--concurrent", str(args.concurrent)] if args.concurrent else []
+    if args.what == "samples":
+        return ["--samples", str(value), *concurrent], None
+    if args.what == "data":
+        from bmlr.data.synthetic import generate
+
+        root = work / f"data-{value}"
+        if not (root / ".complete").exists():
+            generate(root, seed=0, version="v2", n_train_per_class=value)
+        return fixed + concurrent, root
+    if args.what == "concurrency":
+        return fixed + ["--concurrent", str(value), "--cpus-per-trial", f"{args.cpus / value:g}"], None
+    trials = value * args.gpus
+    return fixed + ["--gpus-per-trial", f"{1 / value:g}", "--cpus-per-trial", f"{args.cpus / trials:g}",
+                    "--concurrent", str(trials)], None
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("samples", "data", "concurrency", "packing"))
+    p.add_argument("what", choices=tuple(WHAT))
     p.add_argument("--values", help="comma-separated settings (default: see the description)")
     p.add_argument("--samples", type=int, default=8, help="trials of each study (data, concurrency, packing)")
     p.add_argument("--max-epochs", type=int, default=4)
@@ -222,84 +250,56 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-warmup", dest="warmup", action="store_false",
                    help="skip the unmeasured 2-trial, 1-epoch study that runs first, so that first-run costs "
                    "(generating and caching the data, Ray's first start, cold imports) land on no row")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    def warm_up(base_args: list[str]) -> None:
-        if args.warmup:
-            start = time.time()
-            run_study(args, work, "warmup", [*base_args, "--samples", "2", "--max-epochs", "1"])
-            print(f"  warm-up study (not measured): {time.time() - start:.0f}s", flush=True)
 
-    work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix=f"bench-{args.what}-"))
-    work.mkdir(parents=True, exist_ok=True)
+def measure(args, work: Path, base: list[str]) -> list[dict[str, Any]]:
+    """The unmeasured warm-up study, then one study per setting, its row printed as it ends."""
+    key, defaults, progress, title = WHAT[args.what]
+    if args.warmup:
+        start = time.time()
+        run_study(args, work, "warmup", [*base, "--samples", "2", "--max-epochs", "1"])
+        print(f"  warm-up study (not measured): {time.time() - start:.0f}s", flush=True)
+    rows = []
+    for value in [int(v) for v in (args.values or defaults).split(",")]:
+        extra, data_root = study_args(args, value, work)
+        row = {key: value, **run_study(args, work, f"{args.what}-{value}", base + extra, data_root)}
+        if args.what == "data":
+            row.update(train_clips=6 * value, cache_mb=du(work / "cache") / 1e6)
+        rows.append(row)
+        print(f"  {progress.format(value)}: {row['wall_s']:.0f}s", flush=True)
+    gpus = f"{args.gpus} GPU{'s' if args.gpus > 1 else ''}" + (
+        ", advertised by Ray only: trials train on the CPU" if args.fake_gpus else "")
+    show(title.format(max_epochs=args.max_epochs, cpus=args.cpus, gpus=gpus,
+                      runs=f"{args.samples} trials of {args.max_epochs} epochs"), rows, key)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
     import platform
 
+    args = parse_args(argv)
+    if args.what == "packing" and not args.fake_gpus:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("packing needs a GPU; --fake-gpus checks Ray's placement on a CPU machine")
+    work = Path(args.work).resolve() if args.work else Path(tempfile.mkdtemp(prefix=f"bench-{args.what}-"))
+    work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.node()}, {os.cpu_count()} CPU cores visible, load average "
           f"{os.getloadavg()[0]:.1f} at start; studies may use {args.cpus} CPUs", flush=True)
-    rows: list[dict[str, Any]] = []
-    head = None
+    head = temp_dir = None
     try:
         base = ["--max-epochs", str(args.max_epochs), "--num-cpus", str(args.cpus)]
-        if args.what != "packing":
-            warm_up(base)
-        if args.what == "samples":
-            values = [int(v) for v in (args.values or "8,16,32").split(",")]
-            for n in values:
-                extra = base + ["--samples", str(n)] + (["--concurrent", str(args.concurrent)] if args.concurrent else [])
-                rows.append({"samples": n, **run_study(args, work, f"samples-{n}", extra)})
-                print(f"  {n} samples: {rows[-1]['wall_s']:.0f}s", flush=True)
-            show(f"wall time and memory against the number of trials (TPE + ASHA defaults, at most "
-                 f"{args.max_epochs} epochs, tiny synthetic default)", rows, "samples")
-        elif args.what == "data":
-            from bmlr.data.synthetic import generate
-
-            values = [int(v) for v in (args.values or "50,100,200,400").split(",")]
-            for n in values:
-                root = work / f"data-{n}"
-                if not (root / ".complete").exists():
-                    generate(root, seed=0, version="v2", n_train_per_class=n)
-                # grace = max epochs: no trial is stopped early, so every size does the same work
-                extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs)] + (
-                    ["--concurrent", str(args.concurrent)] if args.concurrent else [])
-                row = {"clips/class": n, "train_clips": 6 * n, **run_study(args, work, f"data-{n}", extra, root)}
-                row["cache_mb"] = du(work / "cache") / 1e6
-                rows.append(row)
-                print(f"  {n} clips per class: {row['wall_s']:.0f}s", flush=True)
-            show(f"wall time and memory against the data set size ({args.samples} trials of {args.max_epochs} "
-                 f"epochs, no early stopping)", rows, "clips/class")
-        elif args.what == "concurrency":
-            values = [int(v) for v in (args.values or "1,2,4").split(",")]
-            for c in values:
-                extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs),
-                                "--concurrent", str(c), "--cpus-per-trial", f"{args.cpus / c:g}"]
-                rows.append({"concurrent": c, **run_study(args, work, f"concurrent-{c}", extra)})
-                print(f"  --concurrent {c}: {rows[-1]['wall_s']:.0f}s", flush=True)
-            show(f"trials per hour against --concurrent ({args.samples} trials of {args.max_epochs} epochs, "
-                 f"no early stopping, --cpus-per-trial = {args.cpus} / concurrent)", rows, "concurrent")
-        else:
-            import torch
-
-            if not args.fake_gpus and not torch.cuda.is_available():
-                raise SystemExit("packing needs a GPU; --fake-gpus checks Ray's placement on a CPU machine")
-            values = [int(v) for v in (args.values or "1,2,4").split(",")]
-            if args.fake_gpus:
-                temp_dir = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp")
-                head, address = start_head(args.cpus, args.gpus, temp_dir)
-                base = ["--max-epochs", str(args.max_epochs), "--address", address]
-            warm_up(base)
-            for k in values:
-                trials = k * args.gpus
-                extra = base + ["--samples", str(args.samples), "--grace-period", str(args.max_epochs),
-                                "--gpus-per-trial", f"{1 / k:g}", "--cpus-per-trial", f"{args.cpus / trials:g}",
-                                "--concurrent", str(trials)]
-                rows.append({"per_gpu": k, **run_study(args, work, f"packing-{k}", extra)})
-                print(f"  {k} trials per GPU: {rows[-1]['wall_s']:.0f}s", flush=True)
-            show(f"trials per hour against trials per GPU ({args.gpus} GPU{'s' if args.gpus > 1 else ''}"
-                 f"{', advertised by Ray only: trials train on the CPU' if args.fake_gpus else ''}; "
-                 f"{args.samples} trials of {args.max_epochs} epochs)", rows, "per_gpu")
+        if args.what == "packing" and args.fake_gpus:
+            temp_dir = tempfile.mkdtemp(prefix="bench-ray-", dir="/tmp")
+            head, address = start_head(args.cpus, args.gpus, temp_dir)
+            base = ["--max-epochs", str(args.max_epochs), "--address", address]
+        rows = measure(args, work, base)
     finally:
         if head is not None:
             stop_group(head)
+        if temp_dir:
             shutil.rmtree(temp_dir, ignore_errors=True)
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)

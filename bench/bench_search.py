@@ -3,28 +3,23 @@ stopping) vs the exhaustive grid, as best validation accuracy against cumulative
 
 Three phases, each reusing what the one before wrote to `--out`:
 
-1. **grid** (real training): every point of the grid
-   alpha {0.5, 1, 2} x beta {0.1, 0.3, 0.5, 0.7} x lr {1e-3, 3e-3} x fusion {concat, sum}
-   (48 configurations) trained for `--epochs` epochs with the study seed on the synthetic
-   data of version v2 (the default before issue 14; the tiny model of
-   `search_spaces/synthetic.yaml`), in `--workers` processes of one
-   torch thread each, by `Trainer.fit` exactly as a study's trial trains (the schedule of the
-   production epochs, `--epochs` of them). Every epoch's validation accuracy goes to
-   `grid.jsonl` (resumable). `--dataset avmnist --grid-only` trains AV-MNIST's grid instead
-   (`GRIDS["avmnist"]`: alpha {0.5, 2} x beta {0.1, 0.5} x lr {1e-3, 3e-3, 1e-2} x fusion
-   {concat, sum}, 24 configurations) on the harder variant `configs/avmnist-hard.yaml` (540
-   training clips, 10-pixel images, 2,160 validation clips), with `--data-root` (default
-   ../shared/data); its replays are bench_winners.py's and bench_regret.py's.
-   `--dataset synthetic-v3 --grid-only` trains the grid of the synthetic default (data version
-   v3, its own 720-clip validation split; `GRIDS["synthetic-v3"]`, the same 24 points as
-   AV-MNIST's) for the search space's 20 production epochs.
-2. **replay** (no training): TPE + ASHA and random search run through the real Ray Tune
-   machinery, built by the product's own factories (`bmlr.tuning.ray_backend`: OptunaSearch
-   with TPESampler / RandomSampler, ASHAScheduler or FIFO), `--concurrent`
-   trials at once, `tune.report` once per epoch) over the *same 48 configurations*, each trial
-   replaying the epochs the grid phase measured for its configuration (a tabular benchmark).
-   That makes many searcher seeds cheap, so the numbers are medians over `--seeds` runs, and the
-   ASHA / TPE defaults can be swept (`--sweep`).
+1. **grid** (real training): every point of the grid (`GRIDS`) trained for `--epochs` epochs
+   with the study seed, in `--workers` processes of one torch thread each, by `Trainer.fit`
+   exactly as a study's trial trains (the schedule of the production epochs). Every epoch's
+   validation metrics go to `grid.jsonl` (resumable). `--dataset synthetic` (the default): alpha
+   {0.5, 1, 2} x beta {0.1, 0.3, 0.5, 0.7} x lr {1e-3, 3e-3} x fusion {concat, sum} (48
+   configurations) on the synthetic data of version v2 (the default before issue 14) with the
+   tiny model of `search_spaces/synthetic.yaml`. With `--grid-only`, `--dataset avmnist` trains
+   24 configurations (alpha {0.5, 2} x beta {0.1, 0.5} x lr {1e-3, 3e-3, 1e-2} x fusion) on the
+   harder `configs/avmnist-hard.yaml` (540 training clips, 10-pixel images, 2,160 validation
+   clips; `--data-root`, default ../shared/data), `--dataset synthetic-v3` the same 24 on the
+   synthetic default (data v3, its own 720-clip validation split) for its 20 production epochs;
+   their replays are bench_winners.py's and bench_regret.py's.
+2. **replay** (no training): TPE + ASHA and random search through real Ray Tune, built by the
+   product's own factories (bench/replay.py), `--concurrent` trials at once over the *same 48
+   configurations*, each trial replaying the epochs the grid phase measured for it. That makes
+   many searcher seeds cheap, so the numbers are medians over `--seeds` runs, and the ASHA / TPE
+   defaults can be swept (`--sweep`).
 3. **live** (real training, optional `--live`): the study exactly as a user runs it
    (`bmlr.tuning.study.run_study` with the CLI's defaults) on the shipped *continuous* search
    space `search_spaces/synthetic.yaml`, `--live-samples` trials of at most `--epochs` epochs;
@@ -46,7 +41,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import statistics
 import sys
@@ -56,16 +50,12 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # no experiment banner per replayed study
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay import ROOT, claim, grid_points, point_key, replay_study  # noqa: E402  (Ray's environment first)
 
 GRID = {"alpha": [0.5, 1.0, 2.0], "beta": [0.1, 0.3, 0.5, 0.7], "lr": [1.0e-3, 3.0e-3],
         "fusion": ["concat", "sum"]}
-GRID_KEYS = tuple(GRID)
 # the grid of each data set (`--dataset`); AV-MNIST's is trained on configs/avmnist-hard.yaml,
 # where lr moves validation accuracy over 35 points (clean AV-MNIST saturates at 99 %)
 # 24 configurations with lr up to 1e-2, AV-MNIST's grid and the synthetic default's (data v3, issue 14)
@@ -75,14 +65,6 @@ AVMNIST_CONFIG = ROOT / "configs" / "avmnist-hard.yaml"
 # the generator version of each synthetic grid (bmlr.data.synthetic.VERSIONS): "synthetic" is the
 # recorded v2 grid (bench/data/search-grid-synthetic-v2-*), kept reproducible by name
 SYNTHETIC_VERSIONS = {"synthetic": "v2", "synthetic-v3": "v3"}
-
-
-def grid_points(grid: dict[str, list[Any]] = GRID) -> list[dict[str, Any]]:
-    return [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
-
-
-def point_key(point: dict[str, Any], keys: tuple[str, ...] = GRID_KEYS) -> str:
-    return "|".join(f"{k}={point[k]!r}" for k in keys)
 
 
 def own_validation(dataset: str) -> bool:
@@ -163,13 +145,12 @@ def _train_point(point: dict[str, Any], epochs: int) -> dict[str, Any]:
     from bmlr.engine import Trainer
 
     cfg = from_dict({**_WORKER["base"], **point})
-    keys = tuple(point)
     start = time.perf_counter()
     trainer = Trainer(cfg, seed=cfg.seeds[0], data=_WORKER["data"], device=None)
     ends = [time.perf_counter()]
     history = trainer.fit(epochs, on_epoch=lambda metrics: ends.append(time.perf_counter()))
     curves = {name: [float(m[name]) for m in history if name in m] for name in RECORDED}
-    return {"key": point_key(point, keys), "point": point, **{k: v for k, v in curves.items() if v},
+    return {"key": point_key(point), "point": point, **{k: v for k, v in curves.items() if v},
             "epoch_seconds": [b - a for a, b in zip(ends, ends[1:])], "seconds": time.perf_counter() - start}
 
 
@@ -178,6 +159,7 @@ def run_grid(args, out: Path) -> dict[str, dict[str, Any]]:
 
     from bmlr.config import from_dict
     from bmlr.data import build_datasets
+    from bmlr.tuning.store import read_json_lines
 
     path = out / "grid.jsonl"
     if args.table and not path.exists():  # a grid measured before (e.g. the committed one)
@@ -192,12 +174,9 @@ def run_grid(args, out: Path) -> dict[str, dict[str, Any]]:
         meta["horizon"] = base["epochs"]
     if args.val_per_class:
         meta["val_per_class"] = args.val_per_class
-    meta_path = out / "grid_meta.json"
-    if meta_path.is_file() and json.loads(meta_path.read_text()) != json.loads(json.dumps(meta)):
-        raise SystemExit(f"{out} holds a grid of other settings ({meta_path}); choose another --out")
-    meta_path.write_text(json.dumps(meta, indent=2))
-    done = load_table(path)
-    todo = [p for p in grid_points(grid) if point_key(p, tuple(grid)) not in done]
+    claim(out / "grid_meta.json", meta, "a grid of other settings")
+    done = {row["key"]: row for row in read_json_lines(path)}
+    todo = [p for p in grid_points(grid) if point_key(p) not in done]
     if not todo:
         return done
     build_datasets(from_dict(base))  # prepare the cache once, before the workers read it
@@ -229,36 +208,19 @@ def grid_meta(args, grid: dict[str, list[Any]]) -> dict[str, Any]:
     return meta
 
 
-def load_table(path: Path) -> dict[str, dict[str, Any]]:
-    table = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                table[row["key"]] = row
-    return table
-
-
 # --- curves -------------------------------------------------------------------------------------
 def best_so_far(values: list[float]) -> list[float]:
-    out, best = [], -math.inf
-    for v in values:
-        best = max(best, v)
-        out.append(best)
-    return out
+    return list(itertools.accumulate(values, max))
 
 
 def epochs_to_target(curve: list[float], target: float) -> int | None:
     """1-based cumulative epoch at which the best-so-far curve reaches `target` (None: never)."""
-    for i, v in enumerate(curve, 1):
-        if v >= target - 1e-9:
-            return i
-    return None
+    return next((i for i, v in enumerate(curve, 1) if v >= target - 1e-9), None)
 
 
 def grid_curve(table: dict[str, dict[str, Any]]) -> list[float]:
     """The grid in enumeration order, one configuration after the other (as run one at a time)."""
-    return best_so_far([v for p in grid_points() for v in table[point_key(p)]["val_acc"]])
+    return best_so_far([v for p in grid_points(GRID) for v in table[point_key(p)]["val_acc"]])
 
 
 def epoch_noise(table: dict[str, dict[str, Any]], best_key: str) -> dict[str, float]:
@@ -275,26 +237,24 @@ def epoch_noise(table: dict[str, dict[str, Any]], best_key: str) -> dict[str, fl
             "best_above_own_tail": max(best) - statistics.mean(best[-5:])}
 
 
-def rank_agreement(table: dict[str, dict[str, Any]], epochs: int, signal: str = "val_acc") -> dict[int, float]:
-    """Spearman correlation, over the grid's configurations, between a signal at epoch k and the
-    best validation accuracy over all epochs (ties broken by order; enough for a diagnostic).
-    Signals: a recorded metric (a loss counts negated), or "best_val_acc" (the best accuracy up to
-    epoch k, what a trial has shown so far)."""
-    import numpy as np
+def rank_agreement(table: dict[str, dict[str, Any]], epochs: int, signal: str = "val_acc") -> dict[int, float | None]:
+    """How well a signal at epoch k ranks the grid's configurations as their best validation
+    accuracy (over the first `epochs`) does: the product's rung check
+    (`bmlr.tuning.rung_check.rank_agreement`, Spearman; None where a ranking is undefined) on each
+    configuration's signal with that best appended as its end. Signals: a recorded metric (a loss
+    counts negated), or "best_val_acc" (the best accuracy up to epoch k, what a trial has shown)."""
+    from bmlr.tuning.rung_check import rank_agreement as rung_agreement
 
-    acc = np.array([row["val_acc"][:epochs] for row in table.values()])
-    best = acc.max(axis=1)
-    if signal == "best_val_acc":
-        values = np.maximum.accumulate(acc, axis=1)
-    else:
-        values = np.array([row[signal][:epochs] for row in table.values()])
-        if signal.endswith("loss"):
-            values = -values
+    curves = []
+    for row in table.values():
+        values = best_so_far(row["val_acc"]) if signal == "best_val_acc" else row[signal]
+        sign = -1 if signal.endswith("loss") else 1
+        curves.append([sign * v for v in values[:epochs]] + [max(row["val_acc"][:epochs])])
+    return {a.epoch: a.rho for a in rung_agreement(curves, range(1, epochs + 1))}
 
-    def ranks(x):
-        return np.argsort(np.argsort(x, kind="stable"), kind="stable").astype(float)
 
-    return {k + 1: float(np.corrcoef(ranks(values[:, k]), ranks(best))[0, 1]) for k in range(values.shape[1])}
+def rho_text(rho: float | None) -> str:
+    return "undefined" if rho is None else f"{rho:+.2f}"
 
 
 # --- phase 2: replays through Ray Tune ---------------------------------------------------------
@@ -315,60 +275,30 @@ def epoch_signals(row: dict[str, Any]) -> list[dict[str, float]]:
     return out
 
 
-def replay_trial(config: dict[str, Any], table: dict[str, list[dict[str, float]]], sleep_s: float) -> None:
-    """A trial that reports the measured validation metrics of its configuration, one epoch at a time."""
-    from ray import tune
-
-    for epoch, metrics in enumerate(table[point_key(config)], 1):
-        time.sleep(sleep_s)
-        tune.report({**metrics, "epoch": epoch, "t": time.time()})
-
-
 def run_replay(table: dict[str, dict[str, Any]], strategy: str, seed: int, args, storage: Path,
                samples: int, grace: int = 1, reduction: int = 3, startup: int = 10,
                signal: str = "val_acc", objective: str = "val_acc") -> list[float]:
-    """One search over the 48 configurations; returns the best-so-far curve of validation accuracy
-    over cumulative epochs. ASHA's rungs compare `signal`, Optuna learns from `objective` (the
-    product uses val_acc for both)."""
-    from optuna.distributions import CategoricalDistribution
-    from ray import tune
+    """One search over the 48 configurations (bench/replay.py's replay_study); returns the
+    best-so-far curve of validation accuracy over cumulative epochs. ASHA's rungs compare
+    `signal` (the trials' score; a loss negated), Optuna learns from `objective` (the product
+    uses val_acc for both)."""
+    from bmlr.tuning.ray_backend import METRIC, make_sampler, make_scheduler
+    from bmlr.tuning.search_space import grid_space
 
-    from bmlr.tuning.ray_backend import MODE, make_sampler, make_scheduler, make_searcher, with_resources
-
-    module = sys.modules[replay_trial.__module__]
-    if module.__name__ != "__main__":  # imported from a file (tests): ship the function by value
-        from ray import cloudpickle
-
-        cloudpickle.register_pickle_by_value(module)
-    curves = {k: epoch_signals(row) for k, row in table.items()}
-    space = {k: CategoricalDistribution(v) for k, v in GRID.items()}
-    mode = {m: "min" if m.endswith("loss") else MODE for m in (signal, objective)}
-    shared = signal == objective  # one metric: given to TuneConfig only, as the product does
+    sign = -1 if signal.endswith("loss") else 1
+    reports = {k: [{**m, METRIC: sign * m[signal]} for m in epoch_signals(row)] for k, row in table.items()}
     if strategy == "tpe_asha":
         sampler = make_sampler("tpe", seed, n_startup_trials=startup)
-        scheduler = make_scheduler("asha", max_t=args.epochs, grace_period=grace, reduction_factor=reduction,
-                                   metric=None if shared else signal, mode=None if shared else mode[signal])
+        scheduler = make_scheduler("asha", max_t=args.epochs, grace_period=grace, reduction_factor=reduction)
     elif strategy == "random":
-        sampler, scheduler = make_sampler("random", seed), make_scheduler("fifo")
+        sampler, scheduler = make_sampler("random", seed), make_scheduler("none")
     else:
         raise ValueError(strategy)
-    trainable = with_resources(replay_trial, cpus=1, gpus=0, table=curves, sleep_s=args.replay_sleep)
-    searcher = make_searcher(space, sampler, seed, metric=objective, mode=mode[objective])
-    tuner = tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric=objective if shared else None, mode=mode[objective] if shared else None,
-                                    num_samples=samples, reuse_actors=True, search_alg=searcher,
-                                    scheduler=scheduler, max_concurrent_trials=args.concurrent),
-        run_config=tune.RunConfig(name=f"{strategy}-s{seed}-g{grace}-r{reduction}-n{startup}-{signal}-{objective}",
-                                  storage_path=str(storage), verbose=0))
-    grid = tuner.fit()
-    reports = []
-    for result in grid:
-        df = result.metrics_dataframe
-        if df is not None and len(df):
-            reports += list(zip(df["t"].astype(float), df["val_acc"].astype(float)))
-    reports.sort()
-    return best_so_far([acc for _, acc in reports])
+    name = f"{strategy}-s{seed}-g{grace}-r{reduction}-n{startup}-{signal}-{objective}"
+    trials = replay_study(reports, grid_space(GRID, {}, "bench_search's grid"), sampler, scheduler, samples,
+                          args.concurrent, args.replay_sleep, storage, name, metric=objective)
+    timed = sorted((t, acc) for trial in trials for t, acc in zip(trial["t"], trial["val_acc"]))
+    return best_so_far([acc for _, acc in timed])  # the epochs in the order the study trained them
 
 
 def summarise(curves: list[list[float]], target: float, grid_total: int) -> dict[str, Any]:
@@ -390,30 +320,23 @@ def run_live(args, out: Path, seed: int, grace: int, reduction: int) -> tuple[li
     """The real study (run_study; the CLI's defaults unless --grace-period / --reduction-factor) on
     the continuous shipped search space."""
     from bmlr.tuning.search_space import resolve_search_space
-    from bmlr.tuning.study import StudySettings, run_study
+    from bmlr.tuning.store import read_json_lines
+    from bmlr.tuning.study import Runtime, StudySettings, run_study
 
     storage = out / "live"
     name = f"live-s{seed}-g{grace}-r{reduction}-n{args.live_samples}-e{args.epochs}-v{args.val_per_class or 0}"
-    overrides = data_overrides(args)
     settings = StudySettings(search_space=str(resolve_search_space(None, "synthetic")), samples=args.live_samples,
-                             max_epochs=args.epochs, seed=seed, storage=str(storage), name=name,
-                             grace_period=grace, reduction_factor=reduction,
-                             concurrent=args.concurrent, overrides=overrides)
+                             max_epochs=args.epochs, seed=seed, storage=str(storage), name=name, grace_period=grace,
+                             reduction_factor=reduction, concurrent=args.concurrent, overrides=data_overrides(args))
     study_dir = storage / "synthetic" / name
     if not (study_dir / "trials.csv").is_file():
         start = time.time()
-        run_study(settings, num_cpus=args.concurrent, verbose=0, log=lambda s: None)
+        run_study(settings, Runtime(num_cpus=args.concurrent, verbose=0, log=lambda s: None))
         print(f"live study seed {seed}: {time.time() - start:.0f}s", flush=True)
-    reports = []
-    for result_file in (study_dir / "ray").glob("trial_*/result.json"):
-        for line in result_file.read_text().splitlines():
-            if line.strip():
-                r = json.loads(line)
-                reports.append((float(r["timestamp"]), int(r["epoch"]), float(r["val_acc"])))
-    reports.sort()
+    results = [read_json_lines(path) for path in (study_dir / "ray").glob("trial_*/result.json")]
+    reports = sorted((float(r["timestamp"]), int(r["epoch"]), float(r["val_acc"])) for rows in results for r in rows)
     return best_so_far([acc for _, _, acc in reports]), {
-        "grace_period": grace, "reduction_factor": reduction,
-        "samples": args.live_samples, "trials": len(list((study_dir / "ray").glob("trial_*/result.json")))}
+        "grace_period": grace, "reduction_factor": reduction, "samples": args.live_samples, "trials": len(results)}
 
 
 # --- plot ------------------------------------------------------------------------------------------
@@ -540,7 +463,7 @@ def describe_grid(table: dict[str, dict[str, Any]], args, machine: str) -> dict[
     """The grid's own numbers, printed: its best and how many configurations come near it, the
     epoch-to-epoch noise, how well an early epoch predicts a configuration's best. Returns the
     summary's first part (the grid in enumeration order under `grid_in_order`)."""
-    n_points = len(grid_points())
+    n_points = len(grid_points(GRID))
     grid_total = n_points * args.epochs
     grid_best = max(max(row["val_acc"]) for row in table.values())
     final_best = max(row["val_acc"][-1] for row in table.values())
@@ -559,11 +482,11 @@ def describe_grid(table: dict[str, dict[str, Any]], args, machine: str) -> dict[
           f"runner-up configuration is {(winners[0][0] - winners[1][0]) * 100:.1f} points below the best")
     predictive = rank_agreement(table, args.epochs)
     print("how well a configuration's accuracy at epoch k predicts its best (Spearman over the grid; what an "
-          "ASHA rung at epoch k relies on): " + ", ".join(f"{k}: {c:+.2f}" for k, c in predictive.items()))
+          "ASHA rung at epoch k relies on): " + ", ".join(f"{k}: {rho_text(c)}" for k, c in predictive.items()))
     signals = ["best_val_acc"] + [m for m in RECORDED[1:] if all(m in row for row in table.values())]
     other_signals = {m: rank_agreement(table, args.epochs, m) for m in signals}
     for m, agreement in other_signals.items():
-        print(f"  the same for {m} at epoch k: " + ", ".join(f"{c:+.2f}" for c in agreement.values()))
+        print(f"  the same for {m} at epoch k: " + ", ".join(rho_text(c) for c in agreement.values()))
     return {"machine": machine, "epoch_noise": noise, "rank_agreement": predictive,
             "rank_agreement_other_signals": other_signals, "grid": GRID, "epochs": args.epochs,
             "val_fraction": args.val_fraction, "val_per_class": args.val_per_class,
@@ -576,37 +499,26 @@ def run_searches(table: dict[str, dict[str, Any]], args, out: Path,
     """TPE + ASHA and random search, each replayed with `--seeds` searcher seeds in one local Ray
     instance (and the `--sweep`), then the `--live` study. Adds their numbers to `summary`;
     returns their best-so-far curves by strategy."""
-    import ray
+    from bmlr.tuning.ray_backend import ray_session
 
     target, grid_total = summary["target"], summary["grid_total"]
-    ray.init(address="local", num_cpus=args.concurrent, include_dashboard=False, log_to_driver=False,
-             logging_level="ERROR", configure_logging=True)
-    storage = Path(tempfile.mkdtemp(prefix="bench-search-", dir=str(out)))
-    try:
+    with ray_session(None, args.concurrent, 0), tempfile.TemporaryDirectory(prefix="bench-search-", dir=out) as tmp:
         t0 = time.time()
-        tpe = [run_replay(table, "tpe_asha", s, args, storage, args.samples, args.grace_period,
+        tpe = [run_replay(table, "tpe_asha", s, args, Path(tmp), args.samples, args.grace_period,
                           args.reduction_factor, args.startup, args.signal, args.objective) for s in range(args.seeds)]
-        rnd = [run_replay(table, "random", s, args, storage, args.random_samples) for s in range(args.seeds)]
+        rnd = [run_replay(table, "random", s, args, Path(tmp), args.random_samples) for s in range(args.seeds)]
         summary["tpe_asha"] = {**summarise(tpe, target, grid_total), "samples": args.samples,
                                "grace_period": args.grace_period, "reduction_factor": args.reduction_factor,
                                "startup": args.startup, "signal": args.signal, "objective": args.objective}
         summary["random"] = {**summarise(rnd, target, grid_total), "samples": args.random_samples}
         print(f"replays: {time.time() - t0:.0f}s")
         if args.sweep:
-            summary["sweep"] = sweep(table, args, storage, tpe, target, grid_total)
-    finally:
-        ray.shutdown()
-        import shutil
-
-        shutil.rmtree(storage, ignore_errors=True)
+            summary["sweep"] = sweep(table, args, Path(tmp), tpe, target, grid_total)
     series = {"random": rnd, "tpe_asha": tpe}
     if args.live:
-        live = []
-        for s in range(args.live_seeds):
-            curve, info = run_live(args, out, s, args.grace_period, args.reduction_factor)
-            live.append(curve)
-        series["tpe_asha_live"] = live
-        summary["tpe_asha_live"] = {**summarise(live, target, grid_total), **info}
+        live = [run_live(args, out, s, args.grace_period, args.reduction_factor) for s in range(args.live_seeds)]
+        series["tpe_asha_live"] = [curve for curve, _ in live]
+        summary["tpe_asha_live"] = {**summarise(series["tpe_asha_live"], target, grid_total), **live[-1][1]}
     return series
 
 
@@ -626,10 +538,8 @@ def sweep(table: dict[str, dict[str, Any]], args, storage: Path, tpe: list[list[
                        args.objective) for s in range(args.seeds)]
         s = summarise(curves, target, grid_total)
         mean_epochs = statistics.mean(s["total_epochs"])
-        row = {"grace_period": g, "reduction_factor": r, "startup": n, "reached": s["reached"],
-               "within_quarter": s["within_quarter"],
-               "runs": s["runs"], "median_ratio": s["median_ratio"], "max_ratio": s["max_ratio"],
-               "ratios": s["ratios"], "mean_total_epochs": mean_epochs,
+        row = {"grace_period": g, "reduction_factor": r, "startup": n, "mean_total_epochs": mean_epochs,
+               **{k: s[k] for k in ("reached", "within_quarter", "runs", "median_ratio", "max_ratio", "ratios")},
                "median_final_best": statistics.median(s["final_best"])}
         rows.append(row)
         print(f"  sweep grace {g} reduction {r} startup {n:2d}: within 1 point in {s['reached']}/{s['runs']} "
@@ -680,7 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     options = ("" if args.signal == "val_acc" else f", rungs on {args.signal}") + (
         "" if args.objective == "val_acc" else f", TPE on {args.objective}")
     plot(out / "search_efficiency.png", summary["grid_total"], summary["grid_best"], args.tolerance, series,
-         f"synthetic default, tiny model, {args.epochs} epochs max, {validation}, grid of {len(grid_points())}\n"
+         f"synthetic default, tiny model, {args.epochs} epochs max, {validation}, grid of {len(grid_points(GRID))}\n"
          f"{machine}", tpe_label=f"TPE + ASHA (grace {args.grace_period}, reduction {args.reduction_factor}, "
          f"{args.startup} startup, {args.samples} trials{options})")
     print_comparison(summary, args)

@@ -8,7 +8,7 @@ and augmented per item, `bmlr.engine.Trainer`'s DataLoader, method step and opti
 * ``paper``: 257 x 188 log spectrograms (16 kHz, 3 s, n_fft 512, hop 256), 3 frames of
   224 x 224, batch 64, two ResNet-18 (width 64, 2 blocks per stage). The clips are synthetic
   (the generator at 224 px), written once to the cache.
-* ``tiny``: the synthetic default exactly as `python tune.py` trains it (129 x 126 spectrograms,
+* ``tiny``: the synthetic default exactly as `python tune.py` trains it (129 x 63 spectrograms,
   3 frames of 32 x 32, batch 64, ResNet width 8, 1 block per stage).
 
 Variants (each a Trainer configuration): ``fp32`` (in-process loading, the default),
@@ -16,16 +16,25 @@ Variants (each a Trainer configuration): ``fp32`` (in-process loading, the defau
 ``bf16`` (amp), ``bf16+cl`` (channels-last), ``bf16+cl+compile``. On a CPU ``cl`` and
 ``compile`` run too (the code paths the GPU uses) unless left out with --variants.
 
+``--reshaping`` measures the cost of BMLR's label reshaping (equations 3-8) instead: the variants
+are the methods ``only_tpo`` and ``bmlr`` (beta 0: every step reshapes) on the same model and
+batches, which differ only in the reshaping; after the table the ratio of their median compute
+time per step (forward + backward + optimizer) is printed. ``--set`` sizes the model and inputs.
+
 Printed: per variant the median of each phase over the timed steps (the device is synchronised
 between phases, so the parts add up to the step), the step time without those synchronisations
 (steps back to back, as in training), samples per second, the model's FLOPs per step (counted with
 torch's FlopCounterMode on one step) and the FLOP rate they imply, as a share of the device's
 peak: the spec sheet's dense bf16 peak on known GPUs (--peak-tflops otherwise) and a measured
-large-matmul rate (fp32 on CPU, bf16 on GPU). Steps (and epochs) of the variants are interleaved; ratios are to the first variant of the same run.
+large-matmul rate (fp32 on CPU, bf16 on GPU). Steps (and epochs) of the variants are interleaved;
+ratios are to the first variant of the same run.
 
     python bench/bench_throughput.py --sizes tiny             # seconds
     python bench/bench_throughput.py --sizes paper --steps 3  # minutes on a CPU
     python bench/bench_throughput.py                          # both; on a GPU all variants
+    python bench/bench_throughput.py --reshaping --sizes tiny --steps 20 --cpus 1 --no-epoch --batch 32 \\
+        --set model_width=16 --set model_depth=2 --set image_size=64 --set data_version=v2  # bmlr / only_tpo
+    python bench/bench_throughput.py --reshaping --sizes paper   # the same at the paper's sizes
 """
 from __future__ import annotations
 
@@ -45,6 +54,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 # dense bf16 tensor-core peaks (TFLOP/s) from the vendors' spec sheets (no sparsity)
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0,
@@ -195,7 +205,8 @@ def run_variants(variants: list[tuple[str, dict[str, Any]]], base: dict[str, Any
             one_step(trainer, iters[name], device, phases[name], synced=True)
     for name in trainers:
         med = {p: statistics.median(v) for p, v in phases[name].items()}
-        rows[name].update(phases_s=med, step_synced_s=sum(med.values()), step_s=sum(med.values()))
+        compute = statistics.median(map(sum, zip(*(phases[name][p] for p in PHASES[2:]))))
+        rows[name].update(phases_s=med, step_synced_s=sum(med.values()), step_s=sum(med.values()), compute_s=compute)
     if device.type == "cuda":  # back to back, one synchronisation at the end of each run of steps
         for name, trainer in trainers.items():
             sync(device)
@@ -229,7 +240,9 @@ def run_variants(variants: list[tuple[str, dict[str, Any]]], base: dict[str, Any
     return [rows[name] for name, _ in variants]
 
 
-def variants_for(device: torch.device, wanted: list[str] | None) -> list[tuple[str, dict[str, Any]]]:
+def variants_for(device: torch.device, wanted: list[str] | None, reshaping: bool) -> list[tuple[str, dict[str, Any]]]:
+    if reshaping:  # the two methods differ only in the reshaping; beta 0: it applies at every step
+        return [(m, {"method": m, "beta": 0.0, "amp": False, "num_workers": 0}) for m in ("only_tpo", "bmlr")]
     common = {"fp32": {"amp": False, "num_workers": 0}, "workers": {"amp": False, "num_workers": -1}}
     if device.type == "cuda":
         extra = {"bf16": {"amp": True, "num_workers": -1},
@@ -281,16 +294,47 @@ def report(size: str, rows: list[dict[str, Any]], device, peak_spec, peak_measur
     return lines
 
 
+def measure_size(size: str, args, device, peak_spec, peak_measured) -> dict[str, Any]:
+    """One input setting: its data, every variant side by side, the table printed."""
+    from bmlr.config import from_dict
+    from bmlr.data import build_datasets
+
+    args.size = size
+    base = tiny_config(args) if size == "tiny" else paper_config(args)
+    base.update({k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.set)})
+    if args.batch:
+        base["batch_size"] = args.batch
+    if args.cache_dir:
+        base["cache_dir"] = str(Path(args.cache_dir).resolve())
+    cfg = from_dict({**base, "device": "cpu"})
+    data = build_datasets(cfg) if size == "tiny" else paper_data(args, cfg)
+    shapes = {u: tuple(s.shape) for u, s in data.modalities.items()}
+    desc = (f"inputs {shapes}, batch {base['batch_size']}, ResNet width {base['model_width']} "
+            f"depth {base['model_depth']}, {args.steps} timed steps (median)")
+    print(f"  {size}: {desc}", flush=True)
+    rows = run_variants(variants_for(device, args.variants and args.variants.split(","), args.reshaping), base,
+                        data, args, device)
+    for line in report(size, rows, device, peak_spec, peak_measured, base["batch_size"], desc):
+        print(line)
+    if args.reshaping:
+        print(f"ratio bmlr / only_tpo = {rows[1]['compute_s'] / rows[0]['compute_s']:.3f} (median compute time "
+              f"per step: {rows[1]['compute_s'] * 1e3:.1f} vs {rows[0]['compute_s'] * 1e3:.1f} ms)")
+    return {"description": desc, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="tiny,paper", help="comma-separated: tiny, paper")
     p.add_argument("--variants", help="comma-separated subset (default: all for the device)")
+    p.add_argument("--reshaping", action="store_true", help="the variants are only_tpo and bmlr: the reshaping's cost")
     p.add_argument("--device", default="auto")
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1,
                    help="the trial's CPUs: torch threads and the base of num_workers=-1")
     p.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch", type=int, help="batch size (default 64, the paper's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a Config key of both sizes (model_width=16, image_size=64)")
     p.add_argument("--paper-clips-per-class", type=int, default=24, help="synthetic 224 px clips per class")
     p.add_argument("--no-epoch", dest="epoch", action="store_false", help="skip the timed epochs (tiny)")
     p.add_argument("--epoch-rounds", type=int, default=3, help="timed epochs per variant (tiny; median)")
@@ -306,36 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.cpus)
     peak_spec = spec_peak(device, args.peak_tflops)
     peak_measured = matmul_tflops(device)
-    header = (f"device: {device_name(device)}; torch {torch.__version__}; {args.cpus} CPUs for the trial "
-              f"(torch threads; num_workers=-1 gives {max(0, min(8, args.cpus - 1))}); measured matmul "
-              f"{peak_measured * 1e3:.1f} GFLOP/s" + (f"; spec bf16 peak {peak_spec:.0f} TFLOP/s" if peak_spec else ""))
-    print(header, flush=True)
-    out: dict[str, Any] = {"device": device_name(device), "cpus": args.cpus, "matmul_tflops": peak_measured,
-                           "spec_peak_tflops": peak_spec, "torch": torch.__version__, "sizes": {}}
-    wanted = args.variants.split(",") if args.variants else None
-    for size in [s.strip() for s in args.sizes.split(",") if s.strip()]:
-        from bmlr.config import from_dict
-        from bmlr.data import build_datasets
-
-        args.size = size
-        base = tiny_config(args) if size == "tiny" else paper_config(args)
-        if args.batch:
-            base["batch_size"] = args.batch
-        if args.cache_dir:
-            base["cache_dir"] = str(Path(args.cache_dir).resolve())
-        cfg = from_dict({**base, "device": "cpu"})
-        data = build_datasets(cfg) if size == "tiny" else paper_data(args, cfg)
-        shapes = {u: tuple(s.shape) for u, s in data.modalities.items()}
-        desc = (f"inputs {shapes}, batch {base['batch_size']}, ResNet width {base['model_width']} "
-                f"depth {base['model_depth']}, {args.steps} timed steps (median)")
-        variants = variants_for(device, wanted)
-        print(f"  {size}: {desc}", flush=True)
-        rows = run_variants(variants, base, data, args, device)
-        for line in report(size, rows, device, peak_spec, peak_measured, base["batch_size"], desc):
-            print(line)
-        out["sizes"][size] = {"description": desc, "rows": rows}
+    print(f"device: {device_name(device)}; torch {torch.__version__}; {args.cpus} CPUs for the trial "
+          f"(torch threads; num_workers=-1 gives {max(0, min(8, args.cpus - 1))}); measured matmul "
+          f"{peak_measured * 1e3:.1f} GFLOP/s" + (f"; spec bf16 peak {peak_spec:.0f} TFLOP/s" if peak_spec else ""),
+          flush=True)
+    sizes = {size: measure_size(size, args, device, peak_spec, peak_measured)
+             for size in [s.strip() for s in args.sizes.split(",") if s.strip()]}
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"device": device_name(device), "cpus": args.cpus,
+                                               "matmul_tflops": peak_measured, "spec_peak_tflops": peak_spec,
+                                               "torch": torch.__version__, "sizes": sizes}, indent=2, default=str))
     return 0
 
 

@@ -25,13 +25,28 @@ C, D = "alpha=1.0|fusion='concat'", "alpha=1.0|fusion='sum'"
 SPAN = 0.8 - 0.25
 
 
-@pytest.fixture(scope="module")
-def br():
-    spec = importlib.util.spec_from_file_location("bench_bench_regret", ROOT / "bench" / "bench_regret.py")
+def load_bench(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def br():
+    return load_bench("bench_regret")
+
+
+@pytest.fixture(scope="module")
+def rp(br):
+    """bench/replay.py, the tables and replays bench_regret.py imports (bench/ is on the path)."""
+    return importlib.import_module("replay")
+
+
+@pytest.fixture(scope="module")
+def bw():
+    return load_bench("bench_winners")
 
 
 def write_table(folder: Path, seed: int) -> Path:
@@ -44,8 +59,8 @@ def write_table(folder: Path, seed: int) -> Path:
 
 
 @pytest.fixture
-def grid(br, tmp_path):
-    return br.bw.load_grid([write_table(tmp_path / f"s{s}", s) for s in range(2)])
+def grid(rp, tmp_path):
+    return rp.load_grid([write_table(tmp_path / f"s{s}", s) for s in range(2)])
 
 
 def record(trials, table: int = 0):
@@ -58,7 +73,7 @@ def record(trials, table: int = 0):
     return {"rule": "best", "samples": len(out), "seed": table, "table": table, "trials": out}
 
 
-def test_anytime_regret_follows_the_incumbent_in_creation_order(br, grid):
+def test_anytime_regret_follows_the_incumbent_in_creation_order(br, bw, grid):
     # in the record's (Ray's creation) order, whatever the ids; the second trial failed
     rec = record([("x_00004", (1.0, "sum"), 1), ("x_00001", None, 0), ("x_00000", (0.5, "sum"), 3),
                   ("x_00003", (1.0, "concat"), 3), ("x_00002", (0.5, "concat"), 2)])
@@ -68,7 +83,7 @@ def test_anytime_regret_follows_the_incumbent_in_creation_order(br, grid):
     assert [r for _, r in got] == pytest.approx([1.0, 1.0, 0.2 / SPAN, 0.2 / SPAN, 0.2 / SPAN])
     last = br.anytime_regret(rec, grid, "last", max_epochs=3)  # last rule: C (0.75) overtakes B (0.4)
     assert [r for _, r in last] == pytest.approx([1.0, 1.0, 0.2 / SPAN, 0.0, 0.0])
-    assert br.bw.outcome({**rec, "rule": "last"}, grid, 3)["winner"] == C  # the last point is the export
+    assert bw.outcome({**rec, "rule": "last"}, grid, 3)["winner"] == C  # the last point is the export
     only_failed = record([("x_00000", None, 0)])
     assert br.anytime_regret(only_failed, grid, "best", 3) == [(0, 1.0)]
 
@@ -144,7 +159,7 @@ def ray_local():
 @pytest.mark.slow
 @pytest.mark.parametrize("sampler, scheduler", [("tpe", "hyperband"), ("tpe", "none"), ("random", "asha"),
                                                 ("random", "hyperband"), ("random", "none")])
-def test_real_replay_of_each_new_strategy(br, grid, tmp_path, ray_local, sampler, scheduler):
+def test_real_replay_of_each_new_strategy(br, bw, rp, grid, tmp_path, ray_local, sampler, scheduler):
     """The replay runs through Ray with the product's sampler and scheduler: without a
     scheduler every trial trains every epoch; the random sampler draws exactly what the
     product's make_sampler("random", seed) draws; every trial replays its table's curve."""
@@ -152,13 +167,13 @@ def test_real_replay_of_each_new_strategy(br, grid, tmp_path, ray_local, sampler
 
     from bmlr.tuning.ray_backend import make_sampler
 
-    settings = br.bw.ReplaySettings(max_epochs=3, concurrent=2, sleep_s=0.0)
+    settings = rp.ReplaySettings(max_epochs=3, concurrent=2, sleep_s=0.0)
     replay = br.Strategy(sampler, scheduler).replay("best", 5, seed=1)
-    rec = br.bw.run_replay(grid, replay, settings, tmp_path)
+    rec = rp.run_replay(grid, replay, settings, tmp_path)
     assert (rec["sampler"], rec["scheduler"], rec["table"], len(rec["trials"])) == (sampler, scheduler, 1, 5)
     trials = rec["trials"]  # in Ray's creation order
     for t in trials:
-        key = br.bw.config_key(t["config"], grid.keys)
+        key = rp.point_key(t["config"], grid.keys)
         assert t["error"] is None and 1 <= len(t["val_acc"]) <= 3
         assert t["val_acc"] == grid.curves[1][key][:len(t["val_acc"])]
         if scheduler == "none":
@@ -170,4 +185,4 @@ def test_real_replay_of_each_new_strategy(br, grid, tmp_path, ray_local, sampler
         assert [t["config"] for t in trials] == drawn
     curve = br.anytime_regret(rec, grid, "best", 3)
     assert curve[-1][0] == sum(len(t["val_acc"]) for t in trials)
-    assert curve[-1][1] == pytest.approx(br.normalised_regret(grid, br.bw.outcome(rec, grid, 3)["winner"]))
+    assert curve[-1][1] == pytest.approx(br.normalised_regret(grid, bw.outcome(rec, grid, 3)["winner"]))

@@ -33,6 +33,12 @@ def bw():
     return module
 
 
+@pytest.fixture(scope="module")
+def rp(bw):
+    """bench/replay.py, the tables and replays bench_winners.py imports (bench/ is on the path)."""
+    return importlib.import_module("replay")
+
+
 def write_table(folder: Path, seed: int, keep=None, grid=GRID, epochs: int = 3) -> Path:
     """A bench_search.py --out folder: grid.jsonl (the configurations in `keep`, all by default)
     and grid_meta.json."""
@@ -48,8 +54,8 @@ def write_table(folder: Path, seed: int, keep=None, grid=GRID, epochs: int = 3) 
 
 
 @pytest.fixture
-def grid(bw, tmp_path):
-    return bw.load_grid([write_table(tmp_path / f"s{s}", s) for s in range(3)])
+def grid(rp, tmp_path):
+    return rp.load_grid([write_table(tmp_path / f"s{s}", s) for s in range(3)])
 
 
 def record(trials, table: int = 0, rule: str = "best"):
@@ -83,8 +89,8 @@ def test_true_quality_and_regret_by_hand(grid):
     ("last-3", C, (0.6 + 0.7 + 0.75) / 3),
     ("smooth-2", C, (0.7 + 0.75) / 2),
 ])
-def test_exported_winner_by_each_rule(bw, grid, rule, winner, score):
-    rows = bw.trial_rows(record(TRIALS), rule, max_epochs=3)
+def test_exported_winner_by_each_rule(bw, rp, grid, rule, winner, score):
+    rows = rp.trial_rows(record(TRIALS), rule, max_epochs=3)
     assert [r["status"] for r in rows] == ["completed"] * 4 + ["stopped_early"]
     got = bw.outcome(record(TRIALS, rule=rule), grid, max_epochs=3)
     assert got["winner"] == winner
@@ -94,8 +100,8 @@ def test_exported_winner_by_each_rule(bw, grid, rule, winner, score):
     assert best_row["score"] == pytest.approx(score)
 
 
-def test_best_rule_ties_go_to_the_earlier_epoch_then_trial(bw):
-    rows = bw.trial_rows(record(TRIALS), "best", max_epochs=3)
+def test_best_rule_ties_go_to_the_earlier_epoch_then_trial(rp):
+    rows = rp.trial_rows(record(TRIALS), "best", max_epochs=3)
     b_rows = [r for r in rows if r["param.fusion"] == "sum" and r["param.alpha"] == 0.5]
     assert [r["best_epoch"] for r in b_rows] == [1, 1]
     from bmlr.tuning.selection import choose_best
@@ -103,31 +109,31 @@ def test_best_rule_ties_go_to_the_earlier_epoch_then_trial(bw):
     assert choose_best(rows)["trial_id"] == "t_00000"
 
 
-def test_confirmation_winner_and_cost(bw, grid):
-    rows = bw.trial_rows(record(TRIALS), "best", max_epochs=3)
+def test_confirmation_winner_and_cost(bw, rp, grid):
+    rows = rp.trial_rows(record(TRIALS), "best", max_epochs=3)
     winner, candidates, cost = bw.confirm(rows, grid, study_table=0, k=3, seeds=2)
     # the top 3 distinct configurations by the search (B's second trial is not a new one)
-    assert [bw.row_key(c.row, grid) for c in candidates] == [B, C, A]
-    means = {bw.row_key(c.row, grid): c.mean for c in candidates}
+    assert [rp.row_key(c.row, grid) for c in candidates] == [B, C, A]
+    means = {rp.row_key(c.row, grid): c.mean for c in candidates}
     assert means == {B: pytest.approx(0.45), A: pytest.approx(0.7), C: pytest.approx(0.8)}
-    assert bw.row_key(winner, grid) == C
+    assert rp.row_key(winner, grid) == C
     assert cost == 3 * 2 * 3
     got = bw.outcome(record(TRIALS), grid, max_epochs=3, k=3, seeds=2)
     assert got == {"winner": C, "regret": 0.0, "epochs": 13 + 18, "search_epochs": 13, "confirmation_epochs": 18}
 
 
-def test_confirmation_uses_only_the_tables_after_the_studys(bw, grid):
+def test_confirmation_uses_only_the_tables_after_the_studys(bw, rp, grid):
     assert bw.confirmation_tables(grid, 0, 2) == [1, 2]
     assert bw.confirmation_tables(grid, 2, 1) == [0]
     with pytest.raises(ValueError):
         bw.confirmation_tables(grid, 0, 3)  # the study's own table is never a new seed
     # study on table 2, confirmed on table 0 only: A (0.7 there) ranked first by the search, C (0.75) wins
     trials = [("t_00000", (0.5, "concat"), 3), ("t_00001", (0.5, "sum"), 3), ("t_00002", (1.0, "concat"), 3)]
-    rows = bw.trial_rows(record(trials, table=2), "best", max_epochs=3)
+    rows = rp.trial_rows(record(trials, table=2), "best", max_epochs=3)
     winner, candidates, cost = bw.confirm(rows, grid, study_table=2, k=2, seeds=1)
     # 0.8 and 0.8 on table 2: A reached it at an earlier epoch
-    assert [bw.row_key(c.row, grid) for c in candidates] == [A, C]
-    assert bw.row_key(winner, grid) == C and cost == 2 * 1 * 3
+    assert [rp.row_key(c.row, grid) for c in candidates] == [A, C]
+    assert rp.row_key(winner, grid) == C and cost == 2 * 1 * 3
 
 
 def test_summary_quantiles_and_matched_budget(bw):
@@ -140,32 +146,32 @@ def test_summary_quantiles_and_matched_budget(bw):
     assert bw.matched_samples(4, outs, 18) == 6
 
 
-def test_tables_must_be_one_grid(bw, tmp_path):
+def test_tables_must_be_one_grid(rp, tmp_path):
     t0 = write_table(tmp_path / "a", 0)
     t1 = write_table(tmp_path / "b", 1, grid={"alpha": [0.5, 1.0], "fusion": ["concat", "sum", "gated"]})
     with pytest.raises(SystemExit, match="grid differ"):
-        bw.load_grid([t0, t1])
+        rp.load_grid([t0, t1])
     with pytest.raises(SystemExit, match="seeds repeat"):
-        bw.load_grid([t0, write_table(tmp_path / "c", 0)])
+        rp.load_grid([t0, write_table(tmp_path / "c", 0)])
 
 
-def test_a_partial_table_is_intersected_and_a_half_written_line_skipped(bw, tmp_path):
+def test_a_partial_table_is_intersected_and_a_half_written_line_skipped(rp, tmp_path):
     t0 = write_table(tmp_path / "a", 0)
     t1 = write_table(tmp_path / "b", 1, keep={(0.5, "concat"), (0.5, "sum"), (1.0, "concat")})
     with t1.open("a") as f:
         f.write('{"key": "x", "point": {"alpha": 1.0, "fus')  # the writer is mid-line
-    grid = bw.load_grid([t0, t1])
+    grid = rp.load_grid([t0, t1])
     assert list(grid.points) == [A, B, C]
     assert grid.holes == [D]  # in the searched values' product, not in every table
     assert all(list(c) == [A, B, C] for c in grid.curves)  # not replayed from the table that has it
     assert grid.quality(C) == pytest.approx((0.75 + 0.8) / 2)
-    sub = bw.load_grid([t0, t1], only={"alpha": 0.5})  # a complete sub-grid: nothing missing
+    sub = rp.load_grid([t0, t1], only={"alpha": 0.5})  # a complete sub-grid: nothing missing
     assert list(sub.points) == [A, B] and sub.holes == []
     assert sub.values() == {"alpha": [0.5], "fusion": ["concat", "sum"]}
 
 
 @pytest.mark.slow
-def test_one_real_replay_through_ray(bw, tmp_path):
+def test_one_real_replay_through_ray(bw, rp, tmp_path):
     """TPE + ASHA through Ray over a grid with a hole (D is missing from tables 1 and 2): each
     trial replays its configuration's curve from the study's table; a trial on the hole fails
     (as a diverged trial does) and never wins."""
@@ -173,17 +179,17 @@ def test_one_real_replay_through_ray(bw, tmp_path):
     import ray
 
     partial = {(0.5, "concat"), (0.5, "sum"), (1.0, "concat")}
-    grid = bw.load_grid([write_table(tmp_path / "s0", 0)] +
+    grid = rp.load_grid([write_table(tmp_path / "s0", 0)] +
                         [write_table(tmp_path / f"s{s}", s, keep=partial) for s in (1, 2)])
-    settings = bw.ReplaySettings(max_epochs=3, concurrent=2, sleep_s=0.0)
+    settings = rp.ReplaySettings(max_epochs=3, concurrent=2, sleep_s=0.0)
     init_ray(None, 2, 0)
     try:
-        rec = bw.run_replay(grid, bw.Replay("last-3", 4, seed=1), settings, tmp_path)
+        rec = rp.run_replay(grid, rp.Replay("last-3", 4, seed=1), settings, tmp_path)
     finally:
         ray.shutdown()
     assert rec["table"] == 1 and rec["table_seed"] == 1 and len(rec["trials"]) == 4
     for t in rec["trials"]:  # each trial replayed its configuration's table-1 curve (ASHA may stop it)
-        key = bw.config_key(t["config"], grid.keys)
+        key = rp.point_key(t["config"], grid.keys)
         n = len(t["val_acc"])
         if key in grid.holes:
             assert n == 0 and "not in every table" in t["error"]

@@ -162,7 +162,8 @@ def test_bench_throughput_tiny_runs_every_cpu_variant(tiny_data, capsys, threads
 
 def test_search_benchmark_curves():
     bench = _bench("bench_search")
-    assert len(bench.grid_points()) == 48 and len({bench.point_key(p) for p in bench.grid_points()}) == 48
+    points = bench.grid_points(bench.GRID)
+    assert len(points) == 48 and len({bench.point_key(p) for p in points}) == 48
     assert bench.best_so_far([0.2, 0.5, 0.4, 0.7]) == [0.2, 0.5, 0.5, 0.7]
     assert bench.epochs_to_target([0.2, 0.5, 0.5, 0.7], 0.5) == 2
     assert bench.epochs_to_target([0.2, 0.5], 0.9) is None
@@ -219,16 +220,18 @@ def test_search_benchmark_signals_and_rank_agreement():
     assert [m["best_val_acc"] for m in signals] == [0.5, 0.7, 0.7]
     assert [m["val_acc_weakest"] for m in signals] == [0.2, 0.4, 0.6]
     assert signals[1]["val_loss"] == 0.8
-    # three configurations whose final ranks are c > b > a: the visual accuracy ranks them right
-    # from epoch 1, the epoch-1 accuracy ranks them backwards, a loss counts negated
+    # four configurations (the product's rung check needs 4) whose final ranks are d > c > b > a: the
+    # visual accuracy ranks them right from epoch 1, the epoch-1 accuracy ranks them backwards, a
+    # loss counts negated
     table = {"a": {"val_acc": [0.9, 0.5], "val_acc_visual": [0.1, 0.2], "val_loss": [3.0, 2.0]},
              "b": {"val_acc": [0.8, 0.95], "val_acc_visual": [0.2, 0.3], "val_loss": [2.0, 1.0]},
-             "c": {"val_acc": [0.7, 0.99], "val_acc_visual": [0.3, 0.4], "val_loss": [1.0, 0.5]}}
+             "c": {"val_acc": [0.7, 0.99], "val_acc_visual": [0.3, 0.4], "val_loss": [1.0, 0.5]},
+             "d": {"val_acc": [0.6, 0.995], "val_acc_visual": [0.4, 0.5], "val_loss": [0.5, 0.25]}}
     assert bench.rank_agreement(table, 2)[1] == pytest.approx(-1.0)
     assert bench.rank_agreement(table, 2, "val_acc_visual") == pytest.approx({1: 1.0, 2: 1.0})
     assert bench.rank_agreement(table, 2, "val_loss") == pytest.approx({1: 1.0, 2: 1.0})
     assert bench.rank_agreement(table, 2, "best_val_acc")[2] == pytest.approx(1.0)
-    # second halves: a (0.5), b (0.95), c (0.5, 0.6): one step, 0.1; c's best 0.99 stands above the
+    # second halves: a (0.5), b (0.95), c (0.5, 0.6), d (0.995): one step, 0.1; c's best 0.99 stands above the
     # mean of its last (at most 5) epochs
     table["c"]["val_acc"] = [0.7, 0.99, 0.5, 0.6]
     noise = bench.epoch_noise(table, "c")
@@ -247,7 +250,7 @@ def test_search_benchmark_replays_through_ray_tune(tmp_path):
     bench = _bench("bench_search")
     epochs = 3
     table = {bench.point_key(p): {"val_acc": [0.3 + 0.1 * (p["lr"] > 2e-3) + 0.2 * (p["beta"] == 0.5) + 0.05 * e
-                                              for e in range(epochs)]} for p in bench.grid_points()}
+                                              for e in range(epochs)]} for p in bench.grid_points(bench.GRID)}
     args = argparse.Namespace(epochs=epochs, concurrent=2, replay_sleep=0.01)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
