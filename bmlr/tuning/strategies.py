@@ -41,6 +41,7 @@ class Search:
     warm_start: tuple[dict[str, Any], ...] = ()
 
     searcher_name = "optuna-tpe"
+    role = "study"  # the parent run's tag bmlr.role
 
     @property
     def early_stopping(self) -> bool:
@@ -77,6 +78,7 @@ class Grid:
     seeds: tuple[int, ...]
 
     searcher_name = "grid"
+    role = "surface"
     scheduler = "fifo"
     early_stopping = False
 

@@ -43,7 +43,7 @@ from bmlr.tuning.ray_backend import METRIC, MODE, RayStartError
 from bmlr.tuning.references import run_references
 from bmlr.tuning.results import finish, folder_results
 from bmlr.tuning.search_space import SearchSpace, project_root
-from bmlr.tuning.strategies import Grid, Search
+from bmlr.tuning.strategies import Search
 
 __all__ = ["StudyError", "StudySettings", "Runtime", "Plan", "StudyOutcome", "plan_study", "resume_store", "prepare_data",
            "build_cache", "start_tracking", "build_tuner", "ray_session", "run_study", "finished_outcome"]
@@ -90,7 +90,7 @@ def start_tracking(plan: Plan, data_info: dict[str, Any]) -> None:
     tags = {"dataset": s.dataset, "method": s.method, "search_space": s.search_space, "study": s.name,
             "study_dir": str(plan.study_dir), "score_rule": plan.rule.name,
             "selection_metric": f"{METRIC} ({plan.rule.name}: {plan.rule.describe()}, {MODE})",
-            "bmlr.role": s.role or ("surface" if isinstance(plan.strategy, Grid) else "study")}
+            "bmlr.role": s.role or plan.strategy.role}
     if s.outer_run_id:
         tags["mlflow.parentRunId"] = s.outer_run_id
     if commit:
