@@ -305,6 +305,11 @@ def test_compare_tunes_each_method_with_the_same_budget(tiny):
         with (study / "trials.csv").open() as f:
             trials = list(csv.DictReader(f))
         assert len(trials) == 2 == row["trials"]  # the same number of trials for every method
+        # the row's untuned configuration (its search space's defaults) is its first trial
+        first = min(trials, key=lambda t: t["trial_id"])
+        defaults = load_search_space(folder / "spaces" / f"{row['label']}.yaml").defaults_point()
+        assert defaults and all(first[f"param.{k}"] == v if isinstance(v, str) else
+                                float(first[f"param.{k}"]) == pytest.approx(v) for k, v in defaults.items())
         assert all(int(t["epochs"]) <= 1 for t in trials)
         searched[row["label"]] = {k.removeprefix("param.") for k in trials[0] if k.startswith("param.")}
         results = json.loads((Path(row["run_dir"]) / "results.json").read_text())

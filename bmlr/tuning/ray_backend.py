@@ -76,15 +76,20 @@ def make_sampler(kind: str = "tpe", seed: int = 0, n_startup_trials: int | None 
 
 
 def make_searcher(space: Mapping[str, Any], sampler=None, seed: int = 0, metric: str = METRIC,
-                  mode: str = MODE, warm_start: Sequence[Mapping[str, Any]] = ()):
+                  mode: str = MODE, warm_start: Sequence[Mapping[str, Any]] = (),
+                  first: Sequence[Mapping[str, Any]] = ()):
     """``OptunaSearch`` over ``space`` (Optuna distributions by key), learning from ``metric``
     (TPE with ``seed`` unless a ``sampler`` is given). ``warm_start``: results Optuna is told
-    before it samples (``{"params": {...}, "value": v}``), not trained again."""
+    before it samples (``{"params": {...}, "value": v}``), not trained again. ``first``: points
+    trained before any is sampled (Ray's ``points_to_evaluate``; keys left out are sampled); not
+    with ``warm_start`` (Ray takes one list of points, all with results or none)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    points = [dict(w["params"]) for w in warm_start]
+    if warm_start and first:
+        raise ValueError("make_searcher: warm_start and first cannot be combined")
+    points = [dict(w["params"]) for w in warm_start] or [dict(p) for p in first]
     return OptunaSearch(space=dict(space), metric=metric, mode=mode,
                         sampler=sampler if sampler is not None else make_sampler("tpe", seed),
                         points_to_evaluate=points or None,

@@ -19,7 +19,6 @@ data (``--references`` / ``--no-references``).
 """
 from __future__ import annotations
 
-import math
 import time
 from typing import Any, Callable
 
@@ -30,7 +29,7 @@ from bmlr.fileio import finite_or_none, write_json
 from bmlr.tuning import ray_backend
 from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.results import best_epoch
-from bmlr.tuning.selection import score
+from bmlr.tuning.selection import difference_text, score
 
 __all__ = ["FILE", "reference_configs", "baseline_config", "train_references", "difference_text", "run_references"]
 
@@ -41,7 +40,7 @@ History = list[dict[str, Any]]
 def reference_configs(plan: Plan, best: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
     """``{name: (configuration, how it was obtained)}`` of the two references."""
     # a trial's configuration (the fixed part, --set values, seed, threads) with each searched key's default
-    defaults_of = {k: p.default for k, p in plan.space.params.items() if p.default is not None}
+    defaults_of = plan.space.defaults_point()
     untuned = {**plan.trial_base, **defaults_of}
     defaults = ", ".join(f"{k} {v}" for k, v in defaults_of.items())
     defaults = defaults or "it gives none: the configuration's values"
@@ -86,17 +85,6 @@ def train_references(configs: dict[str, dict[str, Any]], budget: int, cpus: floa
     task = ray.remote(num_cpus=cpus, num_gpus=gpus or 0)(_train)
     futures = {name: task.remote(config, budget) for name, config in configs.items()}
     return {name: ray.get(future) for name, future in futures.items()}
-
-
-def difference_text(a: float, a_se: float | None, b: float, b_se: float | None) -> str:
-    """``+4.2 points (2 SE of the difference: 3.1)``: the difference of two accuracies and two
-    standard errors of it, with "; within the noise" where the difference is inside that band."""
-    diff = 100 * (a - b)
-    if a_se is None or b_se is None:
-        return f"{diff:+.1f} points"
-    band = 200 * math.sqrt(a_se ** 2 + b_se ** 2)
-    inside = "; within the noise" if abs(diff) <= band else ""
-    return f"{diff:+.1f} points (2 SE of the difference: {band:.1f}{inside})"
 
 
 def _lines(plan: Plan, best: dict[str, Any], scored: dict[str, dict[str, Any]], n_val: int | None,

@@ -28,7 +28,7 @@ from bmlr.tuning.ray_backend import METRIC
 from bmlr.tuning.rung_check import rung_warning
 from bmlr.tuning.scores import DEFAULT_RULE, VAL_ACC, ScoreRule, rule_of
 from bmlr.tuning.search_space import SearchSpace
-from bmlr.tuning.selection import SCORE, noise_note, score, standard_error
+from bmlr.tuning.selection import SCORE, difference_text, noise_note, rank, score, standard_error
 from bmlr.tuning.store import StudyStore, read_json_lines
 
 __all__ = ["Row", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
@@ -180,8 +180,9 @@ def format_table(rows: list[Row], top: int = 5) -> str:
 
 # --- the end of a run ---------------------------------------------------------------------------
 def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = print, top: int = 5) -> StudyOutcome:
-    """Write ``trials.csv`` and ``best.yaml`` (the trial the study's strategy picks), mark the MLflow runs, end the parent run and
-    print the summary. An uninterrupted study's trial states are deleted (nothing to resume)."""
+    """Write ``trials.csv`` and ``best.yaml`` (the trial the study's strategy picks), record the
+    winner, mark the MLflow runs, end the parent run and print the summary. An uninterrupted
+    study's trial states are deleted (nothing to resume)."""
     store, study_runs = plan.store, plan.runs
     runs = study_runs.trials()
     n_val = (store.data_info().get("sizes") or {}).get("val")
@@ -260,6 +261,25 @@ def winner_note(best: Row, where: str) -> str:
             f"validation split; test never read). Trial {best['trial_id']}.")
 
 
+def untuned_line(plan: Plan, rows: list[Row]) -> str:
+    """Where the untuned configuration (the search's first trial: each searched key's default)
+    ranked, and the winner against it; also the parent run's tag ``untuned_trial``. Empty where
+    the study trained no such trial (a grid, a warm-started stage)."""
+    point = plan.strategy.untuned_point(plan)
+    row = next((r for r in rows if point and all(r.get(f"param.{k}") == v for k, v in point.items())), None)
+    if row is None:
+        return ""
+    ranked = rank(rows)
+    where = f"ranked {ranked.index(row) + 1} of {len(ranked)}" if row in ranked else f"{row['status']}, no score"
+    line = (f"untuned defaults ({', '.join(f'{k}={v}' for k, v in point.items())}): trial {row['trial_id']}, "
+            f"{where}")
+    if ranked and ranked[0] is not row and score(row) is not None:
+        best, se = ranked[0], lambda r: finite_or_none(r.get("score_se"))
+        line += f"; best - untuned = {difference_text(score(best), se(best), score(row), se(row))}"
+    plan.runs.set_tags({"untuned_trial": line})
+    return line
+
+
 def rung_line(plan: Plan, rows: list[Row]) -> str:
     """How well ASHA's rung epochs ranked the trials (:mod:`bmlr.tuning.rung_check`), also the
     parent run's tag ``rung_agreement``; empty without early stopping or too few long trials."""
@@ -284,9 +304,9 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, int
     if rows:
         rule = plan.rule
         log(f"best trials by score, {rule.name}: {rule.describe()} (of {len(rows)}):\n" + format_table(rows, top))
-        noise = noise_note(rows, top)
-        if noise:
-            log(noise)
+        for line in (noise_note(rows, top), untuned_line(plan, rows)):
+            if line:
+                log(line)
         rungs = rung_line(plan, rows)
         if rungs:
             log(rungs)

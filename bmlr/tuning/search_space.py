@@ -252,10 +252,15 @@ class SearchSpace:
         out.text = out.to_yaml(header=[f"From {self.source}, searching only {', '.join(keys)}."])
         return out
 
+    def defaults_point(self) -> dict[str, Any]:
+        """Each searched key's `default` (keys without one: none): the untuned configuration's
+        values of the searched keys, a study's first trial."""
+        return {k: p.default for k, p in self.params.items() if p.default is not None}
+
     def untuned(self) -> dict[str, Any]:
         """The configuration an untuned run trains: the fixed part plus each searched key's
         `default` (keys without one keep the Config's or the method's default)."""
-        return {**self.fixed, **{k: p.default for k, p in self.params.items() if p.default is not None}}
+        return {**self.fixed, **self.defaults_point()}
 
     # --- as a file ----------------------------------------------------------------------
     def to_yaml(self, header: list[str] | None = None) -> str:

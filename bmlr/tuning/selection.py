@@ -27,7 +27,7 @@ from typing import Any, Callable, Hashable, Iterable
 from bmlr.fileio import finite_or_none
 
 __all__ = ["SCORE", "LEGACY_SCORE", "score", "is_candidate", "rank", "choose_best", "group_scores", "choose_best_group",
-           "standard_error", "noise_note", "Candidate", "choose_confirmed"]
+           "standard_error", "noise_note", "difference_text", "Candidate", "choose_confirmed"]
 
 SCORE = "score"  # the trials-table column the rule ranks by (higher is better)
 LEGACY_SCORE = "best_val_acc"  # the column of the same score in a trials table from before score rules
@@ -155,3 +155,13 @@ def choose_confirmed(candidates: list[Candidate], results: list[Row]) -> Candida
     scored = [c for c in candidates if c.mean is not None]
     return max(scored, key=lambda c: (c.mean, -candidates.index(c))) if scored else None
 
+
+def difference_text(a: float, a_se: float | None, b: float, b_se: float | None) -> str:
+    """``+4.2 points (2 SE of the difference: 3.1)``: the difference of two accuracies and two
+    standard errors of it, with "; within the noise" where the difference is inside that band."""
+    diff = 100 * (a - b)
+    if a_se is None or b_se is None:
+        return f"{diff:+.1f} points"
+    band = 200 * math.sqrt(a_se ** 2 + b_se ** 2)
+    inside = "; within the noise" if abs(diff) <= band else ""
+    return f"{diff:+.1f} points (2 SE of the difference: {band:.1f}{inside})"

@@ -2,8 +2,11 @@
 a scheduler: each strategy supplies the tuner's searcher, scheduler and parameter space, the
 rule that picks the exported trial, and what it writes when the study has finished.
 
-* :class:`Search` - Optuna's TPE (told ``warm_start`` results first; common random numbers in
-  its start-up trials with ``crn``) with ASHA, Hyperband or no early stopping;
+* :class:`Search` - Optuna's TPE with ASHA, Hyperband or no early stopping. Its first trial is
+  the untuned configuration (each searched key's ``default``, Ray's ``points_to_evaluate``), so
+  a study always measures the defaults it is meant to beat; a search told ``warm_start``
+  results first (a staged study's second stage, given the first stage's winner) trains none
+  again. Common random numbers in the start-up trials with ``crn``;
 * :class:`Grid` - every combination of the search space's choice entries, times the training
   ``seeds``, each trained for all its epochs (a surface must not mix budgets: no early
   stopping); the winner is the best cell's best seed, and a finished grid writes
@@ -49,13 +52,22 @@ class Search:
 
     def tuner_args(self, plan) -> dict[str, Any]:
         s = plan.settings
-        warm = [w for w in self.warm_start if set(w["params"]) == set(plan.space.params)]
+        warm = self._warm(plan)
+        first = [self.untuned_point(plan)] if self.untuned_point(plan) else []
         searcher = ray_backend.make_searcher(plan.space.optuna_space(),
                                              ray_backend.make_sampler("tpe", s.seed, crn=self.crn), seed=s.seed,
-                                             warm_start=warm)
+                                             warm_start=warm, first=first)
         scheduler = ray_backend.make_scheduler(self.scheduler, max_t=plan.max_epochs, grace_period=s.grace_period,
                                                reduction_factor=s.reduction_factor)
         return {"searcher": searcher, "scheduler": scheduler, "num_samples": s.samples}
+
+    def _warm(self, plan) -> list[dict[str, Any]]:
+        return [w for w in self.warm_start if set(w["params"]) == set(plan.space.params)]
+
+    def untuned_point(self, plan) -> dict[str, Any]:
+        """The first trial's values: each searched key's default ({} where the search is
+        warm-started: its known result stands in for it)."""
+        return {} if self._warm(plan) else plan.space.defaults_point()
 
     def schedule_text(self, plan) -> str:
         if not self.early_stopping:
@@ -88,6 +100,9 @@ class Grid:
             raise ValueError(f"{plan.space.source}: a grid needs choice entries only; {not_grid} are not")
         space = ray_backend.grid_param_space({k: p.choices for k, p in plan.space.params.items()}, self.seeds)
         return {"scheduler": ray_backend.make_scheduler("fifo"), "param_space": space}
+
+    def untuned_point(self, plan) -> dict[str, Any]:
+        return {}  # a grid trains its cells, nothing else
 
     def schedule_text(self, plan) -> str:
         return "every combination trained to the end"
