@@ -60,3 +60,21 @@ def test_the_summary_says_where_the_defaults_ranked(plan, monkeypatch):
     assert line.endswith("best - untuned = +10.0 points (2 SE of the difference: 5.7)")
     assert tags == {"untuned_trial": line}
     assert untuned_line(plan, rows[:1]) == ""  # no trial trained the defaults: nothing to say
+
+
+def test_a_winner_at_the_edge_of_a_range_is_flagged():
+    """The outer tenth of a numeric range, on a log scale where the range is log: lr 9e-3 of
+    [1e-4, 1e-2] is at the top (log position 0.98), 1.5e-4 at the bottom (0.09), 1e-3 inside;
+    beta 0.85 of [0.1, 0.9] is at the top (0.94), 0.5 inside; a choice has no edge."""
+    from bmlr.tuning.results import edge_lines
+    from bmlr.tuning.search_space import parse_search_space
+
+    space = parse_search_space({"search": {"lr": {"loguniform": [1e-4, 1e-2]}, "beta": {"uniform": [0.1, 0.9]},
+                                           "fusion": {"choice": ["concat", "sum"]}}, "fixed": {}}, source="s.yaml")
+    lr, beta = space.params["lr"], space.params["beta"]
+    assert [lr.edge(v) for v in (9e-3, 1.5e-4, 1e-3)] == ["high", "low", None]
+    assert [beta.edge(v) for v in (0.85, 0.5, 0.1)] == ["high", None, "low"]
+    assert space.params["fusion"].edge("sum") is None
+    lines = edge_lines(space, {"lr": 9e-3, "beta": 0.5, "fusion": "sum"})
+    assert lines == ["range edge: lr = 0.009 lies in the top tenth of its range [0.0001, 0.01] (log scale); the "
+                     "best may lie beyond it: widen search.lr in the search space and search again"]

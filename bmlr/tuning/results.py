@@ -206,7 +206,7 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
     study_runs.end("KILLED" if interrupted else "FINISHED")
     if not interrupted:  # every trial has ended: no state to continue from
         shutil.rmtree(store.state_dir, ignore_errors=True)
-    _summary(plan, rows, counts, best_yaml, interrupted, log, top)
+    _summary(plan, rows, counts, best, best_yaml, interrupted, log, top)
     return StudyOutcome(plan.study_dir, rows, best, best_yaml, plan.parent_run_id, plan.tracking_uri, interrupted)
 
 
@@ -233,16 +233,32 @@ def export_best(plan: Plan, best: Row, runs: dict[str, Any], confirmation: list[
                        run_name=trial_run.info.run_name if trial_run else None, study=s.name,
                        trial_id=best["trial_id"], parent_run_id=plan.parent_run_id)
     cfg = production_config({**plan.production.to_dict(), **sampled}, source=source)  # bmlr.train logs beside it
+    edges = edge_lines(plan.space, sampled)
     header = [f"Best trial of study {s.name} ({s.dataset}, method {s.method}):",
               f"trial {best['trial_id']}, MLflow run {best['run_id']}, {score_text(best)} "
               f"(study seed {s.seed}; test never read)",
               "sampled: " + ", ".join(f"{k}={v}" for k, v in sampled.items()),
-              f"production: {cfg.epochs} epochs, seeds {cfg.seeds}", *confirmation]
+              f"production: {cfg.epochs} epochs, seeds {cfg.seeds}", *confirmation, *edges]
     best_yaml = write_config(cfg, plan.store.best_path, header)
     note = winner_note(best, f"study {s.name}") + ("\n\n" + "\n".join(confirmation) if confirmation else "")
-    plan.runs.mark_winner(runs.values(), best, note)
+    plan.runs.mark_winner(runs.values(), best, note, range_edges="; ".join(edges) or "none")
     plan.runs.log_artifacts([best_yaml])
     return best_yaml
+
+
+def edge_lines(space: SearchSpace, sampled: dict[str, Any]) -> list[str]:
+    """A line for each of the winner's values in the outer tenth of its numeric range (log scale
+    where the range is): the best may lie beyond it."""
+    lines = []
+    for key, value in sampled.items():
+        param = space.params.get(key)
+        edge = param.edge(value) if param is not None else None
+        if edge:
+            scale = " (log scale)" if param.log else ""
+            lines.append(f"range edge: {key} = {value:.4g} lies in the {'top' if edge == 'high' else 'bottom'} "
+                         f"tenth of its range [{param.low}, {param.high}]{scale}; the best may lie beyond it: widen "
+                         f"search.{key} in the search space and search again")
+    return lines
 
 
 def score_text(row: Row) -> str:
@@ -297,14 +313,15 @@ def rung_line(plan: Plan, rows: list[Row]) -> str:
     return line
 
 
-def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best_yaml, interrupted: bool,
+def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best: Row | None, best_yaml, interrupted: bool,
              log: Callable[[str], None], top: int) -> None:
     s = plan.settings
     log(f"\nstudy {plan.study_dir}  trials: " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())))
     if rows:
         rule = plan.rule
         log(f"best trials by score, {rule.name}: {rule.describe()} (of {len(rows)}):\n" + format_table(rows, top))
-        for line in (noise_note(rows, top), untuned_line(plan, rows)):
+        edges = edge_lines(plan.space, sampled_values(best, plan.space)) if best is not None else []
+        for line in (noise_note(rows, top), untuned_line(plan, rows), *edges):
             if line:
                 log(line)
         rungs = rung_line(plan, rows)

@@ -58,6 +58,7 @@ Neither imports Ray nor MLflow; Optuna is imported only by `Param.to_optuna`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
@@ -114,6 +115,15 @@ class Param:
         step = f" step {self.step}" if self.step is not None else ""
         default = f" default {self.default}" if self.default is not None else ""
         return f"{self.kind} {self.sample_values()}{step}{default}"
+
+    def edge(self, value: Any, tenth: float = 0.1) -> str | None:
+        """``"low"`` or ``"high"`` where ``value`` lies in the outer ``tenth`` of this numeric
+        range (measured on a log scale for a loguniform one), else None (a choice has no edge)."""
+        if self.kind == "choice" or value is None or not self.high > self.low:
+            return None
+        scale = math.log if self.log else float
+        where = (scale(float(value)) - scale(float(self.low))) / (scale(float(self.high)) - scale(float(self.low)))
+        return "low" if where <= tenth else "high" if where >= 1 - tenth else None
 
     def to_spec(self) -> dict[str, Any]:
         """The YAML entry this parameter was parsed from."""
