@@ -69,6 +69,11 @@ def test_the_baseline_panel_is_the_reference_read_from_references_json(tmp_path,
     # read, never trained: no counterpart written, nothing trained in the log
     assert not (folder / "report" / "baseline_counterpart.json").exists()
     assert not any("training" in line for line in log)
+    # the report announces itself: where it writes, then each section as it ends, then the page
+    assert log[0] == f"report: writing {folder / 'report'} (11 sections, from the study folder)"
+    progress = [line.split(" (")[0] for line in log if line.startswith("report: ") and "/11 " in line]
+    assert progress[0] == "report: 1/11 summary" and progress[-1] == "report: 11/11 top-3 classes"
+    assert len(progress) == 11 and log[-1].startswith(f"report: {folder / 'report' / 'report.md'} (and report.html")
 
 
 def test_without_references_the_best_trial_stands_alone_and_the_page_says_so(tmp_path, drawn):

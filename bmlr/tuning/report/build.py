@@ -4,8 +4,11 @@ that reports a failure instead of raising it (the study itself succeeded). The r
 study folder and trains nothing."""
 from __future__ import annotations
 
+import functools
+import time
 import traceback
 from pathlib import Path
+from typing import Callable
 
 from bmlr.tuning import tracking
 from bmlr.tuning.report.best_model import Unavailable, ValidationSample, best_model_sample
@@ -45,24 +48,35 @@ def write_report(study_dir: str | Path, baseline_study: str | Path | None = None
     ctx = Context.open(study_dir, log)
     _clear(ctx)
     page = Page()
-    add_summary(page, ctx)
-    add_best_trials(page, ctx, top)
-    add_confirmation(page, ctx)
-    inputs = study_inputs(ctx)
-    add_importances(page, ctx, inputs)
-    add_optuna_views(page, ctx, inputs)
-    add_surface(page, ctx)
-    add_learning_curves(page, ctx, baseline_study)
-    add_reshaped(page, ctx)
-    sample = _best_model_sample(ctx)
-    add_tsne_features(page, ctx, sample)
-    add_tsne_labels(page, ctx, sample)
-    add_top3(page, ctx)
+    sections = _sections(page, ctx, top, baseline_study)
+    start = time.monotonic()
+    log(f"report: writing {ctx.out} ({len(sections)} sections, from the study folder)")
+    for i, (name, add) in enumerate(sections, 1):
+        began = time.monotonic()
+        add()
+        log(f"report: {i}/{len(sections)} {name} ({time.monotonic() - began:.1f} s)")
     md_path = page.write(ctx.out, f"Study report: {ctx.study.name}")
-    log(f"report: {md_path} (and report.html, {len(page.images())} figures)")
+    log(f"report: {md_path} (and report.html, {len(page.images())} figures, {time.monotonic() - start:.0f} s)")
     if mlflow:
         log_to_mlflow(ctx)
     return md_path
+
+
+def _sections(page: Page, ctx: Context, top: int, baseline_study: str | Path | None) -> list[tuple[str, Callable]]:
+    """The report's sections in page order, each a name and what adds it to ``page``."""
+    inputs = functools.cache(lambda: study_inputs(ctx))  # the trials as Optuna reads them, once
+    sample = functools.cache(lambda: _best_model_sample(ctx))  # the t-SNE sections' input, once
+    return [("summary", lambda: add_summary(page, ctx)),
+            ("best trials", lambda: add_best_trials(page, ctx, top)),
+            ("confirmation", lambda: add_confirmation(page, ctx)),
+            ("importances", lambda: add_importances(page, ctx, inputs())),
+            ("Optuna's figures", lambda: add_optuna_views(page, ctx, inputs())),
+            ("surface", lambda: add_surface(page, ctx)),
+            ("learning curves", lambda: add_learning_curves(page, ctx, baseline_study)),
+            ("reshaped samples", lambda: add_reshaped(page, ctx)),
+            ("t-SNE of the fused features", lambda: add_tsne_features(page, ctx, sample())),
+            ("t-SNE of the reshaped labels", lambda: add_tsne_labels(page, ctx, sample())),
+            ("top-3 classes", lambda: add_top3(page, ctx))]
 
 
 def _best_model_sample(ctx: Context) -> ValidationSample | Unavailable:
