@@ -134,7 +134,8 @@ def add_result_options(group, storage_help: str, name_help: str, resume_help: st
 
 def add_verbose_option(group) -> None:
     group.add_argument("-v", "--verbose", type=int, default=1, choices=(0, 1, 2),
-                       help="0: summaries only, 1: Ray Tune's progress table, 2: also Ray's logs and trial output")
+                       help="0: summaries only; 1: the study's progress (a line per ended trial, trials done, "
+                       "the best so far, time left, a table each minute); 2: also Ray Tune's own output")
 
 
 def settings_from(cls: type[Settings], source: Any, skip: tuple[str, ...] = (), **values: Any) -> Settings:

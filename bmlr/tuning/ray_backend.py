@@ -30,7 +30,7 @@ __all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "Resour
            "check_resources",
            "make_sampler", "make_searcher", "make_scheduler", "hyperband_brackets",
            "quiet_ray", "init_ray", "ray_session", "gpus_per_trial", "with_resources", "grid_param_space",
-           "trial_dirname", "build_tuner", "restore_tuner"]
+           "trial_dirname", "ray_verbosity", "build_tuner", "restore_tuner"]
 
 METRIC = "score"  # the trial's score so far (bmlr.tuning.scores: its rule over the validation accuracies)
 MODE = "max"
@@ -133,8 +133,7 @@ def quiet_ray(verbose: int) -> None:
     # one checkpoint kept per trial forces frequent snapshots; Ray warns about each one
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    if verbose == 0:  # Ray's new console output prints its header even when silent
-        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    ray_verbosity(verbose)
 
 
 def init_ray(address: str | None, num_cpus: int | None, verbose: int) -> bool:
@@ -331,22 +330,42 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def ray_verbosity(verbose: int) -> int:
+    """Ray Tune's own verbosity for a study's ``-v``: its full output at 2, none below (at 1 the
+    study's progress speaks instead, :mod:`bmlr.tuning.progress`). Below 2 it also chooses Ray's
+    legacy output engine (``RAY_AIR_NEW_OUTPUT=0``, unless the user set it), since the new one
+    prints its header and its final table even when silent."""
+    if verbose >= 2:
+        return verbose
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    return 0
+
+
 def build_tuner(trainable, ray_dir: Path, callbacks: Sequence[Any] = (), searcher=None, scheduler=None,
                 num_samples: int = 1, concurrent: int | None = None, max_failures: int = 0, verbose: int = 1,
-                param_space: Mapping[str, Any] | None = None):
+                param_space: Mapping[str, Any] | None = None, progress=None):
     """A ``tune.Tuner`` whose experiment lives in ``ray_dir``, selecting on :data:`METRIC`. Trials
     reuse their worker (no new process and imports per trial); a failed trial is retried
-    ``max_failures`` times and never stops the others."""
+    ``max_failures`` times and never stops the others. ``verbose`` (:func:`ray_verbosity`): 0
+    prints nothing, 1 the progress callback ``progress`` (default: a
+    :class:`~bmlr.tuning.progress.StudyProgress` that names no best) instead of Ray's output, 2
+    Ray's full output and the progress."""
     from ray import tune
 
+    from bmlr.tuning.progress import StudyProgress
+
+    callbacks = list(callbacks)
+    if verbose >= 1:
+        callbacks.append(progress if progress is not None else StudyProgress(metric=METRIC))
     return tune.Tuner(
         trainable, param_space=dict(param_space) if param_space is not None else None,
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
                                     num_samples=num_samples, max_concurrent_trials=concurrent, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=Path(ray_dir).name, storage_path=str(Path(ray_dir).parent), callbacks=list(callbacks),
-            verbose=verbose, failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False)))
+            name=Path(ray_dir).name, storage_path=str(Path(ray_dir).parent), callbacks=callbacks,
+            verbose=ray_verbosity(verbose),
+            failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False)))
 
 
 def restore_tuner(ray_dir: Path, trainable):

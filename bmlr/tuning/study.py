@@ -154,8 +154,13 @@ def build_tuner(plan: Plan, verbose: int):
         parts = plan.strategy.tuner_args(plan)
     except ValueError as err:  # a grid of a range, an unknown sampler
         raise StudyError(str(err)) from None
+    from bmlr.tuning.progress import StudyProgress  # what -v 1 prints: the best by the strategy's own rule
+
+    progress = StudyProgress(list(plan.space.params), plan.max_epochs, plan.rule, plan.strategy.choose,
+                             history=plan.store.history, metric=METRIC)
     return ray_backend.build_tuner(plan.trainable(), plan.store.ray_dir, callbacks=[plan.trial_logger()],
-                                   concurrent=s.concurrent, max_failures=s.max_failures, verbose=verbose, **parts)
+                                   concurrent=s.concurrent, max_failures=s.max_failures, verbose=verbose,
+                                   progress=progress, **parts)
 
 
 # --- the command ----------------------------------------------------------------------------------
