@@ -5,7 +5,8 @@ regret-over-budget curves).
 
 `--tables T0 T1 ...`, one grid table per training seed, are the ground truth (bench/replay.py:
 q(c), q* = max q; here also q- = min q). Each strategy (`--strategies`, SAMPLER+SCHEDULER[/gGRACE]:
-tpe | random x asha | hyperband | none, grace period GRACE; plus tpe+asha with each of `--graces`)
+tpe | random x asha | hyperband | none, grace period GRACE (epochs, or auto: measured by the study,
+the default); plus tpe+asha with each of `--graces`)
 is replayed with `--seeds` searcher seeds and `--samples` trials through real Ray Tune with the
 product's sampler and scheduler (as `tune.py --scheduler` builds them); a study trains with one
 seed, table r % n (r the searcher seed). Replays are cached in `--out`/replays/ (shared with
@@ -43,6 +44,7 @@ from typing import Any, Sequence
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bmlr.tuning.options import grace_period  # noqa: E402
 from replay import (ROOT, Grid, Replay, add_replay_arguments, load_record, open_replays,  # noqa: E402
                     parse_replay_arguments, row_key, run_all, trial_rows)
 
@@ -58,7 +60,7 @@ class Strategy:
 
     sampler: str
     scheduler: str
-    grace_period: int | None = None
+    grace_period: int | str | None = None
 
     @property
     def label(self) -> str:
@@ -69,7 +71,7 @@ class Strategy:
         return Replay(rule, samples, seed, self.sampler, self.scheduler, self.grace_period)
 
 
-def parse_strategy(text: str, default_grace: int) -> Strategy:
+def parse_strategy(text: str, default_grace: int | str) -> Strategy:
     """`SAMPLER+SCHEDULER[/gGRACE]`, checked against the product's names; a grace period equal
     to the study's default is the default (the same replays)."""
     from bmlr.tuning.ray_backend import SCHEDULERS
@@ -79,13 +81,13 @@ def parse_strategy(text: str, default_grace: int) -> Strategy:
     if sampler not in ("tpe", "random") or scheduler not in SCHEDULERS:
         raise SystemExit(f"strategy {text!r}: expected SAMPLER+SCHEDULER[/gGRACE], sampler tpe or random, "
                          f"scheduler one of {', '.join(SCHEDULERS)}")
-    g = int(grace) if grace else None
+    g = grace if grace == "auto" else int(grace) if grace else None
     if g is not None and scheduler == "none":
         raise SystemExit(f"strategy {text!r}: without a scheduler there is no grace period")
     return Strategy(sampler, scheduler, None if g == default_grace else g)
 
 
-def strategies(names: Sequence[str], graces: Sequence[int], default_grace: int) -> list[Strategy]:
+def strategies(names: Sequence[str], graces: Sequence[int | str], default_grace: int | str) -> list[Strategy]:
     """The strategies measured (each once), the reference random+none among them."""
     found = [parse_strategy(n, default_grace) for n in [*names, *(f"tpe+asha/g{g}" for g in graces), REFERENCE]]
     return list(dict.fromkeys(found))
@@ -267,7 +269,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_replay_arguments(p, None)  # --out's default: bench/results/regret-<name>
     p.add_argument("--name", required=True, help="the data set's label (synthetic, avmnist): file names, JSON key")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), help="SAMPLER+SCHEDULER[/gGRACE]")
-    p.add_argument("--graces", type=int, nargs="*", default=[], help="tpe+asha with these grace periods too")
+    p.add_argument("--graces", type=grace_period, nargs="*", default=[],
+                   help="tpe+asha with these grace periods (epochs or auto) too")
     p.add_argument("--samples", type=int, default=48, help="trials per study (--samples)")
     p.add_argument("--reference-samples", type=int, help="trials of the random+none reference (default --samples)")
     p.add_argument("--rule", help="the trial score rule (default: the product's, bmlr.tuning.scores)")
@@ -284,12 +287,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from bmlr.tuning.plan import StudySettings
+    from bmlr.tuning.plan import DEFAULT_GRACE_PERIOD
 
     args = parse_args(argv)
     out = Path(args.out).resolve()
     grid, truth, settings = open_replays(args, None)  # bench_winners' settings: its cache is shared
-    chosen = strategies(args.strategies, args.graces, StudySettings().grace_period)
+    chosen = strategies(args.strategies, args.graces, DEFAULT_GRACE_PERIOD)
     wanted = {s: [s.replay(args.rule, args.samples, r) for r in range(args.seeds)] for s in chosen}
     ref_replays = [Strategy("random", "none").replay(args.rule, args.reference_samples, r) for r in range(args.seeds)]
     start = time.time()

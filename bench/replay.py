@@ -212,14 +212,16 @@ class Replay:
     """What defines a replayed study of a `Grid` (and names its cache file): the searcher and
     scheduler the product's factories build (`make_sampler(sampler)`, `make_scheduler(scheduler)`,
     as a study builds them for `--scheduler`); the defaults, TPE + ASHA with the settings' grace
-    period, keep the name they always had (caches of before stay valid)."""
+    period, keep the name they always had: since 2026-12-07 that default is "auto" (measured,
+    bmlr.tuning.calibrated_asha), so replays cached before it under a name without `-g` (grace 1)
+    must be deleted."""
 
     rule: str  # the trial score rule (bmlr.tuning.scores): the score each trial reports
     samples: int
     seed: int  # the searcher's seed; the study trains with table seed % n
     sampler: str = "tpe"  # tpe | random
     scheduler: str = "asha"  # asha | hyperband | none (bmlr.tuning.ray_backend.SCHEDULERS)
-    grace_period: int | None = None  # ASHA's / Hyperband's grace period; None: ReplaySettings'
+    grace_period: int | str | None = None  # ASHA's / Hyperband's grace period (or "auto"); None: ReplaySettings'
 
     @property
     def name(self) -> str:
@@ -233,7 +235,7 @@ class ReplaySettings:
     """How every study is replayed: ASHA's and TPE's settings (None: the study's defaults)."""
 
     max_epochs: int
-    grace_period: int | None = None
+    grace_period: int | str | None = None
     reduction_factor: int | None = None
     startup: int | None = None  # TPE's random start-up trials (None: the product's, Optuna's default)
     concurrent: int = 2

@@ -34,7 +34,7 @@ TINY_STUDY_SPACE = {"search": {"beta": {"uniform": [0.1, 0.9]}, "alpha": {"logun
 @pytest.fixture(scope="session")
 def finished_study(tmp_path_factory) -> dict:
     """``{"storage", "dir", "uri", "experiment_id", "parent_run_id", "out", "data", "cache"}`` of
-    a finished study named ``tiny`` (6 trials, at most 2 epochs, ASHA stops some after 1, the full
+    a finished study named ``tiny`` (6 trials, at most 2 epochs, ASHA grace 1 stops some after 1, the full
     report, the references of bmlr.tuning.references)."""
     import json
     import subprocess
@@ -54,7 +54,8 @@ def finished_study(tmp_path_factory) -> dict:
     env.pop("MLFLOW_TRACKING_URI", None)
     cmd = [sys.executable, str(PROJECT_ROOT / "tune.py"), "--data-root", str(data), "--search-space", str(space),
            "--storage", str(storage), "--set", f"cache_dir={base / 'cache'}", "--num-cpus", "2", "-v", "0",
-           "--samples", "6", "--max-epochs", "2", "--name", "tiny", "--seed", "3", "--references"]
+           "--samples", "6", "--max-epochs", "2", "--grace-period", "1", "--name", "tiny", "--seed", "3",
+           "--references"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=base)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     study_dir = storage / "synthetic" / "tiny"
@@ -66,9 +67,9 @@ def finished_study(tmp_path_factory) -> dict:
 
 @pytest.fixture(scope="session")
 def confirmed_study(finished_study, tmp_path_factory) -> dict:
-    """A finished tiny study with a score rule, Hyperband and a confirmation (``--score last-2
-    --scheduler hyperband --confirm 2 --confirm-seeds 2``, 4 trials of 2 epochs, the fast
-    report), run as a user runs it:
+    """A finished tiny study with a score rule, Hyperband with the default (measured) grace period
+    and a confirmation (``--score last-2 --scheduler hyperband --confirm 2 --confirm-seeds 2``, 4
+    trials of 2 epochs, the fast report), run as a user runs it:
     ``{"dir", "out", "uri"}`` and its ``study.json``."""
     import json
     import subprocess

@@ -2,6 +2,7 @@
 how well ASHA's rung epochs ranked the trials (bmlr.tuning.rung_check)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,15 @@ def test_a_hyperband_study_as_a_user_runs_it(confirmed_study):
     """The tiny confirmed study (tests/conftest.py) runs with `--scheduler hyperband`."""
     from mlflow import MlflowClient
 
-    assert "Hyperband (ASHA brackets) grace 1, reduction 3" in confirmed_study["out"]
+    assert "Hyperband (ASHA brackets) grace measured on the first 4 trials to finish, reduction 3" in \
+        confirmed_study["out"]
+    # its 4 trials all ran to the end and measured the grace period, which the summary states
+    record = json.loads((confirmed_study["dir"] / "grace_period.json").read_text())
+    assert record["trials"] == 4 and set(record["agreement"]) == {"1"}
+    assert confirmed_study["settings"]["grace_period"] == "auto"
+    line = next(line for line in confirmed_study["out"].splitlines() if line.startswith("grace period: "))
+    assert (f"grace period: {record['grace_period']}, measured on the first 4 trials" in line
+            if record["grace_period"] else "no trial was stopped early" in line)
     assert confirmed_study["settings"]["scheduler"] == "hyperband"
     parent = MlflowClient(confirmed_study["uri"]).get_run(confirmed_study["parent_run_id"])
     assert parent.data.params["scheduler"] == "hyperband"
@@ -95,8 +104,9 @@ def test_grace_period_in_the_search_space():
     space = parse_search_space({**SPACE, "grace_period": 3}, source="s.yaml")
     assert space.grace_period == 3 and space.for_method("bmlr").grace_period == 3
     assert "grace_period: 3" in space.to_yaml()
-    for bad in (0, -1, 2.5, "3", True):
-        with pytest.raises(SearchSpaceError, match=r"s.yaml: grace_period: expected a whole number"):
+    for bad in (0, -1, 2.5, "3", True, "Auto"):
+        with pytest.raises(SearchSpaceError, match=r"s.yaml: grace_period: expected a whole number of epochs >= 1 or "
+                                                   r"auto"):
             parse_search_space({**SPACE, "grace_period": bad}, source="s.yaml")
 
     def resolved(cli, space, max_epochs):
@@ -106,7 +116,9 @@ def test_grace_period_in_the_search_space():
     assert plain.grace_period is None
     assert resolved(None, space, 20) == 3 and resolved(2, space, 20) == 2
     assert resolved(None, space, 2) == 2  # a two-epoch study cannot wait three
-    assert resolved(None, plain, 20) == DEFAULT_GRACE_PERIOD == 1
+    assert resolved(None, plain, 20) == DEFAULT_GRACE_PERIOD == "auto"  # measured by the study
+    assert resolved(None, plain, 2) == "auto" and resolved("auto", space, 20) == "auto"
+    assert parse_search_space({**SPACE, "grace_period": "auto"}, source="s.yaml").grace_period == "auto"
     with pytest.raises(StudyError, match="--grace-period 5 exceeds the 4 epochs"):
         resolved(5, space, 4)
 

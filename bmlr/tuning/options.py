@@ -72,9 +72,10 @@ def add_asha_options(group) -> None:
     """The search budget besides the number of trials: ASHA's bounds, the seed, retries."""
     group.add_argument("--max-epochs", type=int, help="epochs a trial trains at most (ASHA's max_t; default: the "
                        "search space's fixed epochs). The exported YAML keeps the full fixed epochs")
-    group.add_argument("--grace-period", type=int, help="ASHA: epochs before a trial can be stopped (default: the "
-                       "search space's `grace_period:`, else 1; the embedded synthetic space says 3, measured in "
-                       "docs/performance.md)")
+    group.add_argument("--grace-period", type=grace_period, metavar="EPOCHS|auto",
+                       help="ASHA: epochs before a trial can be stopped; auto: none is stopped until the first 4 "
+                       "trials that ran to the end show from which epoch their ranking holds (default: the search "
+                       "space's `grace_period:`, else auto)")
     group.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/factor of trials per rung")
     group.add_argument("--seed", type=int, default=0, help="the training seed of every trial and the TPE seed")
     group.add_argument("--score", help=f"a trial's score, which Optuna, ASHA's rungs, the trials table and the "
@@ -88,6 +89,16 @@ def add_asha_options(group) -> None:
                        "(--confirm-seeds) at the production epochs and export the best mean (default 0: off)")
     group.add_argument("--confirm-seeds", type=int, default=3, metavar="S", help="seeds of the confirmation")
     add_max_failures_option(group)
+
+
+def grace_period(text: str) -> int | str:
+    """``--grace-period``: a whole number of epochs or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of epochs or auto, got {text!r}") from None
 
 
 def add_max_failures_option(group) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 from bmlr.config import FIELD_NAMES, METHOD_ARGS_PREFIX, Config, ConfigError, closest_key
 from bmlr.fileio import abs_path, timestamp
 from bmlr.tuning import ray_backend, tracking
-from bmlr.tuning.ray_backend import SCHEDULERS
+from bmlr.tuning.ray_backend import AUTO, SCHEDULERS
 from bmlr.tuning.scores import ScoreError, ScoreRule, parse_score
 from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
 from bmlr.tuning.strategies import Strategy, strategy_for
@@ -33,9 +33,10 @@ __all__ = ["StudyError", "StudySettings", "Runtime", "Plan", "StudyOutcome", "re
 
 # the settings --resume takes from the stored study, with a note where the command line differs
 # ASHA's grace period where neither --grace-period nor the search space's `grace_period:` says
-# one: 1 epoch, the right unit where an epoch is hundreds of optimizer steps (Kinetics-Sounds, AVE
-# on a GPU); the small embedded data sets set 3 in their search spaces (docs/performance.md)
-DEFAULT_GRACE_PERIOD = 1
+# one: measured by the study (bmlr.tuning.calibrated_asha: nothing is stopped until the first
+# trials that ran to the end show from which epoch the ranking holds), since on data we have not
+# seen a hand-set grace period decides the result (docs/tuning.md)
+DEFAULT_GRACE_PERIOD = AUTO
 RESUME_KEEPS = ("samples", "max_epochs", "grace_period", "reduction_factor", "seed", "method", "data_root",
                 "tracking_uri", "experiment", "overrides", "score", "scheduler", "confirm", "confirm_seeds")
 
@@ -54,7 +55,7 @@ class StudySettings:
     method: str | None = None  # None: the search space's fixed method, else "bmlr"
     samples: int = 16
     max_epochs: int | None = None  # None: the search space's `max_epochs:`, else its fixed epochs
-    grace_period: int | None = None  # None: the search space's `grace_period:`, else DEFAULT_GRACE_PERIOD
+    grace_period: int | str | None = None  # epochs or "auto"; None: the space's `grace_period:`, else DEFAULT_GRACE_PERIOD
     reduction_factor: int = 3
     concurrent: int | None = None  # None: as many as the resources allow
     cpus_per_trial: float = 1.0
@@ -94,7 +95,8 @@ class StudySettings:
 
         need(self.samples >= 1, f"--samples must be >= 1, got {self.samples}")
         need(self.max_epochs is None or self.max_epochs >= 1, f"--max-epochs must be >= 1, got {self.max_epochs}")
-        need(self.grace_period is None or self.grace_period >= 1, f"--grace-period must be >= 1, got {self.grace_period}")
+        need(self.grace_period in (None, AUTO) or (isinstance(self.grace_period, int) and self.grace_period >= 1),
+             f"--grace-period must be >= 1 or {AUTO}, got {self.grace_period}")
         need(self.reduction_factor >= 2, f"--reduction-factor must be >= 2, got {self.reduction_factor}")
         need(self.concurrent is None or self.concurrent >= 1, f"--concurrent must be >= 1, got {self.concurrent}")
         need(self.cpus_per_trial > 0, f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
@@ -391,15 +393,17 @@ def _check_device(settings: StudySettings, production: Config) -> None:
                          f"cluster")
 
 
-def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) -> int:
+def resolve_grace(settings: StudySettings, space: SearchSpace, max_epochs: int) -> int | str:
     """ASHA's grace period: the command line's (an error where it exceeds a trial's epochs), else
     the search space's `grace_period:` (at most a trial's epochs: a shorter study, e.g.
-    `--max-epochs 2`, cannot wait longer), else DEFAULT_GRACE_PERIOD."""
-    if settings.grace_period is not None:
-        if settings.grace_period > max_epochs:
-            raise StudyError(f"--grace-period {settings.grace_period} exceeds the {max_epochs} epochs a trial trains")
-        return settings.grace_period
-    return min(space.grace_period or DEFAULT_GRACE_PERIOD, max_epochs)
+    `--max-epochs 2`, cannot wait longer), else DEFAULT_GRACE_PERIOD ("auto": measured)."""
+    given = settings.grace_period
+    if given is not None:
+        if given != AUTO and given > max_epochs:
+            raise StudyError(f"--grace-period {given} exceeds the {max_epochs} epochs a trial trains")
+        return given
+    grace = space.grace_period or DEFAULT_GRACE_PERIOD
+    return grace if grace == AUTO else min(grace, max_epochs)
 
 
 def _check_tracking(settings: StudySettings, open_experiment: bool) -> str | None:

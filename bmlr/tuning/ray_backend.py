@@ -15,6 +15,7 @@ resources (:func:`with_resources`, checked against the cluster by :func:`check_r
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -25,7 +26,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-__all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "RayStartError", "ResourceError", "LOOPBACK",
+__all__ = ["METRIC", "MODE", "TIME_ATTR", "SCHEDULERS", "AUTO", "RayStartError", "ResourceError", "LOOPBACK",
            "CONNECT_TIMEOUT_S", "address_host_port", "cluster_address", "check_address", "check_local",
            "check_resources",
            "make_sampler", "make_searcher", "make_scheduler", "hyperband_brackets",
@@ -36,6 +37,7 @@ METRIC = "score"  # the trial's score so far (bmlr.tuning.scores: its rule over 
 MODE = "max"
 TIME_ATTR = "epoch"  # ASHA's time axis: our own epoch counter, correct after a restore too
 SCHEDULERS = ("asha", "hyperband", "none")  # a study's early stopping (`scheduler:`, --scheduler; make_scheduler)
+AUTO = "auto"  # the grace period that the study measures (bmlr.tuning.calibrated_asha)
 
 
 class RayStartError(RuntimeError):
@@ -105,24 +107,34 @@ def hyperband_brackets(max_t: int, grace_period: int, reduction_factor: int) -> 
     return brackets
 
 
-def make_scheduler(kind: str = "asha", max_t: int = 1, grace_period: int = 1, reduction_factor: int = 3,
-                   metric: str | None = None, mode: str | None = None):
+def make_scheduler(kind: str = "asha", max_t: int = 1, grace_period: int | str = 1, reduction_factor: int = 3,
+                   metric: str | None = None, mode: str | None = None, record: Path | None = None):
     """``asha`` (Ray's ``ASHAScheduler`` on the epoch axis, one bracket), ``hyperband`` (the same
     with every bracket, :func:`hyperband_brackets`: trials are spread over brackets whose first
     rung is the grace period, grace x factor, ...; a hedge for learning curves that rank
     configurations late, e.g. a weak modality that starts learning after some epochs), or
-    ``none`` / ``fifo`` (every trial trained to the end: grids, random-search baselines)."""
+    ``none`` / ``fifo`` (every trial trained to the end: grids, random-search baselines).
+
+    ``grace_period="auto"``: the grace period measured on the first trials that run to the end
+    (:class:`bmlr.tuning.calibrated_asha.CalibratedASHA`, its decision written to ``record``)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     if kind in ("fifo", "none"):
         return FIFOScheduler()
-    if kind in ("asha", "hyperband"):
-        extra = {} if metric is None else {"metric": metric, "mode": mode}
-        brackets = 1 if kind == "asha" else hyperband_brackets(max_t, grace_period, reduction_factor)
-        return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t, grace_period=grace_period,
-                             reduction_factor=reduction_factor, brackets=brackets, **extra)
-    raise ValueError(f"unknown scheduler {kind!r} ({', '.join(SCHEDULERS)}, fifo)")
+    if kind not in ("asha", "hyperband"):
+        raise ValueError(f"unknown scheduler {kind!r} ({', '.join(SCHEDULERS)}, fifo)")
+    if grace_period == AUTO:
+        from bmlr.tuning.calibrated_asha import CalibratedASHA
 
+        brackets = functools.partial(hyperband_brackets, max_t) if kind == "hyperband" else None
+        scheduler = CalibratedASHA(TIME_ATTR, max_t, reduction_factor, brackets=brackets, record=record)
+        if metric is not None:
+            scheduler.set_search_properties(metric, mode)
+        return scheduler
+    extra = {} if metric is None else {"metric": metric, "mode": mode}
+    brackets = 1 if kind == "asha" else hyperband_brackets(max_t, grace_period, reduction_factor)
+    return ASHAScheduler(time_attr=TIME_ATTR, max_t=max_t, grace_period=grace_period,
+                         reduction_factor=reduction_factor, brackets=brackets, **extra)
 
 
 # --- the cluster ----------------------------------------------------------------------------------

@@ -24,8 +24,8 @@ from bmlr.tuning import run_view, tracking
 from bmlr.tuning.export import production_config, source_of, write_config
 from bmlr.tuning.faults import resume_line
 from bmlr.tuning.plan import Plan, StudyOutcome
-from bmlr.tuning.ray_backend import METRIC
-from bmlr.tuning.rung_check import rung_warning
+from bmlr.tuning.ray_backend import AUTO, METRIC
+from bmlr.tuning.rung_check import AGREES, MIN_TRIALS, rung_warning
 from bmlr.tuning.scores import DEFAULT_RULE, VAL_ACC, ScoreRule, rule_of
 from bmlr.tuning.search_space import SearchSpace
 from bmlr.tuning.selection import SCORE, difference_text, noise_note, rank, score, standard_error
@@ -307,10 +307,27 @@ def rung_line(plan: Plan, rows: list[Row]) -> str:
         if row["status"] != "failed":
             history = plan.store.history(row["trial_id"])
             curves.append([float(h.get(METRIC, h.get(VAL_ACC))) for h in history])
-    line = rung_warning(curves, s.grace_period, s.reduction_factor, plan.max_epochs)
+    grace, line = s.grace_period, ""
+    if grace == AUTO:
+        grace, line = measured_grace(plan.store.read_grace())
+    checked = rung_warning(curves, grace, s.reduction_factor, plan.max_epochs) if grace else ""
+    line = "\n".join(t for t in (line, checked) if t)
     if line:
         plan.runs.set_tags({"rung_agreement": line})
     return line
+
+
+def measured_grace(record: dict | None) -> tuple[int | None, str]:
+    """The grace period a study measured (:mod:`bmlr.tuning.calibrated_asha`) and a line on it."""
+    if record is None:
+        return None, (f"grace period: not measured (fewer than {MIN_TRIALS} trials ran to the end); "
+                      "no trial was stopped early")
+    grace, n = record["grace_period"], record["trials"]
+    if grace is None:
+        return None, (f"grace period: no epoch before the last ranked the first {n} trials that ran to the end "
+                      "as their final scores did; no trial was stopped early")
+    return grace, (f"grace period: {grace}, measured on the first {n} trials that ran to the end (every epoch "
+                   f"from {grace} on ranked them with Spearman >= {AGREES} against their final scores)")
 
 
 def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best: Row | None, best_yaml, interrupted: bool,

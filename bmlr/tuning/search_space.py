@@ -152,7 +152,7 @@ class StudyDefaults:
 
     score: str | None = None  # `score:` the trial score rule (bmlr.tuning.scores); None: the default
     scheduler: str | None = None  # `scheduler:` asha | hyperband | none; None: the default (asha)
-    grace_period: int | None = None  # `grace_period:` ASHA's, in epochs; None: the default (plan.py)
+    grace_period: int | str | None = None  # `grace_period:` ASHA's, epochs or "auto"; None: the default (plan.py)
     max_epochs: int | None = None  # `max_epochs:` a trial's budget (ASHA's max_t); None: the fixed epochs
 
 

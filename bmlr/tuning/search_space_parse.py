@@ -285,6 +285,9 @@ def _study_defaults(data: dict, source: str) -> dict[str, Any]:
         raise SearchSpaceError(f"{source}: scheduler: {out['scheduler']!r} is not one of {', '.join(SCHEDULERS)}")
     for key in ("grace_period", "max_epochs"):
         epochs = out[key]
+        if key == "grace_period" and epochs == "auto":
+            continue
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
-            raise SearchSpaceError(f"{source}: {key}: expected a whole number of epochs >= 1, got {epochs!r}")
+            auto = " or auto" if key == "grace_period" else ""
+            raise SearchSpaceError(f"{source}: {key}: expected a whole number of epochs >= 1{auto}, got {epochs!r}")
     return out

@@ -43,6 +43,7 @@ HISTORY_FILE = "history.json"  # a trial's every epoch (Ray's result.json lacks 
 LOCK_FILE = ".driver.lock"  # one driver per study (fcntl.flock; the kernel drops it with the process)
 CONFIRM_DIR = "confirm"  # the confirmation stage's Ray experiment (bmlr.tuning.confirm)
 CONFIRMATION_FILE = "confirmation.csv"  # its rows: candidate x seed
+GRACE_FILE = "grace_period.json"  # what a measured grace period chose (bmlr.tuning.calibrated_asha)
 TEXT_COLUMNS = ("trial_id", "run_id", "candidate")  # identifiers that can look like numbers
 
 
@@ -376,6 +377,15 @@ class StudyStore:
 
     def write_confirmation(self, rows: list[dict[str, Any]]) -> Path:
         return write_csv(rows, self.confirmation_path)
+
+    @property
+    def grace_path(self) -> Path:
+        return self.dir / GRACE_FILE
+
+    def read_grace(self) -> dict[str, Any] | None:
+        """The measured grace period's record (``grace_period``, ``trials``, ``agreement``), None
+        where the study measured none (a set grace period, or too few trials ran to the end)."""
+        return read_json(self.grace_path) if self.grace_path.is_file() else None
 
     def read_confirmation(self) -> list[dict[str, Any]]:
         """The confirmation's rows (candidate, seed, status, best_val_acc), [] where none ran."""

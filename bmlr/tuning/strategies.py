@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from bmlr.fileio import write_csv
 from bmlr.tuning import ray_backend
+from bmlr.tuning.rung_check import MIN_TRIALS
 from bmlr.tuning.selection import choose_best
 from bmlr.tuning.surface import GRID_KEYS, SURFACE_CSV, best_cell_row, cells, describe_grid, draw_grid, format_grid
 
@@ -58,7 +59,7 @@ class Search:
                                              ray_backend.make_sampler("tpe", s.seed, crn=self.crn), seed=s.seed,
                                              warm_start=warm, first=first)
         scheduler = ray_backend.make_scheduler(self.scheduler, max_t=plan.max_epochs, grace_period=s.grace_period,
-                                               reduction_factor=s.reduction_factor)
+                                               reduction_factor=s.reduction_factor, record=plan.store.grace_path)
         return {"searcher": searcher, "scheduler": scheduler, "num_samples": s.samples}
 
     def _warm(self, plan) -> list[dict[str, Any]]:
@@ -74,7 +75,9 @@ class Search:
             return "every combination trained to the end"
         s = plan.settings
         name = "ASHA" if self.scheduler == "asha" else "Hyperband (ASHA brackets)"
-        return f"{name} grace {s.grace_period}, reduction {s.reduction_factor}"
+        grace = (f"grace measured on the first {MIN_TRIALS} trials to finish" if s.grace_period == ray_backend.AUTO
+                 else f"grace {s.grace_period}")
+        return f"{name} {grace}, reduction {s.reduction_factor}"
 
     def choose(self, rows: list[Row]) -> Row | None:
         return choose_best(rows)

@@ -403,7 +403,7 @@ class Comparison:
         seeds = self.study_seeds()
         most = s.max_epochs or "the search space's"
         budget = (f"{s.samples} trials per row, at most {most} epochs each (ASHA grace "
-                  f"{s.grace_period or 'of the search space'}, reduction {s.reduction_factor}), "
+                  f"{s.grace_period or 'of the search space, else measured'}, reduction {s.reduction_factor}), "
                   f"{'seed ' + str(s.seed) if len(seeds) == 1 else f'{len(seeds)} searches per row, seeds {seeds}'}"
                   if s.tune else "untuned (search space defaults)")
         return (f"comparison {self.dir}\n  rows: {', '.join(a.label for a in self.arms)}\n  {budget}"

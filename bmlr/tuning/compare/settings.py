@@ -43,7 +43,7 @@ class ComparisonSettings:
     tune: bool = True
     samples: int = 16
     max_epochs: int | None = None
-    grace_period: int | None = None  # None: the search space's `grace_period:`, else 1
+    grace_period: int | str | None = None  # epochs or "auto"; None: the search space's `grace_period:`, else auto
     reduction_factor: int = 3
     seed: int = 0
     max_failures: int = 0

@@ -249,7 +249,7 @@ def _how(settings: ComparisonSettings, rows: list[dict]) -> str:
              f"{n} searches, TPE seeds {settings.seed}..{settings.seed + n - 1}")
     most = settings.max_epochs or "the search space's"
     return (f"each row tuned with {settings.samples} trials (ASHA: at most {most} "
-            f"epochs, grace {settings.grace_period or 'of the search space'}, reduction {settings.reduction_factor}; {seeds}{crn}), "
+            f"epochs, grace {settings.grace_period or 'of the search space, else measured'}, reduction {settings.reduction_factor}; {seeds}{crn}), "
             f"then the best configuration of each search trained with every seed")
 
 
