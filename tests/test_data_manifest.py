@@ -450,6 +450,22 @@ def test_shipped_manifest_search_space_is_valid():
     assert "Figure 5" in space.text and "modalities.yaml" in space.text
 
 
+def test_the_untuned_manifest_configuration_is_the_search_spaces_first_trial():
+    """configs/manifest.yaml (what `bmlr-train` trains untuned) is the shipped space's fixed part
+    with each searched key at its default: the model a study's first trial measures."""
+    from bmlr.config import load_config
+    from bmlr.tuning.config_drift import config_drift
+    from bmlr.tuning.search_space import load_search_space
+
+    space = load_search_space(ROOT / "search_spaces" / "manifest.yaml")
+    untuned = load_config(ROOT / "configs" / "manifest.yaml")
+    assert untuned.dataset == "manifest"
+    assert {k: getattr(untuned, k) for k in space.fixed} == space.fixed
+    assert {k: getattr(untuned, k) for k in space.params} == space.defaults_point()
+    path, drift = config_drift(untuned, space.params, root=ROOT)
+    assert path == ROOT / "configs" / "manifest.yaml" and drift == []
+
+
 def test_tune_refuses_a_bad_manifest_before_any_trial(tmp_path, layout, capsys):
     import ray
 
