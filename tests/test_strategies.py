@@ -77,4 +77,4 @@ def test_a_winner_at_the_edge_of_a_range_is_flagged():
     assert space.params["fusion"].edge("sum") is None
     lines = edge_lines(space, {"lr": 9e-3, "beta": 0.5, "fusion": "sum"})
     assert lines == ["range edge: lr = 0.009 lies in the top tenth of its range [0.0001, 0.01] (log scale); the "
-                     "best may lie beyond it: widen search.lr in the search space and search again"]
+                     "best may lie beyond it: search again with --widen (or widen search.lr in the search space)"]

@@ -78,6 +78,8 @@ def check_study_options(args: argparse.Namespace) -> None:
     if staged and args.strategy != "staged":
         raise StudyError(f"{', '.join(staged)}: only a staged study (--strategy staged) has stages; "
                          f"drop it or add --strategy staged")
+    if args.widen and args.strategy == "staged":
+        raise StudyError("--widen: a staged study's stages search different keys; widen a joint study")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
@@ -110,6 +112,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    "at least 2)")
     g.add_argument("--stage1-alpha", type=float, help="staged: alpha of stage 1 (default: the search space's alpha "
                    "default, else 1.0)")
+    g.add_argument("--widen", action="store_true",
+                   help="where the winner lies in the outer tenth of a numeric range, search again in a second "
+                   "study (<name>-widened, --samples more trials) with that range widened by half its width, told "
+                   "every trial of the first")
     g.add_argument("--references", action=argparse.BooleanOptionalAction, default=None,
                    help="after the search, train the method untuned (the search space's defaults) and the baseline "
                    "at the winner's configuration once each, with a trial's seed and budget, and print the winner "
@@ -305,6 +311,10 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> int:
             outcome = run_staged(settings, runtime, args.stage2_samples, args.stage1_alpha, resume=args.resume)
         else:  # a search or a grid (a resumed surface): the study's strategy comes from its settings
             outcome = run_study(settings, runtime, resume=args.resume)
+            if args.widen and kind != "surface":
+                from bmlr.tuning.widen import run_widened
+
+                outcome = run_widened(settings, runtime, outcome) or outcome
     except start_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR

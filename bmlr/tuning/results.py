@@ -256,8 +256,8 @@ def edge_lines(space: SearchSpace, sampled: dict[str, Any]) -> list[str]:
         if edge:
             scale = " (log scale)" if param.log else ""
             lines.append(f"range edge: {key} = {value:.4g} lies in the {'top' if edge == 'high' else 'bottom'} "
-                         f"tenth of its range [{param.low}, {param.high}]{scale}; the best may lie beyond it: widen "
-                         f"search.{key} in the search space and search again")
+                         f"tenth of its range [{param.low}, {param.high}]{scale}; the best may lie beyond it: search "
+                         f"again with --widen (or widen search.{key} in the search space)")
     return lines
 
 
