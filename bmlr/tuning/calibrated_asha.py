@@ -68,7 +68,7 @@ class CalibratedASHA(FIFOScheduler):
         self._curves: dict[str, dict[int, float]] = {}  # trial id -> epoch -> score (a retry overwrites)
         self._trials: dict[str, Any] = {}  # trial id -> Ray's Trial, in the order they were added
         self._finished: list[str] = []  # reached max_t, in that order
-        self._ended: set[str] = set()  # completed, failed or removed
+        self._ended: set[str] = set()  # completed or removed (a failed trial may be retried)
         self._in_inner: set[str] = set()  # the live trials the inner scheduler judges
         self._stop_next: set[str] = set()  # live trials the replayed rungs would have stopped
         self.decision: Decision | None = None
@@ -90,10 +90,10 @@ class CalibratedASHA(FIFOScheduler):
             return TrialScheduler.CONTINUE
         epoch = int(result[self._time_attr])
         self._curves.setdefault(trial.trial_id, {})[epoch] = float(result[self._metric])
-        if self._inner is not None:
-            if trial.trial_id in self._stop_next:
-                self._stop_next.discard(trial.trial_id)
-                return TrialScheduler.STOP
+        if trial.trial_id in self._stop_next:
+            self._stop_next.discard(trial.trial_id)
+            return TrialScheduler.STOP
+        if trial.trial_id in self._in_inner:
             return self._inner.on_trial_result(tune_controller, trial, result)
         if epoch < self._max_t:
             return TrialScheduler.CONTINUE
@@ -108,9 +108,6 @@ class CalibratedASHA(FIFOScheduler):
         if trial.trial_id in self._in_inner:
             self._in_inner.discard(trial.trial_id)
             self._inner.on_trial_complete(tune_controller, trial, result)
-
-    def on_trial_error(self, tune_controller, trial) -> None:
-        self._ended.add(trial.trial_id)
 
     def on_trial_remove(self, tune_controller, trial) -> None:
         self._ended.add(trial.trial_id)
