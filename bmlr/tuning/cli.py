@@ -314,7 +314,7 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> int:
             if args.widen and kind != "surface":
                 from bmlr.tuning.widen import run_widened
 
-                outcome = run_widened(settings, runtime, outcome) or outcome
+                outcome = run_widened(runtime, outcome) or outcome
     except start_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR

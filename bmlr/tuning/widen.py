@@ -97,10 +97,11 @@ def warm_points(rows: list[dict[str, Any]], space: SearchSpace) -> list[dict[str
     return points
 
 
-def run_widened(settings, runtime, first, log: Callable[[str], None] = print):
+def run_widened(runtime, first, log: Callable[[str], None] = print):
     """The second study of a finished search ``first`` (a :class:`StudyOutcome`) whose winner
-    lay at a range edge, or None where it did not (or no range could move)."""
-    from bmlr.tuning.study import run_study
+    lay at a range edge, with the first's settings as ``study.json`` records them (a resumed
+    study's too), or None where no range moved."""
+    from bmlr.tuning.study import StudySettings, run_study
 
     if first.best is None or first.interrupted:
         return None
@@ -113,9 +114,11 @@ def run_widened(settings, runtime, first, log: Callable[[str], None] = print):
     path = wide.save(first.study_dir / WIDENED_SPACE)
     name = f"{first.study_dir.name}-widened"
     warm = warm_points(first.rows, space)
+    settings = replace(StudySettings(**store.settings()), name=name, search_space=str(path), warm_start=warm,
+                       folder=None)
     log(f"\n--widen: {'; '.join(lines)}\n  a second study, {name}: {_trials(settings.samples)} in {path}, told "
         f"the {_trials(len(warm))} of {first.study_dir.name}")
-    second = run_study(replace(settings, name=name, search_space=str(path), warm_start=warm, folder=None), runtime)
+    second = run_study(settings, runtime)
     if second.best is not None:
         a, b = second.best, first.best
         log(f"widened study's winner {score(a):.4f} against the first study's {score(b):.4f}: "
