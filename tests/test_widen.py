@@ -29,10 +29,12 @@ def test_a_range_widens_by_half_its_width_on_the_winners_side_as_far_as_the_key_
     assert _bounds(widen_param(lr, "low", anything)) == (1e-5, 1e-2)
     assert (widen_param(depth, "high", anything).low, widen_param(depth, "high", anything).high) == (1, 6)  # 5.5 up
     at_most_one = lambda value: 0.0 <= value <= 1.0  # noqa: E731  (beta's own limits, bmlr.config)
-    assert _bounds(widen_param(beta, "high", at_most_one)) == (0.1, 1.0)  # 1.3 and 1.1 are no beta: a quarter, 0.1
+    assert _bounds(widen_param(beta, "high", at_most_one)) == (0.1, 1.0)  # 1.3 is no beta: as far as beta goes
     assert _bounds(widen_param(beta, "low", at_most_one)) == (0.0, 0.9)
     top = widen_param(beta, "high", at_most_one)
-    assert widen_param(top, "high", at_most_one) is None  # at beta's limit already: nowhere to go
+    assert top.high == 1.0 and widen_param(top, "high", at_most_one) is None  # at beta's limit: nowhere to go
+    near = widen_param(beta, "high", lambda value: 0.0 <= value <= 0.95)  # a limit that is no round step away
+    assert near.high == pytest.approx(0.95, abs=1e-9) and near.high <= 0.95
 
 
 def test_only_the_ranges_whose_winner_is_at_an_edge_move_and_the_key_decides_how_far():

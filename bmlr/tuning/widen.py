@@ -3,9 +3,8 @@ range (:meth:`Param.edge`: its outer tenth, on a log scale for a loguniform one)
 lie beyond it, so a second study searches that range widened, told every trial of the first.
 
 * :func:`widen_param` extends a range on the winner's side by half its width (on a log scale
-  for a loguniform range: [1e-4, 1e-2] becomes [1e-4, 1e-1]), halving the step up to three
-  times where the new bound is not a valid value of the key (beta at most 1, a learning rate
-  above 0);
+  for a loguniform range: [1e-4, 1e-2] becomes [1e-4, 1e-1]), or as far as the key allows
+  where that is not a valid value of it (beta [0.1, 0.9] becomes [0.1, 1]);
 * :func:`widened_space` is the search space with every flagged range widened;
 * :func:`run_widened` runs the second study, ``<name>-widened``, beside the first: the same
   settings and number of trials, its space written to the first study's folder
@@ -29,27 +28,41 @@ from bmlr.tuning.store import StudyStore
 __all__ = ["WIDENED_SPACE", "widen_param", "widened_space", "warm_points", "run_widened"]
 
 WIDENED_SPACE = "widened_space.yaml"  # in the first study's folder
-HALVINGS = 3  # where a widened bound is not a valid value: the step halved up to this often
+BISECTIONS = 40  # where half a width is not a valid value: the furthest valid bound, found this finely
 
 
 def widen_param(param: Param, side: str, valid: Callable[[Any], bool]) -> Param | None:
     """``param`` with its ``side`` ("low" or "high") bound moved out by half the range's width (log
-    scale for a loguniform range, whole numbers for an int one); the step is halved while
-    ``valid(bound)`` is false, and None is returned where no step is valid."""
+    scale for a loguniform range, whole numbers for an int one); where that bound is not
+    ``valid``, as far as the key allows (found by bisection, then rounded to 6 significant
+    digits where that stays valid: beta's limit 1 is reached exactly). None where the bound
+    cannot move at all."""
     low, high = float(param.low), float(param.high)
-    for halving in range(HALVINGS + 1):
-        share = 0.5 ** (halving + 1)
+    old = low if side == "low" else high
+
+    def bound_at(share: float) -> float:
         if param.log:
             factor = (high / low) ** share
             bound = low / factor if side == "low" else high * factor
         else:
-            step = (high - low) * share
-            bound = low - step if side == "low" else high + step
+            bound = low - (high - low) * share if side == "low" else high + (high - low) * share
         if param.kind == "int":
             bound = math.floor(bound) if side == "low" else math.ceil(bound)
-        if valid(bound) and bound != (low if side == "low" else high):
-            return replace(param, low=bound) if side == "low" else replace(param, high=bound)
-    return None
+        return bound
+
+    share = 0.5
+    if not valid(bound_at(share)):
+        inside, outside = 0.0, share
+        for _ in range(BISECTIONS):
+            middle = (inside + outside) / 2
+            inside, outside = (middle, outside) if valid(bound_at(middle)) else (inside, middle)
+        share = inside
+    bound = bound_at(share)
+    rounded = float(f"{bound:.6g}")
+    bound = rounded if valid(rounded) and abs(rounded - old) >= abs(bound - old) else bound
+    if bound == old or not valid(bound):
+        return None
+    return replace(param, low=bound) if side == "low" else replace(param, high=bound)
 
 
 def widened_space(space: SearchSpace, sampled: dict[str, Any]) -> tuple[SearchSpace, list[str]]:
