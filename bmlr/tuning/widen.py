@@ -128,7 +128,7 @@ def run_widened(runtime, first, log: Callable[[str], None] = print):
     name = f"{first.study_dir.name}-widened"
     warm = warm_points(first.rows, space)
     settings = replace(StudySettings(**store.settings()), name=name, search_space=str(path), warm_start=warm,
-                       folder=None)
+                       folder=None, storage=str(first.study_dir.parent.parent))  # beside the first, wherever it is now
     log(f"\n--widen: {'; '.join(lines)}\n  a second study, {name}: {_trials(settings.samples)} in {path}, told "
         f"the {_trials(len(warm))} of {first.study_dir.name}")
     second = run_study(settings, runtime)
