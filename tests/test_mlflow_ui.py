@@ -1,6 +1,7 @@
 """What a user sees in the MLflow UI after a study: a real `mlflow ui` on loopback over the
 finished tiny study (tests/conftest.py `finished_study`), loaded in Debian's headless Chromium
-at the runs-table link the study's summary printed.
+at the runs-table link the study's summary printed; and the live dashboard the study's banner
+names (`optuna-dashboard` over the study's Optuna journal), in the same browser.
 
 Skips, with the reason, where Chromium is absent (`apt-get install chromium`). With
 ``BMLR_SCREENSHOT_DIR`` set, the screenshot is also saved there (docs/img/ is made that way).
@@ -123,3 +124,40 @@ def test_the_printed_parent_run_link_opens_the_study_run(finished_study, mlflow_
     assert link.endswith(f"/runs/{finished_study['parent_run_id']}?workflowType=machine_learning")
     dom = _render(link, tmp_path / "profile")
     assert re.search(r">\s*tiny\s*<", dom)  # the parent run, named after the study
+
+
+def test_the_printed_optuna_dashboard_shows_the_study_and_every_trial(finished_study, tmp_path):
+    """The banner's `live: optuna-dashboard FILE`: a real optuna-dashboard on a free loopback port
+    over that file shows the study by its name and its 6 trials, each complete."""
+    dashboard = Path(sys.executable).parent / "optuna-dashboard"
+    if not dashboard.is_file():
+        pytest.skip("optuna-dashboard is not installed (pip install optuna-dashboard; the test extra has it)")
+    match = re.search(r"^\s*live: optuna-dashboard (\S+)", finished_study["out"], re.M)
+    assert match, finished_study["out"][:3000]
+    journal = Path(match.group(1))
+    assert journal == finished_study["dir"] / "optuna.journal" and journal.is_file()
+    port = _free_port()
+    with (tmp_path / "dashboard.log").open("w") as out:
+        proc = subprocess.Popen([str(dashboard), str(journal), "--host", "127.0.0.1", "--port", str(port)],
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_answering(f"http://127.0.0.1:{port}/api/studies", proc)
+        dom = _render(f"http://127.0.0.1:{port}/dashboard/studies/0/trials", tmp_path / "profile")
+    finally:
+        stop_process(proc)
+    text = [line.strip() for line in re.sub(r"<style.*?</style>|<[^>]+>", "\n", dom, flags=re.S).splitlines()]
+    assert "tiny (id=0)" in text and "6 Trials" in text, [t for t in text if t][:40]
+    assert {f"Trial {k}" for k in range(6)} <= set(text) and "Complete" in text
+
+
+def _wait_answering(url: str, proc: subprocess.Popen, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"the server exited with {proc.returncode}"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"nothing answered at {url} within {timeout} s")

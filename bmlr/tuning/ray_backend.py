@@ -79,12 +79,15 @@ def make_sampler(kind: str = "tpe", seed: int = 0, n_startup_trials: int | None 
 
 def make_searcher(space: Mapping[str, Any], sampler=None, seed: int = 0, metric: str = METRIC,
                   mode: str = MODE, warm_start: Sequence[Mapping[str, Any]] = (),
-                  first: Sequence[Mapping[str, Any]] = ()):
+                  first: Sequence[Mapping[str, Any]] = (), journal: Path | None = None, study_name: str | None = None):
     """``OptunaSearch`` over ``space`` (Optuna distributions by key), learning from ``metric``
     (TPE with ``seed`` unless a ``sampler`` is given). ``warm_start``: results Optuna is told
     before it samples (``{"params": {...}, "value": v}``), not trained again. ``first``: points
     trained before any is sampled (Ray's ``points_to_evaluate``; keys left out are sampled); not
-    with ``warm_start`` (Ray takes one list of points, all with results or none)."""
+    with ``warm_start`` (Ray takes one list of points, all with results or none). ``journal``:
+    the Optuna study is kept in that file (Optuna's ``JournalStorage``, one appended line per
+    change, named ``study_name``) as trials finish, so ``optuna-dashboard FILE`` shows it live;
+    a file there already is replaced (a searcher built afresh starts a fresh record)."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -92,9 +95,16 @@ def make_searcher(space: Mapping[str, Any], sampler=None, seed: int = 0, metric:
     if warm_start and first:
         raise ValueError("make_searcher: warm_start and first cannot be combined")
     points = [dict(w["params"]) for w in warm_start] or [dict(p) for p in first]
+    storage = None
+    if journal is not None:
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        journal.unlink(missing_ok=True)
+        storage = JournalStorage(JournalFileBackend(str(journal)))
     return OptunaSearch(space=dict(space), metric=metric, mode=mode,
                         sampler=sampler if sampler is not None else make_sampler("tpe", seed),
-                        points_to_evaluate=points or None,
+                        points_to_evaluate=points or None, study_name=study_name, storage=storage,
                         evaluated_rewards=[float(w["value"]) for w in warm_start] or None)
 
 

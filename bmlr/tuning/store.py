@@ -43,6 +43,7 @@ HISTORY_FILE = "history.json"  # a trial's every epoch (Ray's result.json lacks 
 LOCK_FILE = ".driver.lock"  # one driver per study (fcntl.flock; the kernel drops it with the process)
 CONFIRM_DIR = "confirm"  # the confirmation stage's Ray experiment (bmlr.tuning.confirm)
 CONFIRMATION_FILE = "confirmation.csv"  # its rows: candidate x seed
+OPTUNA_FILE = "optuna.journal"  # the searcher's Optuna study as trials finish (optuna-dashboard reads it)
 GRACE_FILE = "grace_period.json"  # what a measured grace period chose (bmlr.tuning.calibrated_asha)
 TEXT_COLUMNS = ("trial_id", "run_id", "candidate")  # identifiers that can look like numbers
 
@@ -377,6 +378,10 @@ class StudyStore:
 
     def write_confirmation(self, rows: list[dict[str, Any]]) -> Path:
         return write_csv(rows, self.confirmation_path)
+
+    @property
+    def optuna_path(self) -> Path:
+        return self.dir / OPTUNA_FILE
 
     @property
     def grace_path(self) -> Path:

@@ -57,7 +57,8 @@ class Search:
         first = [self.untuned_point(plan)] if self.untuned_point(plan) else []
         searcher = ray_backend.make_searcher(plan.space.optuna_space(),
                                              ray_backend.make_sampler("tpe", s.seed, crn=self.crn), seed=s.seed,
-                                             warm_start=warm, first=first)
+                                             warm_start=warm, first=first, journal=plan.store.optuna_path,
+                                             study_name=plan.study_dir.name)
         scheduler = ray_backend.make_scheduler(self.scheduler, max_t=plan.max_epochs, grace_period=s.grace_period,
                                                reduction_factor=s.reduction_factor, record=plan.store.grace_path)
         return {"searcher": searcher, "scheduler": scheduler, "num_samples": s.samples}

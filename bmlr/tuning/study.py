@@ -24,6 +24,7 @@ ASHA allocates in.
 from __future__ import annotations
 
 import contextlib
+import shlex
 import time
 from dataclasses import asdict
 from typing import Any, Callable, Iterator
@@ -256,6 +257,8 @@ def _banner(plan: Plan, log: Callable[[str], None]) -> None:
     log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
         f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {plan.rule.name}, "
         f"{plan.rule.describe()}\n  MLflow: {plan.tracking_uri} parent run {plan.parent_run_id}")
+    if plan.strategy.searcher_name.startswith("optuna"):
+        log(f"  live: optuna-dashboard {shlex.quote(str(plan.store.optuna_path))}   (pip install optuna-dashboard)")
     drift = fixed_keys_line(plan)
     if drift:
         log(f"  {drift}")
