@@ -100,6 +100,7 @@ def make_searcher(space: Mapping[str, Any], sampler=None, seed: int = 0, metric:
         from optuna.storages import JournalStorage
         from optuna.storages.journal import JournalFileBackend
 
+        journal.parent.mkdir(parents=True, exist_ok=True)
         journal.unlink(missing_ok=True)
         storage = JournalStorage(JournalFileBackend(str(journal)))
     return OptunaSearch(space=dict(space), metric=metric, mode=mode,
