@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -300,6 +301,9 @@ def test_compare_tunes_each_method_with_the_same_budget(tiny, capsys):
     table = _table_rows(markdown, "| method | test acc %")
     modality = _table_rows(markdown, "| method | multimodal %")
     assert list(table) == ["baseline", "ogm_ge"] == list(modality)
+    # the verdict (bmlr.tuning.compare.verdict): the row against the reference, paired by seed
+    assert re.search(r"^- ogm_ge - baseline: [+-]\d+\.\d\d.* \(paired, over \d training seeds only\): "
+                     r"(ahead|behind|within the noise|noise unknown)$", markdown, re.M), markdown
     searched = {}
     for row in info["rows"]:
         study = Path(row["study_dir"])

@@ -12,6 +12,7 @@ import statistics
 
 from bmlr.methods import METHODS
 from bmlr.tuning.compare.settings import ComparisonSettings
+from bmlr.tuning.compare.verdict import verdict_lines
 
 __all__ = ["modalities_of", "searches_of", "row_accuracy", "search_flags", "accuracy_table", "modality_table",
            "fusion_table", "readings", "render_markdown", "FLAG_NOTES"]
@@ -282,6 +283,8 @@ def render_markdown(title: str, rows: list[dict], settings: ComparisonSettings, 
         parts += ["The per-modality table shows each row's first study seed's winner.", ""]
     parts += [modality_table(rows, reference), ""]
     parts += _ranking(rows, flags)
+    verdict = verdict_lines(rows, reference)
+    parts += ([""] if verdict and parts[-1] else []) + verdict
     parts += readings(rows)
     failed = [r["label"] for r in rows if not row_accuracy(r)]
     if failed:
