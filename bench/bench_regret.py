@@ -81,7 +81,10 @@ def parse_strategy(text: str, default_grace: int | str) -> Strategy:
     if sampler not in ("tpe", "random") or scheduler not in SCHEDULERS:
         raise SystemExit(f"strategy {text!r}: expected SAMPLER+SCHEDULER[/gGRACE], sampler tpe or random, "
                          f"scheduler one of {', '.join(SCHEDULERS)}")
-    g = grace if grace == "auto" else int(grace) if grace else None
+    try:
+        g = grace_period(grace) if grace else None
+    except argparse.ArgumentTypeError as err:
+        raise SystemExit(f"strategy {text!r}: grace period: {err}") from None
     if g is not None and scheduler == "none":
         raise SystemExit(f"strategy {text!r}: without a scheduler there is no grace period")
     return Strategy(sampler, scheduler, None if g == default_grace else g)

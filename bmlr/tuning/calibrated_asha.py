@@ -144,9 +144,10 @@ class CalibratedASHA(FIFOScheduler):
                 action = self._inner.on_trial_result(None, trial, {self._time_attr: epoch, self._metric: value})
                 if action == TrialScheduler.STOP:
                     break
-            if tid in self._ended or tid in self._finished or action == TrialScheduler.STOP:
+            over = tid in self._ended or tid in self._finished
+            if over or action == TrialScheduler.STOP:
                 self._inner.on_trial_remove(None, trial)  # its results stay in the rungs
-                if tid not in self._ended and tid not in self._finished:
+                if not over:
                     self._stop_next.add(tid)
             else:
                 self._in_inner.add(tid)

@@ -17,7 +17,7 @@ import argparse
 from dataclasses import fields
 from typing import Any, TypeVar
 
-from bmlr.tuning.ray_backend import CONNECT_TIMEOUT_S, SCHEDULERS, check_address, check_local, cluster_address
+from bmlr.tuning.ray_backend import AUTO, CONNECT_TIMEOUT_S, SCHEDULERS, check_address, check_local, cluster_address
 from bmlr.tuning.scores import SCORE_HELP
 
 __all__ = ["HelpFormatter", "command_parser", "add_data_options", "check_dataset", "add_set_option",
@@ -93,7 +93,7 @@ def add_asha_options(group) -> None:
 
 def grace_period(text: str) -> int | str:
     """``--grace-period``: a whole number of epochs or ``auto``."""
-    if text == "auto":
+    if text == AUTO:
         return text
     try:
         return int(text)

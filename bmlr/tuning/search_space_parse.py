@@ -14,7 +14,7 @@ from typing import Any
 
 from bmlr.config import FIELD_NAMES, METHOD_ARGS_PREFIX, Config, ConfigError, field_kind, from_dict
 from bmlr.methods import METHOD_SPECIFIC_KEYS, METHODS, arg_kinds
-from bmlr.tuning.ray_backend import SCHEDULERS
+from bmlr.tuning.ray_backend import AUTO, SCHEDULERS
 from bmlr.tuning.scores import ScoreError, parse_score
 
 __all__ = ["KINDS", "METHOD_ARGS", "NOT_SEARCHABLE", "SECTIONS", "METHOD_SECTIONS", "DEFAULT_KEYS", "SearchSpaceError",
@@ -285,7 +285,7 @@ def _study_defaults(data: dict, source: str) -> dict[str, Any]:
         raise SearchSpaceError(f"{source}: scheduler: {out['scheduler']!r} is not one of {', '.join(SCHEDULERS)}")
     for key in ("grace_period", "max_epochs"):
         epochs = out[key]
-        if key == "grace_period" and epochs == "auto":
+        if key == "grace_period" and epochs == AUTO:
             continue
         if epochs is not None and (isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1):
             auto = " or auto" if key == "grace_period" else ""

@@ -46,6 +46,7 @@ class Search:
 
     searcher_name = "optuna-tpe"
     role = "study"  # the parent run's tag bmlr.role
+    keeps_journal = True  # its Optuna study in the folder's optuna.journal (optuna-dashboard)
 
     @property
     def early_stopping(self) -> bool:
@@ -95,6 +96,7 @@ class Grid:
 
     searcher_name = "grid"
     role = "surface"
+    keeps_journal = False  # no Optuna study
     scheduler = "fifo"
     early_stopping = False
 

@@ -257,7 +257,7 @@ def _banner(plan: Plan, log: Callable[[str], None]) -> None:
     log(f"study {plan.study_dir}\n  searching:\n{plan.space.describe()}\n  {s.samples} trials of at most "
         f"{plan.max_epochs} epochs ({schedule}), seed {s.seed}\n  score: {plan.rule.name}, "
         f"{plan.rule.describe()}\n  MLflow: {plan.tracking_uri} parent run {plan.parent_run_id}")
-    if plan.strategy.searcher_name.startswith("optuna"):
+    if plan.strategy.keeps_journal:
         log(f"  live: optuna-dashboard {shlex.quote(str(plan.store.optuna_path))}   (pip install optuna-dashboard)")
     drift = fixed_keys_line(plan)
     if drift:
