@@ -16,7 +16,7 @@ from bmlr.tuning.progress import (StudyProgress, ended_line, format_table, statu
                                   trial_status)
 from bmlr.tuning.results import best_epoch
 from bmlr.tuning.scores import parse_score
-from bmlr.tuning.selection import choose_best
+from bmlr.tuning.selection import choose_best, table_order
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,9 @@ def test_the_status_line_counts_done_of_total_and_names_the_summary_s_best_on_a_
     # 0.80 twice: fewer epochs to reach it wins (not the smaller id, not the failed 0.95)
     assert "best so far: trial t_00001, score 0.8000 at epoch 2" in line
     assert choose_best(ROWS)["trial_id"] == "t_00001"
+    # the trials table and the summary's table list the same one first (then the failed and unscored)
+    assert [r["trial_id"] for r in table_order(ROWS)] == ["t_00001", "t_00000", "t_00003", "t_00002", "t_00004",
+                                                          "t_00005"]
     assert "time left: at most ~" in line
     assert "best so far" not in status_line(ROWS, 8, 90.0, choose=None)  # a caller with no rule names none
     assert "time left" not in status_line(ROWS, 3, 90.0)  # everything done: nothing left

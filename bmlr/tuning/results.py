@@ -28,7 +28,8 @@ from bmlr.tuning.ray_backend import AUTO, METRIC
 from bmlr.tuning.rung_check import AGREES, MIN_TRIALS, rung_warning
 from bmlr.tuning.scores import DEFAULT_RULE, VAL_ACC, ScoreRule, rule_of
 from bmlr.tuning.search_space import SearchSpace
-from bmlr.tuning.selection import SCORE, difference_text, noise_note, rank, score, standard_error
+from bmlr.tuning.selection import (SCORE, difference_text, noise_note, rank, score, standard_error,
+                                   table_order)
 from bmlr.tuning.store import StudyStore, read_json_lines
 
 __all__ = ["Row", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
@@ -117,7 +118,8 @@ def best_epoch(history: list[Row], rule: ScoreRule = DEFAULT_RULE, n_val: int | 
 
 def trial_rows(grid, max_epochs: int, runs: dict[str, Any], store: StudyStore, rule: ScoreRule,
                n_val: int | None = None) -> list[Row]:
-    """One row per trial of Ray's result grid, best first (then by trial id); ``runs``: the
+    """One row per trial of Ray's result grid, best first (:func:`~bmlr.tuning.selection.rank`:
+    the score, then fewer epochs to reach it, then trial id; failed trials last); ``runs``: the
     trials' MLflow runs by trial id. A trial's epochs come from its whole history
     (:meth:`~bmlr.tuning.store.StudyStore.history`: every epoch, those trained before a resume
     included), not from what Ray saw since the last restore."""
@@ -137,8 +139,7 @@ def trial_rows(grid, max_epochs: int, runs: dict[str, Any], store: StudyStore, r
             text = str(result.error).strip().splitlines()
             row["error"] = (text[-1] if text else type(result.error).__name__)[:300]
         rows.append(row)
-    rows.sort(key=lambda r: (r.get(SCORE) is None, -(r.get(SCORE) or 0.0), r["trial_id"]))
-    return rows
+    return table_order(rows)
 
 
 def sampled_values(row: Row, space: SearchSpace) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 from bmlr.fileio import finite_or_none
 
-__all__ = ["SCORE", "LEGACY_SCORE", "score", "is_candidate", "rank", "choose_best", "group_scores", "choose_best_group",
+__all__ = ["SCORE", "LEGACY_SCORE", "score", "is_candidate", "rank", "table_order", "choose_best", "group_scores", "choose_best_group",
            "standard_error", "noise_note", "difference_text", "Candidate", "choose_confirmed"]
 
 SCORE = "score"  # the trials-table column the rule ranks by (higher is better)
@@ -52,6 +52,15 @@ def _order(row: Row) -> tuple:
 def rank(rows: Iterable[Row]) -> list[Row]:
     """The candidates, best first (score, then fewer epochs to reach it, then trial id)."""
     return sorted((r for r in rows if is_candidate(r)), key=_order)
+
+
+def table_order(rows: Iterable[Row]) -> list[Row]:
+    """Every row, the candidates by :func:`rank` (so the first is the one :func:`choose_best`
+    names), then the rest (failed or unscored) by score, then trial id."""
+    rows = list(rows)
+    rest = [r for r in rows if not is_candidate(r)]
+    rest.sort(key=lambda r: (score(r) is None, -(score(r) or 0.0), str(r["trial_id"])))
+    return rank(rows) + rest
 
 
 def choose_best(rows: Iterable[Row], prefer: Callable[[Row], bool] | None = None) -> Row | None:
