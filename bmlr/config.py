@@ -22,7 +22,7 @@ import yaml
 
 from bmlr.fileio import atomic_write_text
 
-__all__ = ["Config", "ConfigError", "FIELD_NAMES", "closest_key",
+__all__ = ["Config", "ConfigError", "FIELD_NAMES", "closest_key", "beside_study",
            "METHOD_ARGS_PREFIX", "OPTIMIZERS", "SCHEDULES", "DEVICES",
            "SOURCE_KEYS", "field_kind", "fold_method_args", "from_dict", "load_config", "validate"]
 
@@ -220,6 +220,14 @@ def fold_method_args(data: dict[str, Any], source: str = "") -> dict[str, Any]:
         args[name] = data[key]
     out["method_args"] = args
     return out
+
+
+def beside_study(output_dir: str, study_dir: str | Path | None) -> str:
+    """Where a study's exported configuration trains: ``<study_dir>/production``, unless the
+    configuration names an ``output_dir`` of its own (anything but the default)."""
+    if study_dir and output_dir == Config.output_dir:
+        return str(Path(study_dir) / "production")
+    return output_dir
 
 
 def closest_key(key: str) -> str:

@@ -40,12 +40,13 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from bmlr.config import FIELD_NAMES
+from bmlr.config import FIELD_NAMES, Config, beside_study
 from bmlr.fileio import TMP_MARK, tmp_path_for
 
 __all__ = ["store_of", "TrackingError", "EXPERIMENT_KIND_TAG", "EXPERIMENT_KIND", "STORE_HINT", "BEST_MARK", "TrialRun",
            "default_tracking_uri", "check_reachable", "check_store", "artifact_location_for", "client_for",
-           "store_lock", "get_or_create_experiment", "fetch_trial", "sqlite_path", "check_intact", "ensure_store"]
+           "store_lock", "get_or_create_experiment", "fetch_trial", "sqlite_path", "check_intact", "ensure_store",
+           "git_commit", "source_tags"]
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -59,6 +60,37 @@ BEST_MARK = "★ "  # leads the run name of a study's best trial (bmlr.tuning.ru
 
 class TrackingError(RuntimeError):
     """The tracking server or store cannot be used, or a run cannot be read from it."""
+
+
+def git_commit(root: Path) -> str | None:
+    """The commit checked out at ``root``, marked ``-dirty`` where tracked files changed; None
+    outside a git checkout (an installed package)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+        if out.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def source_tags(commit: str | None, entry_point: str) -> dict[str, str]:
+    """MLflow's standard source tags, as its fluent API sets them on a run it starts (a client's
+    ``create_run`` sets none): the command, LOCAL, the user and the git commit (bare: the
+    ``-dirty`` mark stays in the ``git_commit`` tag)."""
+    import getpass
+
+    tags = {"mlflow.source.name": entry_point, "mlflow.source.type": "LOCAL"}
+    with contextlib.suppress(Exception):  # no user name in some containers
+        tags["mlflow.user"] = getpass.getuser()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit.removesuffix("-dirty")
+    return tags
 
 
 def default_tracking_uri(storage: Path) -> str:
@@ -363,7 +395,11 @@ def fetch_trial(uri: str, run_id: str, log: Callable[[str], None] = print) -> Tr
     source = {"tracking_uri": uri, "experiment_id": run.info.experiment_id, "run_id": run.info.run_id,
               "run_name": (run.info.run_name or "").removeprefix(BEST_MARK) or None, "study": tags.get("study"),
               "trial_id": tags.get("trial_id"), "parent_run_id": tags.get("mlflow.parentRunId")}
-    return TrialRun(run.info.run_id, _config_from_run(client, run), epochs, seeds,
+    config = _config_from_run(client, run)
+    if "mlflow.parentRunId" in tags:  # a study's trial trains beside the study (beside_study)
+        study_dir = client.get_run(tags["mlflow.parentRunId"]).data.tags.get("study_dir")
+        config["output_dir"] = beside_study(config.get("output_dir", Config.output_dir), study_dir)
+    return TrialRun(run.info.run_id, config, epochs, seeds,
                     {k: v for k, v in source.items() if v}, dict(run.data.metrics), dict(tags))
 
 

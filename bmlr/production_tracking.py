@@ -10,7 +10,15 @@ global active run): the store is the one named by `--tracking-uri`, else
   `source_trial_id`, `source_experiment_id` and a description (`mlflow.note.content`) saying
   what it reproduces; FINISHED, or KILLED / FAILED when interrupted / failed;
 * one nested run per seed (tag `mlflow.parentRunId`): the epoch metrics (step = epoch), the
-  test metrics of the chosen epoch logged once, and the checkpoint `model.pt` as an artifact.
+  test metrics of the chosen epoch logged once, the checkpoint `model.pt` as an artifact and
+  the chosen epoch as an MLflow model (:mod:`bmlr.model_logging`: ``mlflow.pytorch.log_model`` of a
+  :class:`bmlr.predictor.Predictor`, with a signature naming each modality's tensor): the
+  experiment's "Logged models", loaded back with ``mlflow.pytorch.load_model``;
+* `--register NAME` (:meth:`ProductionRun.register`): the seed with the best validation
+  accuracy registered as a new version of NAME in the Model Registry (test never chooses);
+* MLflow's standard source tags (`mlflow.source.name`, `.type`, `.git.commit`, `mlflow.user`),
+  and links back: the trial's run and its study's run get the tag `production_runs` (the ids
+  of the production runs that reproduce them, newest last).
 
 The store is checked before training (:func:`check_target`): a server that does not answer
 or a study's store that is gone fails fast. Once training runs, a store that refuses a later
@@ -33,30 +41,30 @@ these tags (older versions) are left alone: whether their process runs cannot be
 """
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import socket
-import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import yaml
 
+from bmlr.abandoned_runs import end_abandoned_runs, process_gone, process_tags  # noqa: F401  (re-exported)
 from bmlr.config import Config
+from bmlr.interrupts import interrupts_held, stderr_line
 from bmlr.mlflow_store import (TrackingError, check_reachable, check_store, client_for,
-                               get_or_create_experiment)
+                               get_or_create_experiment, git_commit, source_tags)
+from bmlr.model_logging import log_predictor, register_model
 
 __all__ = ["Target", "resolve_target", "check_target", "ProductionRun", "Untracked", "open_run",
-           "interrupts_held", "process_tags", "process_gone", "end_abandoned_runs", "stderr_line"]
+           "interrupts_held", "process_tags", "process_gone", "end_abandoned_runs", "stderr_line", "LINK_TAG"]
 
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI
 SOURCE_TAGS = {"run_id": "source_run_id", "study": "source_study", "trial_id": "source_trial_id",
                "experiment_id": "source_experiment_id", "parent_run_id": "source_parent_run_id",
                "run_name": "source_run_name", "tracking_uri": "source_tracking_uri"}
+LINK_TAG = "production_runs"  # on a trial's and a study's run: the production runs reproducing them
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (git_commit: None when installed)
 
 
 @dataclass
@@ -145,6 +153,7 @@ class ProductionRun:
         self.uri, self.experiment_id, self.run_id = uri, experiment_id, run_id
         self.client = client_for(uri)
         self.seed_runs: dict[int, str] = {}
+        self.seed_models: dict[int, str] = {}  # seed -> the model URI of its logged MLflow model
         self.stopped = False  # a store call failed: no more logging
 
     @classmethod
@@ -157,6 +166,7 @@ class ProductionRun:
         tags = {"dataset": cfg.dataset, "method": cfg.method, "run_kind": "production", NOTE_TAG: _note(cfg)}
         tags.update({tag: src[key] for key, tag in SOURCE_TAGS.items() if src.get(key)})
         tags.update(process_tags())
+        tags.update(source_tags(git_commit(PACKAGE_ROOT), "bmlr-train"))
         if config_file:
             tags["config_file"] = str(config_file)
         try:
@@ -170,6 +180,8 @@ class ProductionRun:
         job = cls(target.uri, experiment_id, run.info.run_id)
         job._call(job._log_config, cfg)
         print(f"MLflow: {target.uri} ({target.origin}) experiment {experiment_id} run {job.run_id}", flush=True)
+        if src.get("tracking_uri") == target.uri:
+            job.link_sources([src.get("run_id"), src.get("parent_run_id")])
         end_abandoned_runs(target.uri)
         return job
 
@@ -220,8 +232,22 @@ class ProductionRun:
         for i in range(0, len(items), 500):
             self.client.log_batch(run_id, metrics=items[i:i + 500])
 
-    def seed_finished(self, seed: int, result: dict[str, Any], model_path: Path) -> None:
-        """The seed's test metrics (once), its best epoch, its checkpoint; the seed run FINISHED."""
+    def link_sources(self, run_ids: list[str | None]) -> None:
+        """Add this run's id to the tag :data:`LINK_TAG` of each run of ``run_ids`` (the trial
+        and its study); a run this store does not hold is left alone, with a warning."""
+        for run_id in filter(None, run_ids):
+            try:
+                with interrupts_held():
+                    before = self.client.get_run(run_id).data.tags.get(LINK_TAG, "")
+                    self.client.set_tag(run_id, LINK_TAG, ",".join(filter(None, [before, self.run_id])))
+            except Exception as err:  # a source run deleted since the export: the link is lost, not the job
+                stderr_line(f"warning: run {run_id} not linked to production run {self.run_id}: "
+                            f"{type(err).__name__}: {err}")
+
+    def seed_finished(self, seed: int, result: dict[str, Any], model_path: Path,
+                      predictor: Any = None, example: tuple[Any, Any] | None = None) -> None:
+        """The seed's test metrics (once), its best epoch, its checkpoint and its MLflow model
+        (``predictor``, signed from ``example``: inputs and outputs as numpy); the seed run FINISHED."""
         run_id = self.seed_runs.get(seed)
         if run_id is None:
             return
@@ -229,7 +255,30 @@ class ProductionRun:
         values["best_epoch"] = float(result["best_epoch"])
         self._call(self._log_metrics, run_id, values, int(result["best_epoch"]))
         self._call(self.client.log_artifact, run_id, str(model_path))
+        if predictor is not None:
+            self._call(self._log_model, seed, run_id, predictor, example)
         self._call(self.client.set_terminated, run_id, "FINISHED")
+
+    def _log_model(self, seed: int, run_id: str, predictor: Any, example: tuple[Any, Any] | None) -> None:
+        self.seed_models[seed] = log_predictor(self.uri, run_id, predictor, example, {"seed": str(seed)})
+
+    def register(self, name: str, results: dict[str, Any]) -> str:
+        """Register the model of the seed with the best validation accuracy (the first on a tie)
+        as a new version of ``name``, tag the job's run `registered_model`; returns a line saying
+        which. TrackingError where no seed's model was logged or the registry refuses."""
+        logged = [r for r in results.get("seeds", []) if r["seed"] in self.seed_models]
+        if not logged:
+            raise TrackingError(f"--register {name}: no seed's model reached MLflow (run {self.run_id} at {self.uri})")
+        best = max(logged, key=lambda r: r["val"]["acc"])
+        try:
+            with interrupts_held():
+                version = register_model(self.uri, self.seed_models[best["seed"]], name)
+                self.client.set_tag(self.run_id, "registered_model", f"{name}/{version}")
+        except Exception as err:
+            raise TrackingError(f"--register {name}: the Model Registry at {self.uri} refused seed {best['seed']}'s "
+                                f"model: {type(err).__name__}: {err}") from None
+        return (f"registered: models:/{name}/{version} (seed {best['seed']}, best validation accuracy "
+                f"{best['val']['acc']:.4f} of seeds {[r['seed'] for r in logged]})")
 
     def end(self, results: dict[str, Any], results_path: Path | None, status: str) -> None:
         """The summary over the finished seeds, results.json, the job's status (FINISHED,
@@ -259,38 +308,12 @@ class Untracked:
     def epoch(self, seed: int, metrics: dict[str, Any]) -> None:
         pass
 
-    def seed_finished(self, seed: int, result: dict[str, Any], model_path: Path) -> None:
+    def seed_finished(self, seed: int, result: dict[str, Any], model_path: Path,
+                      predictor: Any = None, example: tuple[Any, Any] | None = None) -> None:
         pass
 
     def end(self, results: dict[str, Any], results_path: Path | None, status: str) -> None:
         pass
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Within the block, a first Ctrl-C is held and handed to the Ctrl-C handler in place once
-    the block ends; a second one is handed on at once (a store that hangs can still be left).
-    Why: KeyboardInterrupt raised inside an MLflow call can stop a SQLite transaction halfway
-    and leave the database locked, so the calls that end the runs KILLED would fail. Off the
-    main thread, or where Ctrl-C has no Python handler, it does nothing."""
-    handler = signal.getsignal(signal.SIGINT)
-    if threading.current_thread() is not threading.main_thread() or not callable(handler):
-        yield
-        return
-    held: list[int] = []
-
-    def hold(signum, frame) -> None:
-        if held:
-            handler(signum, frame)
-        held.append(signum)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, handler)
-    if held:
-        handler(signal.SIGINT, None)
 
 
 def open_run(target: Target | None, cfg: Config, config_file: str | None = None) -> ProductionRun | Untracked:
@@ -299,116 +322,3 @@ def open_run(target: Target | None, cfg: Config, config_file: str | None = None)
         return Untracked()
     check_target(target)
     return ProductionRun.open(target, cfg, config_file)
-
-
-def stderr_line(line: str) -> None:
-    """One line on stderr; nothing where stderr is gone (a closed terminal: SIGHUP), so that what
-    follows (ending the runs) still happens."""
-    with contextlib.suppress(OSError):
-        print(line, file=sys.stderr, flush=True)
-
-
-# --- runs left RUNNING by a process killed outright -------------------------------------------
-PID_TAG, HOST_TAG, BOOT_TAG = "bmlr.pid", "bmlr.host", "bmlr.boot_id"
-PIDNS_TAG, START_TAG, MACHINE_TAG = "bmlr.pid_ns", "bmlr.pid_start", "bmlr.machine_id"
-ENDED_BY_TAG = "bmlr.ended_by"
-
-
-def _proc_stat(pid: int) -> tuple[str, str] | None:
-    """(state, start time in clock ticks since boot) of process ``pid`` from Linux's /proc;
-    None where there is no such process or no /proc."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3, starttime 22
-    return fields[0], fields[19]
-
-
-def _here() -> dict[str, str]:
-    """This machine's installation and boot and this process's PID namespace, where Linux tells them."""
-    out = {}
-    with contextlib.suppress(OSError):
-        out[MACHINE_TAG] = Path("/etc/machine-id").read_text().strip()
-    with contextlib.suppress(OSError):
-        out[BOOT_TAG] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    with contextlib.suppress(OSError):
-        out[PIDNS_TAG] = os.readlink("/proc/self/ns/pid")
-    return out
-
-
-def process_tags() -> dict[str, str]:
-    """This process as tags on the job's run: pid, host, and (Linux) boot, PID namespace, start time."""
-    tags = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), **_here()}
-    stat = _proc_stat(os.getpid())
-    if stat:
-        tags[START_TAG] = stat[1]
-    return tags
-
-
-def process_gone(tags: dict[str, str]) -> str | None:
-    """Why the process named by a run's :func:`process_tags` is demonstrably gone, or None where
-    it may still run or cannot be seen from here (another host, another PID namespace, no tags)."""
-    pid, host = tags.get(PID_TAG, ""), tags.get(HOST_TAG)
-    if not pid.isdigit() or host != socket.gethostname():
-        return None
-    here = _here()
-    if tags.get(MACHINE_TAG) != here.get(MACHINE_TAG):
-        return None  # another machine with the same host name, or one that cannot be told apart
-    if tags.get(BOOT_TAG) and here.get(BOOT_TAG) and tags[BOOT_TAG] != here[BOOT_TAG]:
-        return f"its host {host} restarted since its process {pid} started"
-    if tags.get(PIDNS_TAG) != here.get(PIDNS_TAG):
-        return None  # a container with the same host name: its processes are not visible here
-    stat = _proc_stat(int(pid))
-    if stat is None:  # not in /proc (or no /proc, or hidden there): ask the kernel
-        alive = _exists(int(pid))
-    else:  # a zombie is gone; a later start time: the pid was reused
-        alive = stat[0] != "Z" and (not tags.get(START_TAG) or stat[1] == tags[START_TAG])
-    return None if alive else f"its process {pid} on {host} was gone"
-
-
-def _exists(pid: int) -> bool:
-    if os.name == "nt":  # os.kill would end it there: cannot tell
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: it exists
-        return True
-    return True
-
-
-def end_abandoned_runs(uri: str) -> list[str]:
-    """End as KILLED the production runs of the store ``uri`` left RUNNING by a process of this
-    host that is gone (:func:`process_gone`), their RUNNING seed runs too, each tagged
-    `bmlr.ended_by`; prints one line naming them. Returns their run ids. Never fails the caller:
-    a store that refuses is reported in one warning line."""
-    ended: dict[str, str] = {}  # run id -> why and where
-    try:
-        with interrupts_held():
-            client = client_for(uri)
-            ids = [e.experiment_id for e in client.search_experiments()]
-            query = (f"tags.run_kind = 'production' and attributes.status = 'RUNNING' "
-                     f"and tags.`{HOST_TAG}` = '{socket.gethostname()}'")
-            for i in range(0, len(ids), 100):
-                for run in client.search_runs(ids[i:i + 100], filter_string=query, max_results=1000):
-                    why = process_gone(run.data.tags)
-                    if why:
-                        _end_killed(client, run, f"ended as KILLED on next use: {why}")
-                        ended[run.info.run_id] = f"{why}; folder {run.data.tags.get('run_dir', '?')}"
-    except Exception as err:  # the store refused: the new run goes on
-        stderr_line(f"warning: could not look for runs left RUNNING at {uri} ({type(err).__name__}: {err})")
-    if ended:
-        print(f"MLflow: ended as KILLED {len(ended)} production run(s) left RUNNING by a process that is gone: "
-              + "; ".join(f"{run_id} ({why})" for run_id, why in ended.items()), flush=True)
-    return list(ended)
-
-
-def _end_killed(client, run, why: str) -> None:
-    """``run`` and its RUNNING seed runs KILLED, tagged with ``why``."""
-    seeds = client.search_runs([run.info.experiment_id], max_results=1000, filter_string=(
-        f"tags.`mlflow.parentRunId` = '{run.info.run_id}' and attributes.status = 'RUNNING'"))
-    for r in [*seeds, run]:
-        client.set_tag(r.info.run_id, ENDED_BY_TAG, why)
-        client.set_terminated(r.info.run_id, "KILLED")

@@ -42,6 +42,7 @@ from bmlr.engine import Trainer, mean_std, resolve_device
 from bmlr.fileio import atomic_torch_save, write_failure_line, write_json
 from bmlr.methods import resolved_method_args
 from bmlr.mlflow_store import TrackingError, check_store, fetch_trial, store_of
+from bmlr.predictor import Predictor, signature_example
 from bmlr.production_tracking import (ProductionRun, Target, Untracked, check_target, open_run, resolve_target,
                                       stderr_line)
 
@@ -139,7 +140,13 @@ def train_seed(cfg: Config, seed: int, data, run_dir: Path, progress: bool,
                           seed_dir / "model.pt")
     result = {"seed": seed, "best_epoch": trainer.best_epoch, "val": trainer.best_val, "test": test,
               "seconds": time.time() - start, "history": history}
-    job.seed_finished(seed, result, seed_dir / "model.pt")
+    if isinstance(job, ProductionRun):  # the MLflow model: the best epoch as its method predicts
+        predictor = Predictor(trainer.model, trainer.method, trainer.data.class_names,
+                              getattr(trainer.data, "scaling", {}))
+        inputs, _ = next(iter(trainer.loader("val")))
+        job.seed_finished(seed, result, seed_dir / "model.pt", predictor, signature_example(predictor, inputs))
+    else:
+        job.seed_finished(seed, result, seed_dir / "model.pt")
     return result
 
 
@@ -183,11 +190,12 @@ def writing(path: Path, cfg: Config, what: str | None = None) -> Iterator[None]:
 
 
 def train(cfg: Config, progress: bool = True, target: Target | None = None,
-          config_file: str | None = None) -> dict:
+          config_file: str | None = None, register: str | None = None) -> dict:
     """Train every seed of `cfg`. The run folder is created only once the device, the data and
     the MLflow store (``target``; None: no MLflow) are ready (a bad data root or a store that
     refuses leaves no folder). `results.json` is written at the start and after every seed,
-    with `"complete": false` until every seed has finished."""
+    with `"complete": false` until every seed has finished. ``register``: the Model Registry
+    name that the seed with the best validation accuracy is registered under, once all finished."""
     device = resolve_device(cfg.device)
     with writing(cache_root(cfg), cfg, what="the data cache"):  # a full disk while it is built: one line
         data = build_datasets(cfg)  # once: the data do not depend on the training seed
@@ -209,7 +217,9 @@ def train(cfg: Config, progress: bool = True, target: Target | None = None,
         except OutputError as err:
             raise OutputError(f"{err}: nothing was trained, {run_dir} holds no results") from None
         _train_seeds(cfg, data, run_dir, progress, job, results)
-        status = "FINISHED"
+        status = "FINISHED"  # trained: a registry that refuses (TrackingError, exit 2) does not undo that
+        if register and isinstance(job, ProductionRun):
+            print(job.register(register, results), flush=True)
     except (KeyboardInterrupt, TrainingInterrupted):
         status = "KILLED"
         raise
@@ -297,6 +307,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--experiment", help="MLflow experiment (default: $MLFLOW_EXPERIMENT_NAME, else the study's, "
                    "else bmlr-train-<dataset>)")
     g.add_argument("--no-mlflow", action="store_true", help="log nothing to MLflow")
+    g.add_argument("--register", metavar="NAME", help="register the seed with the best validation accuracy in "
+                   "MLflow's Model Registry as a new version of NAME")
     return p
 
 
@@ -309,12 +321,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cfg = run_config(args.config, args.overrides)
             target = resolve_target(cfg, args.tracking_uri, args.experiment, args.no_mlflow)
+            if target is None and args.register:
+                raise ConfigError(f"--register {args.register}: needs an MLflow store" + (", not --no-mlflow" if
+                                  args.no_mlflow else "; pass --tracking-uri or set MLFLOW_TRACKING_URI"))
             if target is None and args.experiment and not args.no_mlflow:
                 raise ConfigError("--experiment: no MLflow store known; pass --tracking-uri or set MLFLOW_TRACKING_URI")
             if target is not None:
                 check_target(target)  # before the data are read: a store that refuses fails fast
             train(cfg, progress=not args.no_progress, target=target,
-                  config_file=args.config or (args.from_run and f"--from-run {args.from_run}"))
+                  config_file=args.config or (args.from_run and f"--from-run {args.from_run}"), register=args.register)
     except (ConfigError, DataError, TrackingError, OutputError) as err:
         stderr_line(f"error: {err}")
         return 2

@@ -26,8 +26,11 @@ def shared_data() -> Path:
 # generated synthetic data set, run as a user runs it (`python tune.py ...` in a subprocess)
 TINY_STUDY_FIXED = {"model_width": 4, "model_depth": 1, "image_size": 32, "frames": 2, "batch_size": 16,
                     "val_fraction": 0.3, "epochs": 2, "seeds": [0, 1]}
-TINY_STUDY_SPACE = {"search": {"beta": {"uniform": [0.1, 0.9]}, "alpha": {"loguniform": [0.5, 2.0]},
-                               "lr": {"loguniform": [1.0e-3, 1.0e-2]}, "fusion": {"choice": ["concat", "sum"]}},
+# with defaults, as the shipped spaces: the study's first trial is the untuned configuration
+TINY_STUDY_SPACE = {"search": {"beta": {"uniform": [0.1, 0.9], "default": 0.5},
+                               "alpha": {"loguniform": [0.5, 2.0], "default": 1.0},
+                               "lr": {"loguniform": [1.0e-3, 1.0e-2], "default": 3.0e-3},
+                               "fusion": {"choice": ["concat", "sum"], "default": "concat"}},
                     "fixed": TINY_STUDY_FIXED}
 
 

@@ -68,16 +68,18 @@ def _check_seed_runs(client: MlflowClient, job, seeds: list[int], epochs: int) -
     for run in seed_runs:
         assert run.info.status == "FINISHED"
         assert "model.pt" in [a.path for a in client.list_artifacts(run.info.run_id)]
+        [model] = run.outputs.model_outputs  # its MLflow model (the experiment's "Logged models")
+        assert client.get_logged_model(model.model_id).source_run_id == run.info.run_id
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == list(range(1, epochs + 1))
         for key in ("test_acc", "test_macro_f1", "test_loss"):
             assert len(client.get_metric_history(run.info.run_id, key)) == 1, key
 
 
 # --------------------------------------------------------------------------------------------
-def test_from_run_trains_the_chosen_trial_and_logs_it_beside_the_study(finished_study, tmp_path):
+def test_from_run_trains_the_chosen_trial_and_logs_it_beside_the_study(finished_study, tmp_path, monkeypatch, capsys):
     client, trial = _best_trial(finished_study)
     out = tmp_path / "runs"
-    proc = _train(["--from-run", trial.info.run_id, "--tracking-uri", finished_study["uri"],
+    proc = _train(["--from-run", trial.info.run_id, "--tracking-uri", finished_study["uri"], "--register", "tiny-best",
                    *_data_sets(finished_study, out)], tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     [job] = _production_runs(client, finished_study["experiment_id"], trial.info.run_id)
@@ -99,6 +101,40 @@ def test_from_run_trains_the_chosen_trial_and_logs_it_beside_the_study(finished_
     results = json.loads((run_dir / "results.json").read_text())
     assert results["complete"] and results["config"]["source"]["run_id"] == trial.info.run_id
     assert metrics["test_acc_mean"] == pytest.approx(results["summary"]["test_acc"]["mean"])
+    _check_models(client, finished_study, trial, job, results, run_dir, monkeypatch, capsys)
+
+
+README_SNIPPET = "<!-- load-and-predict: run by tests/test_production_tracking.py -->"
+
+
+def _check_models(client, study, trial, job, results, run_dir, monkeypatch, capsys) -> None:
+    """Standard source tags; links from the trial's and the study's runs; the seed with the best
+    validation accuracy registered; the README's load-and-predict lines, run on the registered
+    model, print the test accuracy results.json reports for that seed."""
+    tags = job.data.tags
+    assert tags["mlflow.source.name"] == "bmlr-train" and tags["mlflow.source.type"] == "LOCAL"
+    for source in (trial.info.run_id, study["parent_run_id"]):
+        assert job.info.run_id in client.get_run(source).data.tags["production_runs"].split(","), source
+    name, version = tags["registered_model"].split("/")
+    registered = client.get_run(client.get_model_version(name, version).run_id)
+    seed = int(registered.data.tags["seed"])
+    assert registered.data.tags["mlflow.parentRunId"] == job.info.run_id and registered.outputs.model_outputs
+    best = max(results["seeds"], key=lambda r: r["val"]["acc"])
+    assert seed == best["seed"]
+    readme = (ROOT / "README.md").read_text()
+    code = readme[readme.index(README_SNIPPET):].split("```python\n", 1)[1].split("```", 1)[0]
+    code = (code.replace("sqlite:////abs/path/tune_runs/mlflow.db", study["uri"])
+            .replace("models:/bmlr-synthetic/1", f"models:/{name}/{version}")
+            .replace("tune_runs/synthetic/bmlr-synthetic/best.yaml", str(run_dir / "config.yaml")))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored after, as the snippet sets it
+    try:
+        exec(compile(code, "README.md", "exec"), {})
+    finally:
+        import mlflow
+        mlflow.set_tracking_uri(None)
+    printed = capsys.readouterr().out.strip().splitlines()[-1]
+    assert printed.startswith("test accuracy ")
+    assert float(printed.split()[-1]) == pytest.approx(best["test"]["acc"], abs=1e-6)
 
 
 def test_the_studys_best_yaml_logs_to_the_study_without_a_flag(finished_study, tmp_path):
@@ -107,6 +143,7 @@ def test_the_studys_best_yaml_logs_to_the_study_without_a_flag(finished_study, t
     client, trial = _best_trial(finished_study)
     assert source, "best.yaml names no source: bmlr/tuning/results.py must give production_config a source_of(...)"
     assert source["tracking_uri"] == finished_study["uri"] and source["run_id"] == trial.info.run_id
+    assert load_config(best_yaml).output_dir == str(finished_study["dir"] / "production")  # trains beside the study
     proc = _train(["--config", str(best_yaml), "--set", "seeds=[0]", *_data_sets(finished_study, tmp_path / "runs")],
                   tmp_path)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -124,6 +161,14 @@ def test_no_mlflow_logs_nothing(finished_study, tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "MLflow:" not in proc.stdout
     assert _all_runs(finished_study["uri"]) == before
+
+
+def test_register_needs_a_store_and_says_so_before_training(tmp_path, capsys):
+    from bmlr.train import main
+
+    assert main(["--no-mlflow", "--register", "m", "--set", f"output_dir={tmp_path}"]) == 2
+    assert "--register m: needs an MLflow store, not --no-mlflow" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing trained, nothing written
 
 
 def test_from_run_with_an_unknown_id_names_it_and_the_store(finished_study, tmp_path):

@@ -7,6 +7,7 @@ import json
 import mlflow
 import pytest
 
+from bmlr.tuning import references
 from bmlr.tuning.references import difference_text
 from bmlr.tuning.store import StudyStore
 
@@ -35,6 +36,20 @@ def test_the_summary_compares_the_winner_with_the_untuned_method_and_the_baselin
     for key in ("lr", "fusion", "alpha", "beta"):  # the baseline reference is the winner's configuration
         assert baseline[key] == pytest.approx(winner[f"param.{key}"]) if key != "fusion" else \
             baseline[key] == winner[f"param.{key}"]
+    # the untuned configuration is the study's first trial: where it ran the whole budget, its own
+    # history is the reference (retraining it gives the same epochs), else it is trained again
+    def sampled(row):
+        return {k.removeprefix("param."): v for k, v in row.items() if k.startswith("param.") and v is not None}
+    trials = [r for r in best if all(untuned.get(k) == pytest.approx(v) for k, v in sampled(r).items())]
+    assert len(trials) <= 1, trials
+    if trials and trials[0]["status"] == "completed":
+        [trial] = trials
+        assert refs["untuned"]["how"].endswith(f", trial {trial['trial_id']}")
+        assert "untuned: its trial ran the whole budget" in out
+        retrained = references._train(untuned, record["max_epochs"])
+        assert [h["val_acc"] for h in retrained] == [h["val_acc"] for h in refs["untuned"]["history"]]
+    else:
+        assert "references: training untuned, baseline" in out
     # each score is the study's rule on that run's validation history
     for entry in refs.values():
         accs = [h["val_acc"] for h in entry["history"]]

@@ -6,7 +6,9 @@ seed, thread count, schedule horizon and budget (`max_epochs`), scored by the st
 rule on the same validation split (test is never read):
 
 * **untuned**: the study's method with the search space's defaults (each searched key's
-  `default:`), what a user who did not tune would train;
+  `default:`), what a user who did not tune would train. A study enqueues that configuration
+  as its first trial: where that trial ran the whole budget, its history is the reference (the
+  same configuration, seed and threads would train the same epochs again) and nothing is trained;
 * **baseline**: the winner's configuration with ``method: baseline`` (whose per-epoch history
   the report's learning curves draw beside the winner's).
 
@@ -28,10 +30,11 @@ from bmlr.config import from_dict, load_config
 from bmlr.fileio import finite_or_none, write_json
 from bmlr.tuning import ray_backend
 from bmlr.tuning.plan import Plan, StudyOutcome
-from bmlr.tuning.results import best_epoch
+from bmlr.tuning.results import best_epoch, untuned_row
 from bmlr.tuning.selection import difference_text, score
 
-__all__ = ["FILE", "reference_configs", "baseline_config", "train_references", "difference_text", "run_references"]
+__all__ = ["FILE", "reference_configs", "baseline_config", "reused_untuned", "train_references", "difference_text",
+           "run_references"]
 
 FILE = "references.json"
 History = list[dict[str, Any]]
@@ -78,6 +81,18 @@ def _train(config: dict[str, Any], budget: int) -> History:
             for m in history]
 
 
+def reused_untuned(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``{"untuned": history, "trial_id": id}`` where the untuned configuration's trial trained
+    every epoch of the budget (it completed, with a history of ``max_epochs`` epochs), else empty."""
+    row = untuned_row(plan, rows)
+    if row is None or row.get("status") != "completed":
+        return {}
+    history = plan.store.history(row["trial_id"])
+    if len(history) < plan.max_epochs:
+        return {}
+    return {"untuned": history[:plan.max_epochs], "trial_id": row["trial_id"]}
+
+
 def train_references(configs: dict[str, dict[str, Any]], budget: int, cpus: float, gpus: float) -> dict[str, History]:
     """Every configuration trained at once, one Ray task each (the Ray session must be up)."""
     import ray
@@ -99,8 +114,8 @@ def _lines(plan: Plan, best: dict[str, Any], scored: dict[str, dict[str, Any]], 
         text = (f"  {name} ({entry['how']}): {entry['score']:.4f}"
                 + (f" +- {entry['score_se']:.4f}" if entry.get("score_se") is not None else ""))
         lines.append(text + f"; tuned - {name} = {difference_text(w, w_se, entry['score'], entry.get('score_se'))}")
-    lines.append("  (each reference is one run trained after the study; the winner is the best of many runs, "
-                 "so its score is optimistic: --confirm K retrains the top K with new seeds)")
+    lines.append("  (each reference is one run, trained after the study or the untuned trial's own; the winner is "
+                 "the best of many runs, so its score is optimistic: --confirm K retrains the top K with new seeds)")
     return lines
 
 
@@ -112,11 +127,18 @@ def run_references(plan: Plan, outcome: StudyOutcome, log: Callable[[str], None]
         return {}
     s, store = plan.settings, plan.store
     planned = reference_configs(plan, best)
-    log(f"\nreferences: training {', '.join(planned)} ({plan.max_epochs} epochs each, seed {s.seed}, at once; "
-        f"--no-references skips them)")
+    histories = reused_untuned(plan, outcome.rows)
+    if histories:
+        planned["untuned"] = (planned["untuned"][0], planned["untuned"][1] + f", trial {histories.pop('trial_id')}")
+    to_train = {k: v[0] for k, v in planned.items() if k not in histories}
+    together = "each, " if len(to_train) > 1 else ""
+    log(f"\nreferences: training {', '.join(to_train) or 'nothing'} ({plan.max_epochs} epochs {together}seed {s.seed}"
+        f"{', at once' if together else ''}; --no-references skips them)" + ("; untuned: its trial ran the whole budget, its history is "
+                                                   "the reference" if histories else ""))
     start = time.time()
-    histories = train_references({k: v[0] for k, v in planned.items()}, plan.max_epochs, s.cpus_per_trial,
-                                 ray_backend.gpus_per_trial(s.gpus_per_trial))
+    if to_train:
+        histories.update(train_references(to_train, plan.max_epochs, s.cpus_per_trial,
+                                          ray_backend.gpus_per_trial(s.gpus_per_trial)))
     n_val = (store.data_info().get("sizes") or {}).get("val")
     scored = {}
     for name, history in histories.items():

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from bmlr.config import beside_study
 from bmlr.fileio import finite_or_none
 from bmlr.tuning import run_view, tracking
 from bmlr.tuning.export import production_config, source_of, write_config
@@ -33,7 +34,8 @@ from bmlr.tuning.selection import (SCORE, difference_text, noise_note, rank, sco
 from bmlr.tuning.store import StudyStore, read_json_lines
 
 __all__ = ["Row", "STATUSES", "best_epoch", "trial_rows", "sync_runs", "sampled_values", "status_counts",
-           "format_table", "winner_note", "score_text", "export_best", "finish", "FolderResult", "folder_results"]
+           "format_table", "winner_note", "score_text", "export_best", "finish", "FolderResult", "folder_results",
+           "untuned_row"]
 
 Row = dict[str, Any]
 STATUSES = ("completed", "stopped_early", "failed", "interrupted", "lost")  # a trial's ends, as counted
@@ -233,7 +235,9 @@ def export_best(plan: Plan, best: Row, runs: dict[str, Any], confirmation: list[
     source = source_of(tracking_uri=plan.tracking_uri, experiment_id=plan.experiment_id, run_id=best["run_id"],
                        run_name=trial_run.info.run_name if trial_run else None, study=s.name,
                        trial_id=best["trial_id"], parent_run_id=plan.parent_run_id)
-    cfg = production_config({**plan.production.to_dict(), **sampled}, source=source)  # bmlr.train logs beside it
+    production = {**plan.production.to_dict(), **sampled,
+                  "output_dir": beside_study(plan.production.output_dir, plan.store.dir)}
+    cfg = production_config(production, source=source)  # bmlr.train logs beside it, and trains there
     edges = edge_lines(plan.space, sampled)
     header = [f"Best trial of study {s.name} ({s.dataset}, method {s.method}):",
               f"trial {best['trial_id']}, MLflow run {best['run_id']}, {score_text(best)} "
@@ -278,12 +282,18 @@ def winner_note(best: Row, where: str) -> str:
             f"validation split; test never read). Trial {best['trial_id']}.")
 
 
-def untuned_line(plan: Plan, rows: list[Row]) -> str:
-    """Where the untuned configuration (the search's first trial: each searched key's default)
-    ranked, and the winner against it; also the parent run's tag ``untuned_trial``. Empty where
-    the study trained no such trial (a grid, a warm-started stage)."""
+def untuned_row(plan: Plan, rows: list[Row]) -> Row | None:
+    """The trial of the untuned configuration (the search's first trial: each searched key's
+    default); None where the study trained no such trial (a grid, a warm-started stage)."""
     point = plan.strategy.untuned_point(plan)
-    row = next((r for r in rows if point and all(r.get(f"param.{k}") == v for k, v in point.items())), None)
+    return next((r for r in rows if point and all(r.get(f"param.{k}") == v for k, v in point.items())), None)
+
+
+def untuned_line(plan: Plan, rows: list[Row]) -> str:
+    """Where the untuned configuration ranked (:func:`untuned_row`), and the winner against it;
+    also the parent run's tag ``untuned_trial``. Empty where the study trained no such trial."""
+    point = plan.strategy.untuned_point(plan)
+    row = untuned_row(plan, rows)
     if row is None:
         return ""
     ranked = rank(rows)

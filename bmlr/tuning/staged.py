@@ -290,6 +290,7 @@ def _create_run(base: StudySettings, probe: Plan, staged: dict[str, Any], folder
             "selection_metric": "val_acc (validation, max)"}
     if commit:
         tags["git_commit"] = commit
+    tags.update(tracking.source_tags(commit, "bmlr-tune"))
     params = {"samples": base.samples, "stage1_samples": staged["stage1_samples"],
               "stage2_samples": staged["stage2_samples"], "stage1_alpha": staged["stage1_alpha"],
               "max_epochs": probe.max_epochs, "grace_period": probe.settings.grace_period,

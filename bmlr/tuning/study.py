@@ -96,6 +96,7 @@ def start_tracking(plan: Plan, data_info: dict[str, Any]) -> None:
         tags["mlflow.parentRunId"] = s.outer_run_id
     if commit:
         tags["git_commit"] = commit
+    tags.update(tracking.source_tags(commit, "bmlr-tune"))
     plan.parent_run_id = tracking.StudyRuns.create(plan.tracking_uri, plan.experiment_id, s.name, tags,
                                                    _parent_params(plan, data_info)).parent_run_id
     plan.runs.log_artifacts([store.space_path])

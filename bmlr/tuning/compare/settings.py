@@ -12,7 +12,7 @@ from bmlr.tuning.options import settings_from
 from bmlr.tuning.search_space import project_root
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.study import StudySettings
-from bmlr.tuning.tracking import git_commit
+from bmlr.tuning.tracking import git_commit, source_tags
 
 __all__ = ["PROTOCOLS", "ComparisonError", "ComparisonSettings", "mlflow_record", "slug"]
 
@@ -127,6 +127,7 @@ def mlflow_record(s: ComparisonSettings, arms: list[Arm], spaces: dict[str, Any]
     commit = git_commit(project_root())
     if commit:
         tags["git_commit"] = commit
+    tags.update(source_tags(commit, "bmlr-tune compare"))
     params = {"tuned": s.tune, "production_seeds": s.seeds or "search space", "data_sizes": data_info.get("sizes"),
               "overrides": s.overrides or "none", "reference": s.reference}
     if s.tune:

@@ -12,13 +12,13 @@ The store itself (URIs, the SQLite schema, experiments) is :mod:`bmlr.mlflow_sto
 with production tracking (:mod:`bmlr.production_tracking`).
 """
 from bmlr.mlflow_store import (TrackingError, check_reachable, default_tracking_uri,  # noqa: F401
-                               get_or_create_experiment)
+                               get_or_create_experiment, git_commit, source_tags)
 from bmlr.tuning.tracking.runs import (StudyRuns, check_run, child_runs, create_parent_run, end_study_runs,
-                                       git_commit, log_artifacts_safely, log_epochs, log_metrics, log_params,
+                                       log_artifacts_safely, log_epochs, log_metrics, log_params,
                                        logged_steps, mark_best, mark_lost_runs, save_table_view, trial_status)
 from bmlr.tuning.tracking.trial_logger import MLflowTrialLogger
 
 __all__ = ["StudyRuns", "MLflowTrialLogger", "TrackingError", "check_reachable", "check_run", "child_runs",
            "create_parent_run", "default_tracking_uri", "end_study_runs", "get_or_create_experiment", "git_commit",
            "log_artifacts_safely", "log_epochs", "log_metrics", "log_params", "logged_steps", "mark_best",
-           "mark_lost_runs", "save_table_view", "trial_status"]
+           "mark_lost_runs", "save_table_view", "source_tags", "trial_status"]

@@ -23,26 +23,11 @@ from bmlr.mlflow_store import BEST_MARK, TrackingError, client_for
 from bmlr.tuning.run_view import NOTE_TAG, VIEW_TAG_PREFIX, plain_name, table_view, view_key
 from bmlr.tuning.search_space import to_flat_params
 
-__all__ = ["StudyRuns", "git_commit", "create_parent_run", "log_params", "trial_status", "child_runs",
+__all__ = ["StudyRuns", "create_parent_run", "log_params", "trial_status", "child_runs",
            "end_study_runs", "log_epochs", "logged_steps", "mark_lost_runs", "mark_best", "save_table_view",
            "log_artifacts_safely", "log_metrics", "check_run"]
 
 TAG_LIMIT = 5000  # the longest tag value written (MLflow's own limit is 8000)
-
-
-def git_commit(root: Path) -> str | None:
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
-        if out.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def create_parent_run(uri: str, experiment_id: str, name: str, tags: dict[str, str],
