@@ -29,6 +29,12 @@ def _open_png(path) -> tuple[int, int]:
         return image.size
 
 
+def _check_plotly(path) -> None:
+    """An interactive figure as mlflow.log_figure writes one: a plotly page, plotly.js from its CDN."""
+    text = open(path).read()
+    assert "Plotly.newPlot" in text and "cdn.plot.ly" in text and len(text) < 500_000, path
+
+
 @pytest.mark.slow
 def test_parent_run_holds_optunas_figures_and_each_opens(finished_study, tmp_path):
     from mlflow import MlflowClient
@@ -39,10 +45,15 @@ def test_parent_run_holds_optunas_figures_and_each_opens(finished_study, tmp_pat
     md = (finished_study["dir"] / "report" / "report.md").read_text()
     # 6 trials of alpha, beta, lr and fusion: every view can be drawn (importances: scores that differ)
     expected = ALL if "Not computed" not in md else ALL - {"param_importances.png"}
-    assert names == expected
-    assert {p.name for p in (finished_study["dir"] / OPTUNA_DIR).glob("*.png")} == expected  # same as on disk
+    interactive = {name.replace(".png", ".html") for name in expected}  # each PNG has its plotly twin
+    assert names == expected | interactive
+    assert {p.name for p in (finished_study["dir"] / OPTUNA_DIR).glob("*.*")} == names  # same as on disk
     for path in sorted(logged):
         local = client.download_artifacts(finished_study["parent_run_id"], path, str(tmp_path))
+        if path.endswith(".html"):
+            _check_plotly(local)
+            assert f"Interactive: `{path}`" in md
+            continue
         width, height = _open_png(local)
         assert width > 300 and height > 200, (path, width, height)
         assert f"](../{path})" in md  # the report page shows it too
@@ -120,6 +131,8 @@ def test_a_view_that_cannot_be_drawn_is_skipped_with_its_reason(tmp_path):
     assert not (out / "contour_alpha_beta.png").exists()
     drawn = draw(FIGURE["slice"], inputs, out)  # the other views of the same study are drawn
     assert drawn == out / "slice.png" and _open_png(drawn)[0] > 300
+    _check_plotly(out / "slice.html")
+    assert not (out / "contour_alpha_beta.html").exists()
     one = StudyInputs.build(rows[:1], space)
     assert draw(FIGURE["optimization_history"], one, out) == "it needs at least 2 finished trials (1 finished)"
     assert "at least 3 finished trials" in draw(FIGURE["param_importances"], StudyInputs.build(rows[:2], space), out)

@@ -215,7 +215,8 @@ def test_report_renders_and_references_every_figure(which, request, tiny):
     logged = {a.path for a in client.list_artifacts(info["parent_run_id"], "report")}
     assert {"report/report.md", "report/report.html"} | {f"report/{p}" for p in own} <= logged
     logged = {a.path for a in client.list_artifacts(info["parent_run_id"], "optuna")}
-    assert logged == {f"optuna/{p.name}" for p in optuna_dir.glob("*.png")}
+    assert logged == {f"optuna/{p.name}" for p in optuna_dir.glob("*.*")}  # each PNG and its interactive HTML
+    assert {p.stem for p in optuna_dir.glob("*.html")} == {p.stem for p in optuna_dir.glob("*.png")}
     if which == "staged_study":  # --report full trains nothing: a staged study has no baseline reference
         assert not (report / "baseline_counterpart.json").exists() and not (study["dir"] / "references.json").exists()
         assert "No baseline shown: the study has no baseline reference (`references.json`" in md

@@ -2,7 +2,10 @@
 study rebuilt by :func:`bmlr.tuning.report.optuna_study.optuna_study` (the same trials and
 search space as the importances), written as PNGs into `<study>/optuna/` and logged to the
 study's MLflow parent run under `optuna/` (by `build.log_to_mlflow`), so that opening the
-parent run in the MLflow UI shows them.
+parent run in the MLflow UI shows them. Beside each PNG, the interactive version: Optuna's
+plotly figure (`optuna.visualization`) as `<name>.html`, written as ``mlflow.log_figure``
+writes a plotly figure (plotly.js from its CDN), which the MLflow UI shows in the run's
+artifacts with hover, zoom and trial numbers.
 
     optimization_history.png  each trial's score in start order, and the best so far
     parallel_coordinate.png   every trial as a line across the searched keys (log axes for
@@ -69,50 +72,55 @@ def _needs_spread(study: "optuna.Study", dists: dict[str, Any]) -> str | None:
     return _needs_trials(study, dists)
 
 
-def _importances(study: "optuna.Study", **kwargs):
-    from optuna.importance import FanovaImportanceEvaluator
-    from optuna.visualization.matplotlib import plot_param_importances
-
-    return plot_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), **kwargs)
-
-
-def _optuna(name: str) -> Callable:
-    """`optuna.visualization.matplotlib.<name>`, imported when drawn (Optuna loads slowly)."""
+def _optuna(name: str, interactive: bool = False) -> Callable:
+    """`optuna.visualization.matplotlib.<name>` (``interactive``: the plotly one of
+    `optuna.visualization`), imported when drawn (Optuna loads slowly); the importances with
+    fANOVA, seed 0."""
     def call(study: "optuna.Study", **kwargs):
-        import optuna.visualization.matplotlib as vis
+        import optuna.visualization as plotly_vis
+        import optuna.visualization.matplotlib as matplotlib_vis
+        from optuna.importance import FanovaImportanceEvaluator
 
-        return getattr(vis, name)(study, **kwargs)
+        if name == "plot_param_importances":
+            kwargs["evaluator"] = FanovaImportanceEvaluator(seed=0)
+        return getattr(plotly_vis if interactive else matplotlib_vis, name)(study, **kwargs)
     return call
 
 
 @dataclass(frozen=True)
 class Figure:
-    """One Optuna figure: its file, its title, Optuna's function and that function's
-    arguments, what it needs of the study (None: drawable, else the reason not) and a
-    caption for the page."""
+    """One Optuna figure: its files, its title, Optuna's function (``function``: its name in
+    `optuna.visualization` and `.matplotlib`) and that function's arguments, what it needs of
+    the study (None: drawable, else the reason not) and a caption for the page."""
 
     name: str
     title: str
-    draw: Callable
+    function: str
     kwargs: dict = field(default_factory=dict)
     needs: Callable[["optuna.Study", dict], str | None] = _needs_trials
     caption: str = ""
 
+    def draw(self, study: "optuna.Study", **kwargs):
+        return _optuna(self.function)(study, **self.kwargs, **kwargs)
+
+    def interactive(self, study: "optuna.Study", **kwargs):
+        return _optuna(self.function, interactive=True)(study, **self.kwargs, **kwargs)
+
 
 FIGURES = (
-    Figure("optimization_history", "Optimization history", _optuna("plot_optimization_history"), caption=(
+    Figure("optimization_history", "Optimization history", "plot_optimization_history", caption=(
         "each trial's score in the order the trials started, and the best so far.")),
-    Figure("parallel_coordinate", "Parallel coordinates", _optuna("plot_parallel_coordinate"), caption=(
+    Figure("parallel_coordinate", "Parallel coordinates", "plot_parallel_coordinate", caption=(
         "one line per trial across the searched hyperparameters, coloured by its score (log axes where "
         "the space samples on a log scale).")),
-    Figure("slice", "Slice", _optuna("plot_slice"), caption=(
+    Figure("slice", "Slice", "plot_slice", caption=(
         "the score against each searched hyperparameter (colour: the trial's number).")),
-    Figure("contour_alpha_beta", "Contour of \u03b1 \u00d7 \u03b2", _optuna("plot_contour"),
+    Figure("contour_alpha_beta", "Contour of \u03b1 \u00d7 \u03b2", "plot_contour",
            {"params": ["alpha", "beta"]}, _needs_alpha_beta, (
                "the score interpolated between the trials (dots); the other hyperparameters vary "
                "between them.")),
-    Figure("param_importances", "Hyperparameter importances", _importances, needs=_needs_spread, caption=(
-        "Optuna's own figure of the importances in the table below (fANOVA, seed 0).")),
+    Figure("param_importances", "Hyperparameter importances", "plot_param_importances", needs=_needs_spread,
+           caption="Optuna's own figure of the importances in the table below (fANOVA, seed 0)."),
 )
 FIGURE = {f.name: f for f in FIGURES}
 
@@ -161,8 +169,25 @@ def study_inputs(ctx: Context) -> StudyInputs:
 
 
 def figure_paths(out_dir: Path) -> list[Path]:
-    """The Optuna figures in `out_dir`, in FIGURES order."""
-    return [out_dir / f"{f.name}.png" for f in FIGURES if (out_dir / f"{f.name}.png").is_file()]
+    """The Optuna figures in `out_dir` (each PNG, then its interactive HTML), in FIGURES order."""
+    return [out_dir / f"{f.name}{kind}" for f in FIGURES for kind in (".png", ".html")
+            if (out_dir / f"{f.name}{kind}").is_file()]
+
+
+def write_interactive(figure: Figure, inputs: StudyInputs, out_dir: Path) -> Path | None:
+    """Optuna's plotly figure as `out_dir/<name>.html`, plotly.js from its CDN as
+    ``mlflow.log_figure`` writes it; None where plotly cannot draw it (the PNG stands alone)."""
+    from optuna.exceptions import ExperimentalWarning, OptunaError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ExperimentalWarning)
+            fig = figure.interactive(inputs.study, target_name=inputs.target)
+        path = out_dir / f"{figure.name}.html"
+        fig.write_html(path, include_plotlyjs="cdn")
+        return path
+    except (ImportError, OptunaError, ValueError, RuntimeError):  # no plotly, or a figure it cannot draw
+        return None
 
 
 def draw(figure: Figure, inputs: StudyInputs, out_dir: Path) -> Path | str:
@@ -179,10 +204,12 @@ def draw(figure: Figure, inputs: StudyInputs, out_dir: Path) -> Path | str:
         # Optuna sets the ggplot style globally: the context undoes it on exit
         with warnings.catch_warnings(), plt.style.context("default"), plt.rc_context({"figure.figsize": FIGSIZE}):
             warnings.simplefilter("ignore", ExperimentalWarning)
-            axes = figure.draw(inputs.study, target_name=inputs.target, **figure.kwargs)
+            axes = figure.draw(inputs.study, target_name=inputs.target)
             first = axes.flat[0] if hasattr(axes, "flat") else axes
             out_dir.mkdir(parents=True, exist_ok=True)
-            return save(first.figure, out_dir / f"{figure.name}.png")
+            path = save(first.figure, out_dir / f"{figure.name}.png")
+        write_interactive(figure, inputs, out_dir)
+        return path
     except (OptunaError, ValueError, RuntimeError) as err:  # a figure missing; the page says why
         plt.close("all")
         return f"Optuna could not draw it ({type(err).__name__}: {err})"
@@ -194,7 +221,9 @@ def show(page: Page, ctx: Context, figure: Figure, inputs: StudyInputs) -> Path 
     drawn = draw(figure, inputs, ctx.study.dir / OPTUNA_DIR)
     if isinstance(drawn, Path):
         page.img(drawn, f"Optuna: {figure.title}")
-        page.p(f"**{figure.title}**{inputs.note}: {figure.caption}")
+        interactive = drawn.with_suffix(".html")
+        more = f" Interactive: `{OPTUNA_DIR}/{interactive.name}`." if interactive.is_file() else ""
+        page.p(f"**{figure.title}**{inputs.note}: {figure.caption}{more}")
         return drawn
     page.p(f"**{figure.title}**: not drawn: {drawn}.")
     ctx.log(f"report: Optuna's {figure.name} not drawn: {drawn}")
