@@ -203,7 +203,7 @@ def _results(acc, audio, visual, ratio, seeds=3, std=0.01):
     stat = lambda m: {"mean": m, "std": std}  # noqa: E731
     return {"summary": {"test_acc": stat(acc), "test_macro_f1": stat(acc), "test_acc_audio": stat(audio),
                         "test_acc_visual": stat(visual), "test_imbalance_ratio": stat(ratio)},
-            "seeds": [{"seed": s} for s in range(seeds)]}
+            "seeds": [{"seed": s, "test": {"acc": acc + std * (s - 1)}} for s in range(seeds)]}
 
 
 def test_tables():
@@ -213,10 +213,11 @@ def test_tables():
              "trials": 4, "epochs_searched": 11, "best_val_acc": 0.86},
             {"label": "udi", "method": "udi", "results": None, "trials": 4}]
     table = accuracy_table(rows, "baseline", tuned=True).splitlines()
-    assert table[0].startswith("| method | test acc % (mean ± std) | Δ vs baseline")
-    assert table[2] == "| baseline | 80.00 ± 1.00 |  | 3 | 4 | 9 | 83.00 |"
-    assert table[3] == "| bmlr | **85.12 ± 1.00** | +5.12 | 3 | 4 | 11 | 86.00 |"
-    assert table[4].startswith("| udi | failed | - |")
+    assert table[0].startswith("| method | test acc % (mean ± std) | vs baseline (points ± 2 SE) | vs best (points")
+    # each against the reference and the best row, paired by training seed: +5.12 on every seed
+    assert table[2] == "| baseline | 80.00 ± 1.00 |  | -5.12 ± 0.00 behind | 3 | 4 | 9 | 83.00 |"
+    assert table[3] == "| bmlr | **85.12 ± 1.00** | +5.12 ± 0.00 ahead |  | 3 | 4 | 11 | 86.00 |"
+    assert table[4].startswith("| udi | failed | - | - |")
     table = modality_table(rows, "baseline").splitlines()
     assert table[0] == "| method | multimodal % | audio % | visual % | A/V ratio | ratio baseline → method |"
     assert table[3] == "| bmlr | 85.12 ± 1.00 | 62.00 ± 1.00 | 80.00 ± 1.00 | 0.78 ± 0.01 | 0.51 → 0.78 |"
@@ -323,7 +324,7 @@ def test_compare_tunes_each_method_with_the_same_budget(tiny, capsys):
         assert [s["seed"] for s in results["seeds"]] == [0]
         s = results["summary"]
         cells = table[row["label"]]
-        assert cells[1].strip("*") == _pct(s["test_acc"]) and cells[3] == "1"
+        assert cells[1].strip("*") == _pct(s["test_acc"]) and cells[4] == "1"
         assert modality[row["label"]][2:4] == [_pct(s["test_acc_audio"]), _pct(s["test_acc_visual"])]
         best = yaml.safe_load((study / "best.yaml").read_text())
         assert best["method"] == row["label"]
@@ -339,6 +340,12 @@ def test_compare_tunes_each_method_with_the_same_budget(tiny, capsys):
     parent = client.get_run(info["parent_run_id"])
     assert parent.data.tags["bmlr.role"] == "comparison" and parent.info.status == "FINISHED"
     assert parent.data.tags["equal_trials"] == "true"
+    # the verdicts on the run: the grouped ranking, each row against the reference, each search's evidence
+    assert parent.data.tags["ranking"].startswith(("baseline (", "ogm_ge ("))
+    assert parent.data.tags["verdict.ogm_ge"].startswith("vs baseline: ")
+    for row in info["rows"]:
+        assert set(row["searched"]) == searched[row["label"]] and set(row["winner"]) == searched[row["label"]]
+        assert all(len(v) == 2 for v in row["drawn"].values())  # both trials' values
     assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"comparison.md", "comparison.json"}
     for row in info["rows"]:
         results = json.loads((Path(row["run_dir"]) / "results.json").read_text())

@@ -34,11 +34,12 @@ from typing import Any, Callable
 from bmlr.config import Config, load_config
 from bmlr.fileio import abs_path, atomic_write_text, finite_or_none, read_json, write_json
 from bmlr.tuning import tracking
+from bmlr.tuning.compare.flags import search_evidence
 from bmlr.tuning.compare.identity import find_reusable, is_finished_run_of, load_results
 from bmlr.tuning.compare.pool import Job, run_jobs
 from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings, mlflow_record, slug
 from bmlr.tuning.compare.spaces import arm_space, check_overrides, production_settings, untuned_config
-from bmlr.tuning.compare.tables import render_markdown
+from bmlr.tuning.compare.tables import render_markdown, verdict_tags
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, resolve_search_space
 from bmlr.tuning.selection import choose_best, score, standard_error
@@ -270,7 +271,8 @@ class Comparison:
                                      for st in sorted({t["status"] for t in trials})},
                     "best_val_acc": score(best) if best else None,
                     "best_val_se": self._standard_error(best, store),
-                    "best_yaml": str(store.best_path) if store.best_path.is_file() else None}
+                    "best_yaml": str(store.best_path) if store.best_path.is_file() else None,
+                    **search_evidence(store.space_path, trials, best)}
         if row["trials"] != self.settings.samples:
             self.log(f"warning: [{arm.label}] ran {row['trials']} trials, not {self.settings.samples}")
         return row
@@ -366,7 +368,8 @@ class Comparison:
         atomic_write_text(self.dir / TABLE_FILE, markdown)
         self.save(rows)
         self.mlflow.log_rows(rows, [self.dir / TABLE_FILE, self.dir / COMPARISON_FILE],
-                             [self.dir / "spaces", self.dir / "configs"], interrupted)
+                             [self.dir / "spaces", self.dir / "configs"], interrupted,
+                             verdict_tags(rows, self.settings))
         return markdown
 
     # --- everything ---------------------------------------------------------------------------

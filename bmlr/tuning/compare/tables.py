@@ -3,31 +3,22 @@
 (each fusion with and without BMLR), and the whole `comparison.md`.
 
 A tuned row searched with several study seeds (`--study-seeds`) shows the spread of its
-searches' winners (mean ± std over study seeds of each winner's mean test accuracy); the
-rows whose verdict may be the search's luck are flagged (:func:`search_flags`) and left out
-of the ranking, with the reason, instead of being ranked silently."""
+searches' winners (mean ± std over study seeds of each winner's mean test accuracy). Each row's
+difference from the reference and from the best row, with two standard errors and a verdict
+(:mod:`~bmlr.tuning.compare.verdict`), sits in the table; the ranking is groups of rows that
+cannot be told apart; rows whose place rests on their own search are flagged with the reason
+(:mod:`~bmlr.tuning.compare.flags`) and keep their place."""
 from __future__ import annotations
 
 import statistics
 
 from bmlr.methods import METHODS
-from bmlr.tuning.compare.settings import ComparisonSettings
-from bmlr.tuning.compare.verdict import verdict_lines
+from bmlr.tuning.compare.settings import ComparisonSettings, slug
+from bmlr.tuning.compare.flags import FLAG_NOTES, search_flags
+from bmlr.tuning.compare.verdict import Difference, best_row, difference, groups, verdict_lines
 
 __all__ = ["modalities_of", "searches_of", "row_accuracy", "search_flags", "accuracy_table", "modality_table",
-           "fusion_table", "readings", "render_markdown", "FLAG_NOTES"]
-
-# what each flag means, printed under the accuracy table where a row has it
-FLAG_NOTES = {
-    "search": "its search's best validation score (mean over study seeds) is below the best other row's by more "
-              "than its own spread across study seeds, and by more than two binomial standard errors of "
-              "validation (one study seed: by more than the two standard errors); the search may have missed "
-              "the good region (e.g. of the shared lr) rather than the method lost: rerun with more `--samples` "
-              "or `--study-seeds` before reading this row's place",
-    "budget": "the budget leaves TPE only its random start-up trials (samples <= n_startup_trials): every row "
-              "was a random search of its space, so the verdict rests on which values were drawn",
-}
-
+           "fusion_table", "readings", "render_markdown", "ranking_line", "verdict_tags", "FLAG_NOTES"]
 
 def modalities_of(results: dict) -> list[str]:
     """The modalities a run reports test accuracy of (`test_acc_<modality>`), in its order."""
@@ -68,41 +59,6 @@ def _best_vals(row: dict) -> list[float]:
     return [s["best_val_acc"] for s in searches_of(row) if isinstance(s.get("best_val_acc"), (int, float))]
 
 
-def _val_margin(row: dict) -> tuple[float | None, str]:
-    """How far below the best other row a row's search may end by the search's own luck: its
-    spread across study seeds, never less than two standard errors of validation where known."""
-    vals = _best_vals(row)
-    ses = [s.get("best_val_se") for s in searches_of(row) if isinstance(s.get("best_val_se"), (int, float))]
-    two_se = 2 * max(ses) if ses else None
-    if len(vals) > 1:
-        spread = statistics.stdev(vals)
-        if two_se is not None and two_se > spread:
-            return two_se, f"2 SE {100 * two_se:.2f}"
-        return spread, f"its spread {100 * spread:.2f} over {len(vals)} study seeds"
-    return two_se, f"2 SE {100 * two_se:.2f}" if two_se is not None else ""
-
-
-def search_flags(rows: list[dict], samples: int | None = None) -> dict[str, list[tuple[str, str]]]:
-    """Per row label, its flags as (kind, reason) (:data:`FLAG_NOTES`): `search` where its best
-    validation score (mean over study seeds) is below the best other row's by more than
-    :func:`_val_margin`, `budget` where `samples` <= the row's `startup_trials`. Rows without a
-    search (untuned, failed) get none of `search`."""
-    means = {r["label"]: statistics.fmean(_best_vals(r)) for r in rows if _best_vals(r)}
-    flags: dict[str, list[tuple[str, str]]] = {r["label"]: [] for r in rows}
-    for r in rows:
-        label = r["label"]
-        others = [v for k, v in means.items() if k != label]
-        margin, how = _val_margin(r)
-        if label in means and others and margin is not None and max(others) - means[label] > margin:
-            gap = max(others) - means[label]
-            flags[label].append(("search", f"search {100 * gap:.2f} below the best row's validation "
-                                           f"(> {how})"))
-        startup = r.get("startup_trials")
-        if samples is not None and isinstance(startup, int) and samples <= startup:
-            flags[label].append(("budget", f"random search only ({samples} trials <= {startup} start-up)"))
-    return flags
-
-
 def _ratio(stats: dict | None) -> str:
     if not stats:
         return "-"
@@ -120,11 +76,12 @@ def _delta(a: dict | None, b: dict | None) -> str:
     return f"{d:+.2f}"
 
 
-def _points(a: dict | None, b: dict | None) -> str:
-    """Mean accuracy `a` minus mean accuracy `b`, in points."""
-    if not a or not b:
+def _verdict_cell(d: Difference | None) -> str:
+    """A difference as a table cell: points ± two standard errors and the verdict."""
+    if d is None:
         return "-"
-    return f"{100 * (a['mean'] - b['mean']):+.2f}"
+    band = "" if d.two_se is None else f" ± {d.two_se:.2f}"
+    return f"{d.points:+.2f}{band} {d.verdict}"
 
 
 def _search_cells(r: dict, multi: bool) -> list[str]:
@@ -144,15 +101,17 @@ def _search_cells(r: dict, multi: bool) -> list[str]:
 
 def accuracy_table(rows: list[dict], reference: str | None, tuned: bool,
                    flags: dict[str, list[tuple[str, str]]] | None = None) -> str:
-    """Table I style: one row per arm, test accuracy (:func:`row_accuracy`), the difference to
-    the reference row, (tuned) the search each arm had, and (`flags` given) each row's flags."""
+    """Table I style: one row per arm, test accuracy (:func:`row_accuracy`), its difference
+    from the reference row and from the best row (points ± two standard errors, and the
+    verdict), (tuned) the search each arm had, and (`flags` given) each row's flags."""
     ref = next((r for r in rows if r["label"] == reference), None)
+    top = best_row(rows)
     multi = any(len(searches_of(r)) > 1 for r in rows)
     accs = {r["label"]: row_accuracy(r) for r in rows}
     best = max((a["mean"] for a in accs.values() if a), default=None)
     n = max(len(searches_of(r)) for r in rows) if rows else 1
     head = ["method", f"test acc % (winners of {n} study seeds: mean ± std)" if multi else "test acc % (mean ± std)",
-            f"Δ vs {reference} (points)" if ref else "Δ", "seeds"]
+            f"vs {reference} (points ± 2 SE)" if ref else "vs reference", "vs best (points ± 2 SE)", "seeds"]
     if tuned:
         head += ["trials", "epochs trained in search", "best val acc % (search)"]
         head += ["winners' test acc % by study seed"] if multi else []
@@ -163,7 +122,8 @@ def accuracy_table(rows: list[dict], reference: str | None, tuned: bool,
         text = _pct(acc) if acc else "failed"
         if acc and best is not None and acc["mean"] == best:
             text = f"**{text}**"
-        cells = [r["label"], text, "" if r is ref else _points(acc, ref and accs[ref["label"]]),
+        cells = [r["label"], text, "" if r is ref or ref is None else _verdict_cell(difference(r, ref)),
+                 "" if r is top or top is None else _verdict_cell(difference(r, top)),
                  str(len(res["seeds"])) if res else "-"]
         if tuned:
             cells += _search_cells(r, multi)
@@ -219,22 +179,40 @@ def fusion_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _ranking(rows: list[dict], flags: dict[str, list[tuple[str, str]]]) -> list[str]:
-    """The ranking of the unflagged rows by mean test accuracy, and the flagged rows apart."""
+def ranking_line(rows: list[dict], flags: dict[str, list[tuple[str, str]]]) -> str:
+    """The rows as groups that cannot be told apart (:func:`~bmlr.tuning.compare.verdict.groups`),
+    best first, each row with its mean test accuracy and its flags' kinds."""
     accs = {r["label"]: row_accuracy(r) for r in rows}
-    done = [r for r in rows if accs[r["label"]]]
-    ranked = sorted((r for r in done if not flags.get(r["label"])), key=lambda r: -accs[r["label"]]["mean"])
-    held = [r for r in done if flags.get(r["label"])]
-    lines = []
-    if ranked:
-        lines.append("Ranking by mean test accuracy" + (" (unflagged rows)" if held else "") + ": " + " > ".join(
-            f"{r['label']} ({100 * accs[r['label']]['mean']:.2f})" for r in ranked) + ".")
-    if held:
-        lines += [""] if lines else []
-        lines.append("Not ranked, flagged: " + "; ".join(
-            f"{r['label']} ({100 * accs[r['label']]['mean']:.2f}: {', '.join(k for k, _ in flags[r['label']])})"
-            for r in held) + ".")
-        kinds = dict.fromkeys(k for r in held for k, _ in flags[r["label"]])
+
+    def shown(r: dict) -> str:
+        kinds = ", ".join(dict.fromkeys(k for k, _ in flags.get(r["label"], [])))
+        return f"{r['label']} ({100 * accs[r['label']]['mean']:.2f}" + (f"; flagged: {kinds})" if kinds else ")")
+    ranked = groups([r for r in rows if accs[r["label"]]])
+    return " > ".join(" ≈ ".join(shown(r) for r in group) for group in ranked)
+
+
+def verdict_tags(rows: list[dict], settings: ComparisonSettings) -> dict[str, str]:
+    """The verdicts as the comparison's MLflow run holds them: ``ranking`` (the grouped ranking),
+    and per row ``verdict.<label>`` (the label as a slug; against the reference and the best row) and ``flags.<label>``."""
+    flags = search_flags(rows, settings.samples) if settings.tune else {}
+    ref = next((r for r in rows if r["label"] == settings.reference), None)
+    top = best_row(rows)
+    tags = {"ranking": ranking_line(rows, flags) or "no finished row"}
+    for r in rows:
+        parts = [f"vs {o['label']}: {_verdict_cell(difference(r, o))}" for o in (ref, top) if o is not None and o is not r]
+        tags[f"verdict.{slug(r['label'])}"] = "; ".join(dict.fromkeys(parts)) or "-"
+        if flags.get(r["label"]):
+            tags[f"flags.{slug(r['label'])}"] = "; ".join(reason for _, reason in flags[r["label"]])
+    return tags
+
+
+def _ranking(rows: list[dict], flags: dict[str, list[tuple[str, str]]]) -> list[str]:
+    """The grouped ranking, and what each flag of the flagged rows means."""
+    line = ranking_line(rows, flags)
+    lines = [f"Ranking by mean test accuracy (≈: cannot be told apart, within two standard errors of the group's "
+             f"first): {line}."] if line else []
+    kinds = dict.fromkeys(k for r in rows for k, _ in flags.get(r["label"], []))
+    if kinds:
         lines += [""] + [f"- flag *{k}*: {FLAG_NOTES[k]}." for k in kinds] + [""]
     return lines
 

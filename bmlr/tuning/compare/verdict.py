@@ -17,7 +17,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
-__all__ = ["Difference", "runs_of", "difference", "verdict_lines"]
+__all__ = ["Difference", "runs_of", "difference", "best_row", "groups", "verdict_lines"]
 
 
 def runs_of(row: dict) -> dict[tuple[int, int], float]:
@@ -78,13 +78,36 @@ def difference(a: dict, b: dict) -> Difference | None:
                       None if se is None else 2 * se, f"unpaired, {len(va)} and {len(vb)} runs")
 
 
+def _mean(row: dict) -> float:
+    return statistics.fmean(runs_of(row).values())
+
+
+def best_row(rows: list[dict]) -> dict | None:
+    """The row with the highest mean test accuracy over its runs (None: no row has a run)."""
+    done = [r for r in rows if runs_of(r)]
+    return max(done, key=_mean) if done else None
+
+
+def groups(rows: list[dict]) -> list[list[dict]]:
+    """The rows with runs as groups, best first: each group is the best remaining row and every
+    remaining row it is not ahead of (within the noise, or noise unknown), by mean test accuracy."""
+    left = sorted((r for r in rows if runs_of(r)), key=_mean, reverse=True)
+    out = []
+    while left:
+        head = left[0]
+        group = [head] + [r for r in left[1:] if difference(head, r).verdict != "ahead"]
+        out.append(group)
+        left = [r for r in left if r not in group]
+    return out
+
+
 def verdict_lines(rows: list[dict], reference: str | None) -> list[str]:
     """The section of comparison.md: every row against the reference and against the best row
     (by mean test accuracy), and the rows that cannot be told apart from the best."""
     done = [r for r in rows if runs_of(r)]
     if len(done) < 2:
         return []
-    best = max(done, key=lambda r: statistics.fmean(runs_of(r).values()))
+    best = best_row(done)
     ref = next((r for r in done if r["label"] == reference), None)
     lines = ["Differences in test accuracy (points; ± two standard errors of the difference):", ""]
     if ref is not None:

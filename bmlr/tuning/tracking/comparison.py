@@ -17,7 +17,7 @@ import statistics
 from bmlr.mlflow_store import client_for
 from bmlr.tuning.compare.identity import RESULTS_FILE
 from bmlr.tuning.compare.settings import slug
-from bmlr.tuning.tracking.runs import create_parent_run, log_params
+from bmlr.tuning.tracking.runs import TAG_LIMIT, create_parent_run, log_params
 
 __all__ = ["ComparisonRun"]
 
@@ -93,10 +93,12 @@ class ComparisonRun:
 
     # --- production ------------------------------------------------------------------------
     def log_rows(self, rows: list[dict[str, Any]], files: list[Path], folders: list[Path],
-                 interrupted: bool) -> None:
+                 interrupted: bool, tags: dict[str, str] | None = None) -> None:
         """Each finished row's production metrics (on the parent and on the row's run), the
-        `files` and `folders` as artifacts, which rows failed, and the run's end."""
+        `files` and `folders` as artifacts, ``tags`` (the verdicts), which rows failed, and the run's end."""
         client = self.client
+        for key, value in (tags or {}).items():
+            client.set_tag(self.run_id, key, value[:TAG_LIMIT])
         metrics = []
         for row in rows:
             res = row.get("results")

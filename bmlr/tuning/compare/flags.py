@@ -1,0 +1,183 @@
+"""Which rows' places rest on their search, judged by each row's own search, never by another
+row's score (a row that scores below the others is what a comparison exists to show).
+
+A tuned row is flagged, with the reason and what to rerun, where:
+
+* **seeds**: its searches (study seeds) exported winners whose test accuracies differ by more
+  than the training seeds' noise (two standard errors of the difference of their means): which
+  search ran decides the row's number;
+* **edge**: a search's winner lies in the outer tenth of a searched numeric range (log scale
+  where the range is): the best may lie beyond it;
+* **missed**: a row ranked above it won at a value of a shared key that this row's space
+  excludes, or that none of its trials drew (within a tenth of its range; a choice never
+  drawn): with common random numbers every row draws the same start-up values, so a region
+  one row found and another never tried is the search's, not the method's;
+* **budget**: TPE had only its random start-up trials (samples <= start-up).
+
+Each search record carries what these read (the runner writes them): ``searched`` (each
+searched key's kind and range or choices), ``winner`` (the exported values) and ``drawn`` (every
+trial's value of each key), beside ``results`` (its production runs).
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FLAG_NOTES", "search_flags", "edge_of", "search_evidence"]
+
+FLAG_NOTES = {
+    "seeds": "its searches (study seeds) exported winners whose test accuracies differ by more than two standard "
+             "errors of the training seeds' noise: the row's number depends on which search ran; rerun it with "
+             "more `--samples` or `--study-seeds`",
+    "edge": "a search's winner lies in the outer tenth of a searched range: the best may lie beyond it; widen "
+            "that range in the row's search space (or `--widen` a study) and rerun the row",
+    "missed": "a row ranked above it won at a value of a shared key that this row's space excludes or that none "
+              "of its trials drew: the difference may be the search's; rerun the row with that range or more "
+              "`--samples`",
+    "budget": "the budget leaves TPE only its random start-up trials (samples <= n_startup_trials): every row "
+              "was a random search of its space, so the verdict rests on which values were drawn; raise `--samples`",
+}
+TENTH = 0.1  # "near" and "edge": a tenth of the range, on its own scale
+
+
+def search_evidence(space_file: Path, trials: list[dict], best: dict | None) -> dict[str, Any]:
+    """What the flags read of one finished search: ``searched`` (each searched key of the study's
+    search space file: kind, range, choices), ``winner`` (the best trial's values of them) and
+    ``drawn`` (every trial's values); empty where the space file cannot be read."""
+    from bmlr.tuning.search_space import SearchSpaceError, load_search_space
+
+    try:
+        params = load_search_space(space_file).params
+    except (OSError, SearchSpaceError):
+        return {}
+    searched = {k: {"kind": p.kind, "low": p.low, "high": p.high, "choices": list(p.choices)}
+                for k, p in params.items()}
+    return {"searched": searched,
+            "winner": {k: best[f"param.{k}"] for k in params if best and best.get(f"param.{k}") is not None},
+            "drawn": {k: [t[f"param.{k}"] for t in trials if t.get(f"param.{k}") is not None] for k in params}}
+
+
+def _searches(row: dict) -> list[dict]:
+    return row.get("searches") or [row]
+
+
+def _accs(search: dict) -> list[float]:
+    runs = (search.get("results") or {}).get("seeds", [])
+    return [100 * r["test"]["acc"] for r in runs if isinstance((r.get("test") or {}).get("acc"), (int, float))]
+
+
+def _seeds_flag(row: dict) -> str | None:
+    """The two searches whose winners' test means differ most, where that exceeds two standard
+    errors of the difference (the training seeds' spread within each)."""
+    stats = []
+    for k, search in enumerate(_searches(row)):
+        accs = _accs(search)
+        if len(accs) > 1:
+            stats.append((search.get("study_seed", k), statistics.fmean(accs),
+                          statistics.stdev(accs) / math.sqrt(len(accs))))
+    if len(stats) < 2:
+        return None
+    hi, lo = max(stats, key=lambda s: s[1]), min(stats, key=lambda s: s[1])
+    gap, two_se = hi[1] - lo[1], 2 * math.hypot(hi[2], lo[2])
+    if gap <= two_se:
+        return None
+    return (f"study seeds disagree: {hi[1]:.2f} (seed {hi[0]}) vs {lo[1]:.2f} (seed {lo[0]}), {gap:.2f} points "
+            f"apart (2 SE of training noise {two_se:.2f})")
+
+
+def _position(spec: dict, value: float) -> float | None:
+    """Where ``value`` lies in a numeric range, 0 at its low end and 1 at its high end (log scale
+    for a loguniform one); None for a choice or an empty range."""
+    low, high = spec.get("low"), spec.get("high")
+    if spec.get("kind") == "choice" or low is None or high is None or not high > low:
+        return None
+    scale = math.log if spec.get("kind") == "loguniform" else float
+    if spec.get("kind") == "loguniform" and value <= 0:
+        return -math.inf
+    return (scale(float(value)) - scale(float(low))) / (scale(float(high)) - scale(float(low)))
+
+
+def edge_of(spec: dict, value: Any) -> str | None:
+    """``"top"`` or ``"bottom"`` where ``value`` lies in the outer tenth of the range ``spec``."""
+    where = _position(spec, value) if isinstance(value, (int, float)) else None
+    if where is None:
+        return None
+    return "bottom" if where <= TENTH else "top" if where >= 1 - TENTH else None
+
+
+def _edge_flags(row: dict) -> list[str]:
+    out = []
+    for k, search in enumerate(_searches(row)):
+        searched = search.get("searched") or {}
+        for key, value in (search.get("winner") or {}).items():
+            side = edge_of(searched.get(key) or {}, value)
+            if side:
+                spec = searched[key]
+                out.append(f"study seed {search.get('study_seed', k)}: {key} = {value:.4g} at the {side} of "
+                           f"[{spec['low']}, {spec['high']}]")
+    return out
+
+
+def _near(spec: dict, value: Any, drawn: list) -> bool:
+    """Whether any drawn value is ``value`` (a choice) or within a tenth of the range of it."""
+    if spec.get("kind") == "choice" or not isinstance(value, (int, float)):
+        return value in drawn
+    where = _position(spec, value)
+    return any(abs(_position(spec, d) - where) <= TENTH for d in drawn if isinstance(d, (int, float)))
+
+
+def _excludes(spec: dict, value: Any) -> bool:
+    if spec.get("kind") == "choice":
+        return value not in (spec.get("choices") or [])
+    return isinstance(value, (int, float)) and not spec["low"] <= value <= spec["high"]
+
+
+def _missed_flags(row: dict, above: list[dict]) -> list[str]:
+    """Each key of this row where a row ranked above it won at a value this row's space excludes
+    or its trials never drew near (one reason per key)."""
+    searched = {}
+    drawn: dict[str, list] = {}
+    for search in _searches(row):
+        searched.update(search.get("searched") or {})
+        for key, values in (search.get("drawn") or {}).items():
+            drawn.setdefault(key, []).extend(values)
+    out = {}
+    for other in above:
+        for search in _searches(other):
+            for key, value in (search.get("winner") or {}).items():
+                spec = searched.get(key)
+                if spec is None or key in out:
+                    continue
+                if _excludes(spec, value):
+                    out[key] = f"its {key} range excludes {value:.4g}, where {other['label']} won" if isinstance(
+                        value, (int, float)) else f"its {key} choices exclude {value}, where {other['label']} won"
+                elif key in drawn and not _near(spec, value, drawn[key]):
+                    shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+                    out[key] = f"none of its trials drew {key} near {shown}, where {other['label']} won"
+    return list(out.values())
+
+
+def _mean_test(row: dict) -> float | None:
+    accs = [a for s in _searches(row) for a in _accs(s)]
+    return statistics.fmean(accs) if accs else None
+
+
+def search_flags(rows: list[dict], samples: int | None = None) -> dict[str, list[tuple[str, str]]]:
+    """Per row label, its flags as (kind, reason) (:data:`FLAG_NOTES`), from each row's own
+    search; rows without a search (untuned, failed) get only what they have evidence for."""
+    means = {r["label"]: _mean_test(r) for r in rows}
+    flags: dict[str, list[tuple[str, str]]] = {r["label"]: [] for r in rows}
+    for r in rows:
+        label = r["label"]
+        if (reason := _seeds_flag(r)) is not None:
+            flags[label].append(("seeds", reason))
+        flags[label] += [("edge", reason) for reason in _edge_flags(r)]
+        above = [o for o in rows if o is not r and None not in (means[label], means[o["label"]])
+                 and means[o["label"]] > means[label]]
+        flags[label] += [("missed", reason) for reason in _missed_flags(r, above)]
+        startup = r.get("startup_trials")
+        if samples is not None and isinstance(startup, int) and samples <= startup:
+            flags[label].append(("budget", f"random search only ({samples} trials <= {startup} start-up)"))
+    return flags
