@@ -165,15 +165,18 @@ def _settings(samples: int, study_seeds: int):
 def test_a_budget_of_start_up_trials_only_flags_every_row_and_still_ranks_it():
     from bmlr.tuning.compare.tables import render_markdown, search_flags
 
-    rows = [_row("baseline", [0.99], [0.97]), _row("bmlr", [0.99], [0.975])]
+    def rows_of(trials: int) -> list[dict]:  # each row's own number of trials decides
+        return [{**_row(label, [0.99], [acc]), "trials": trials} for label, acc in (("baseline", 0.97), ("bmlr", 0.975))]
+    rows = rows_of(10)
     assert all(k == "budget" for r in rows for k, _ in search_flags(rows, samples=10)[r["label"]])
-    assert search_flags(rows, samples=11) == {"baseline": [], "bmlr": []}
+    assert search_flags(rows_of(11), samples=11) == {"baseline": [], "bmlr": []}
+    assert search_flags([{k: v for k, v in r.items() if k != "trials"} for r in rows], samples=11)["bmlr"] == []
     markdown = render_markdown("t", rows, _settings(10, 1), "python tune.py compare")
     # a flag says what the place rests on; it does not take the row out of the ranking
     assert ("Ranking by mean test accuracy (≈: cannot be told apart, within two standard errors of the group's "
             "first): bmlr (97.50; flagged: budget) > baseline (97.00; flagged: budget).") in markdown
     assert "random search only (10 trials <= 10 start-up)" in markdown and "- flag *budget*:" in markdown
-    lines = render_markdown("t", rows, _settings(11, 1), "x").splitlines()
+    lines = render_markdown("t", rows_of(11), _settings(11, 1), "x").splitlines()
     assert any(line.endswith("bmlr (97.50) > baseline (97.00).") for line in lines)
 
 

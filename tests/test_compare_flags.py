@@ -60,8 +60,8 @@ def test_a_planted_unlucky_search_is_flagged_with_its_reasons_and_its_interval_i
     narrow = {**LR, "high": 1e-3}
     lucky = _row("baseline", _search(0, [0.90, 0.91, 0.92], 2.4e-3), _search(1, [0.91, 0.90, 0.92], 2.4e-3))
     unlucky = _row("bmlr",
-                   _search(0, [0.93, 0.92, 0.93], 9.5e-4, lr=narrow, drawn=[1.2e-4, 3.1e-4, 9.5e-4]),
-                   _search(1, [0.84, 0.85, 0.84], 2.0e-4, lr=narrow, drawn=[1.5e-4, 2.0e-4, 6.0e-4]))
+                   _search(0, [0.93, 0.92, 0.93], 9.5e-4, lr=narrow, drawn=[1.2e-4, 3.1e-4, 9.5e-4, 1.5e-4, 4e-4, 2e-4]),
+                   _search(1, [0.84, 0.85, 0.84], 2.0e-4, lr=narrow, drawn=[1.5e-4, 2.0e-4, 6.0e-4, 1.1e-4, 8e-4, 3e-4]))
     rows = [lucky, unlucky]
     flags = dict(search_flags(rows, samples=6)["bmlr"])
     assert flags["seeds"] == ("study seeds disagree: 92.67 (seed 0) vs 84.33 (seed 1), 8.33 points apart "
@@ -89,6 +89,20 @@ def test_a_winning_region_its_trials_never_drew_is_flagged_only_below_the_row_th
     # near: within a tenth of the range on its scale (log: 0.2 decades of 1e-4..1e-2)
     near = _row("c", _search(0, [0.9, 0.91], 1.1e-3, drawn=[*CRN_LRS[:5], 3.6e-3]))
     assert search_flags([found, near], samples=8)["c"] == []
+
+
+def test_the_budget_flag_reads_each_rows_own_trials():
+    """With --samples-per-key a row searching more keys ran more trials: only a row whose own
+    trials stayed within TPE's random start-up is flagged."""
+    few = _row("few", _search(0, [0.9, 0.91], 1.1e-3, drawn=CRN_LRS[:4]))  # 4 trials <= 4 start-up
+    many = _row("many", _search(0, [0.9, 0.91], 1.1e-3))  # 6 trials
+    flags = search_flags([few, many])
+    assert flags == {"few": [("budget", "random search only (4 trials <= 4 start-up)")], "many": []}
+    settings = _settings().__class__(dataset="avmnist", arms=[{"label": "few", "method": "baseline"}], name="t",
+                                     samples_per_key=3)
+    assert settings.row_samples(1) == 3 and settings.row_samples(4) == 12
+    assert "each row tuned with 3 trials per searched key (few 4, many 6)" in render_markdown("t", [few, many],
+                                                                                                settings, "x")
 
 
 def test_seeds_that_agree_within_their_training_noise_are_not_flagged():

@@ -45,6 +45,8 @@ def add_comparison_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("budget (the same for every row)")
     mode = g.add_mutually_exclusive_group()
     mode.add_argument("--samples", type=int, default=None, help=f"trials per row (tuned; default {DEFAULT_SAMPLES})")
+    mode.add_argument("--samples-per-key", type=int, metavar="K", help="trials per searched key instead: a row that "
+                      "searches 4 keys gets 4K trials, one that searches lr alone K (the table states each row's)")
     mode.add_argument("--no-tune", action="store_true", help="no search: each row trains the untuned defaults (the "
                       "search space's fixed settings and each searched key's default: the paper's and the methods' "
                       "authors' values), not a protocol the paper describes")

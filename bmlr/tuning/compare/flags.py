@@ -14,18 +14,18 @@ A tuned row is flagged, with the reason and what to rerun, where:
   one row found and another never tried is the search's, not the method's;
 * **budget**: TPE had only its random start-up trials (samples <= start-up).
 
-Each search record carries what these read (the runner writes them): ``searched`` (each
-searched key's kind and range or choices), ``winner`` (the exported values) and ``drawn`` (every
-trial's value of each key), beside ``results`` (its production runs).
+Each search record carries what these read (:mod:`~bmlr.tuning.compare.records` writes
+them): ``searched`` (each searched key's kind and range or choices), ``winner`` (the exported
+values), ``drawn`` (every trial's value of each key) and ``trials``, beside ``results`` (its
+production runs).
 """
 from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
 from typing import Any
 
-__all__ = ["FLAG_NOTES", "search_flags", "edge_of", "search_evidence"]
+__all__ = ["FLAG_NOTES", "search_flags", "edge_of"]
 
 FLAG_NOTES = {
     "seeds": "its searches (study seeds) exported winners whose test accuracies differ by more than two standard "
@@ -40,23 +40,6 @@ FLAG_NOTES = {
               "was a random search of its space, so the verdict rests on which values were drawn; raise `--samples`",
 }
 TENTH = 0.1  # "near" and "edge": a tenth of the range, on its own scale
-
-
-def search_evidence(space_file: Path, trials: list[dict], best: dict | None) -> dict[str, Any]:
-    """What the flags read of one finished search: ``searched`` (each searched key of the study's
-    search space file: kind, range, choices), ``winner`` (the best trial's values of them) and
-    ``drawn`` (every trial's values); empty where the space file cannot be read."""
-    from bmlr.tuning.search_space import SearchSpaceError, load_search_space
-
-    try:
-        params = load_search_space(space_file).params
-    except (OSError, SearchSpaceError):
-        return {}
-    searched = {k: {"kind": p.kind, "low": p.low, "high": p.high, "choices": list(p.choices)}
-                for k, p in params.items()}
-    return {"searched": searched,
-            "winner": {k: best[f"param.{k}"] for k in params if best and best.get(f"param.{k}") is not None},
-            "drawn": {k: [t[f"param.{k}"] for t in trials if t.get(f"param.{k}") is not None] for k in params}}
 
 
 def _searches(row: dict) -> list[dict]:
@@ -166,7 +149,8 @@ def _mean_test(row: dict) -> float | None:
 
 def search_flags(rows: list[dict], samples: int | None = None) -> dict[str, list[tuple[str, str]]]:
     """Per row label, its flags as (kind, reason) (:data:`FLAG_NOTES`), from each row's own
-    search; rows without a search (untuned, failed) get only what they have evidence for."""
+    search (its `trials`, else ``samples``); rows without a search (untuned, failed) get only
+    what they have evidence for."""
     means = {r["label"]: _mean_test(r) for r in rows}
     flags: dict[str, list[tuple[str, str]]] = {r["label"]: [] for r in rows}
     for r in rows:
@@ -177,7 +161,7 @@ def search_flags(rows: list[dict], samples: int | None = None) -> dict[str, list
         above = [o for o in rows if o is not r and None not in (means[label], means[o["label"]])
                  and means[o["label"]] > means[label]]
         flags[label] += [("missed", reason) for reason in _missed_flags(r, above)]
-        startup = r.get("startup_trials")
-        if samples is not None and isinstance(startup, int) and samples <= startup:
-            flags[label].append(("budget", f"random search only ({samples} trials <= {startup} start-up)"))
+        startup, trials = r.get("startup_trials"), r.get("trials", samples)  # a row's own trials (--samples-per-key)
+        if isinstance(trials, int) and isinstance(startup, int) and trials <= startup:
+            flags[label].append(("budget", f"random search only ({trials} trials <= {startup} start-up)"))
     return flags

@@ -32,17 +32,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from bmlr.config import Config, load_config
-from bmlr.fileio import abs_path, atomic_write_text, finite_or_none, read_json, write_json
+from bmlr.fileio import abs_path, atomic_write_text, read_json, write_json
 from bmlr.tuning import tracking
-from bmlr.tuning.compare.flags import search_evidence
 from bmlr.tuning.compare.identity import find_reusable, is_finished_run_of, load_results
 from bmlr.tuning.compare.pool import Job, run_jobs
+from bmlr.tuning.compare.records import study_record
 from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings, mlflow_record, slug
 from bmlr.tuning.compare.spaces import arm_space, check_overrides, production_settings, untuned_config
 from bmlr.tuning.compare.tables import render_markdown, verdict_tags
 from bmlr.tuning.recipes import Arm
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, resolve_search_space
-from bmlr.tuning.selection import choose_best, score, standard_error
 from bmlr.tuning.store import StoreError, StudyStore, check_unclaimed, study_folder
 from bmlr.tuning.study import Runtime, StudyError, StudySettings, build_cache, ray_session, run_study
 from bmlr.tuning.tracking.comparison import ComparisonRun
@@ -219,7 +218,7 @@ class Comparison:
         of this comparison); what the row keeps of it (:meth:`_study_row`)."""
         store = StudyStore(self.study_dir(arm, study_seed))
         finished = store.best_path.is_file() and store.is_finished() and \
-            len(store.read_rows()) >= self.settings.samples
+            len(store.read_rows()) >= self.samples_of(arm)
         if finished:
             self.log(f"[{arm.label}] study {store.dir} already finished")
         else:
@@ -233,7 +232,7 @@ class Comparison:
     def _study_settings(self, arm: Arm, space_file: Path, store: StudyStore, study_seed: int) -> StudySettings:
         """The row's study settings with TPE seed `study_seed` and common random numbers."""
         settings = self.settings.study_settings(arm, space_file, store.dir, self.parent_run_id)
-        return replace(settings, seed=study_seed, crn=True)
+        return replace(settings, seed=study_seed, crn=True, samples=self.samples_of(arm))
 
     def _run_study(self, arm: Arm, store: StudyStore, study_seed: int, address: str | None, num_cpus: int | None,
                    verbose: int) -> None:
@@ -244,7 +243,7 @@ class Comparison:
         if not resume:
             atomic_write_text(space_file, self.spaces[arm.label].text)
         self.log(f"\n=== [{arm.label}] {'resuming' if resume else 'tuning'} method {arm.method}: "
-                 f"{', '.join(self.spaces[arm.label].params)} ({self.settings.samples} trials, "
+                 f"{', '.join(self.spaces[arm.label].params)} ({self.samples_of(arm)} trials, "
                  f"TPE seed {study_seed}) ===")
         settings = self._study_settings(arm, space_file, store, study_seed)
         try:
@@ -259,32 +258,15 @@ class Comparison:
             raise KeyboardInterrupt
 
     def _study_row(self, arm: Arm, store: StudyStore) -> Row:
-        """What the comparison keeps of a row's finished study: its run, trials, best score (and
-        its binomial standard error where the study knew the validation split's size)."""
-        # a study stopped before it wrote its trials table has no trials
-        trials = store.read_rows() if store.is_finished() else []
-        best = (store.winner(trials) or choose_best(trials)) if trials else None  # choose_best: before the record
-        row: Row = {"label": arm.label, "method": arm.method, "study_dir": str(store.dir),
-                    "study_run_id": store.read_info().get("parent_run_id"), "trials": len(trials),
-                    "epochs_searched": sum(int(t.get("epochs") or 0) for t in trials),
-                    "trial_status": {st: sum(t["status"] == st for t in trials)
-                                     for st in sorted({t["status"] for t in trials})},
-                    "best_val_acc": score(best) if best else None,
-                    "best_val_se": self._standard_error(best, store),
-                    "best_yaml": str(store.best_path) if store.best_path.is_file() else None,
-                    **search_evidence(store.space_path, trials, best)}
-        if row["trials"] != self.settings.samples:
-            self.log(f"warning: [{arm.label}] ran {row['trials']} trials, not {self.settings.samples}")
+        """What the comparison keeps of a row's finished study (:func:`study_record`)."""
+        row = study_record(arm.label, arm.method, store)
+        if row["trials"] != self.samples_of(arm):
+            self.log(f"warning: [{arm.label}] ran {row['trials']} trials, not {self.samples_of(arm)}")
         return row
 
-    @staticmethod
-    def _standard_error(best: Row | None, store: StudyStore) -> float | None:
-        """The binomial standard error of the winner's validation score: the trials table's,
-        else from the validation split's size the study recorded (None where neither is known)."""
-        if best is None:
-            return None
-        se = finite_or_none(best.get("score_se"))
-        return se if se is not None else standard_error(score(best), (store.data_info().get("sizes") or {}).get("val"))
+    def samples_of(self, arm: Arm) -> int:
+        """The trials of each of `arm`'s studies: `--samples`, or `--samples-per-key` times its searched keys."""
+        return self.settings.row_samples(len(self.spaces[arm.label].params))
 
     @staticmethod
     def searches(row: Row) -> list[Row]:
@@ -405,7 +387,8 @@ class Comparison:
         s = self.settings
         seeds = self.study_seeds()
         most = s.max_epochs or "the search space's"
-        budget = (f"{s.samples} trials per row, at most {most} epochs each (ASHA grace "
+        per_row = f"{s.samples_per_key} trials per searched key" if s.samples_per_key else f"{s.samples} trials per row"
+        budget = (f"{per_row}, at most {most} epochs each (ASHA grace "
                   f"{s.grace_period or 'of the search space, else measured'}, reduction {s.reduction_factor}), "
                   f"{'seed ' + str(s.seed) if len(seeds) == 1 else f'{len(seeds)} searches per row, seeds {seeds}'}"
                   if s.tune else "untuned (search space defaults)")

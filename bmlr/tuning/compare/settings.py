@@ -70,6 +70,13 @@ class ComparisonSettings:
     # "authors" unless --protocol shared)
     protocols: str = "shared"
     study_seeds: int = 1  # studies per tuned row, each with its own TPE seed (`--study-seeds`)
+    # trials per searched key of each tuned row (`--samples-per-key`): a row searching more keys
+    # gets more trials; None: `samples` for every row
+    samples_per_key: int | None = None
+
+    def row_samples(self, keys: int) -> int:
+        """The trials of a tuned row that searches ``keys`` keys."""
+        return self.samples_per_key * max(1, keys) if self.samples_per_key else self.samples
 
     def arm_list(self) -> list[Arm]:
         return [Arm(a["label"], a["method"], tuple((k, v) for k, v in a.get("fixed", {}).items()),
@@ -84,6 +91,8 @@ class ComparisonSettings:
         labels = [a["label"] for a in self.arms]
         need(len(set(labels)) == len(labels), f"each method (row) can be compared once, got {labels}")
         need(self.samples >= 1, f"--samples must be >= 1, got {self.samples}")
+        need(self.samples_per_key is None or (isinstance(self.samples_per_key, int) and self.samples_per_key >= 1),
+             f"--samples-per-key must be an integer >= 1, got {self.samples_per_key}")
         need(self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}")
         need(isinstance(self.study_seeds, int) and self.study_seeds >= 1,
              f"--study-seeds must be an integer >= 1 (studies per row, each with its own TPE seed), "
@@ -131,7 +140,7 @@ def mlflow_record(s: ComparisonSettings, arms: list[Arm], spaces: dict[str, Any]
     params = {"tuned": s.tune, "production_seeds": s.seeds or "search space", "data_sizes": data_info.get("sizes"),
               "overrides": s.overrides or "none", "reference": s.reference}
     if s.tune:
-        params.update({"samples": s.samples, "max_epochs": s.max_epochs or "fixed epochs",
+        params.update({"samples": s.samples, "samples_per_key": s.samples_per_key or "none", "max_epochs": s.max_epochs or "fixed epochs",
                        "grace_period": s.grace_period or "search space", "reduction_factor": s.reduction_factor,
                        "seed": s.seed, "study_seeds": s.study_seeds, "searcher": "optuna-tpe", "scheduler": "asha"})
         params.update({f"searched.{slug(label)}": ", ".join(sp.params) for label, sp in spaces.items()})

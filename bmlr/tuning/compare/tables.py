@@ -20,6 +20,7 @@ from bmlr.tuning.compare.verdict import Difference, best_row, difference, groups
 __all__ = ["modalities_of", "searches_of", "row_accuracy", "search_flags", "accuracy_table", "modality_table",
            "fusion_table", "readings", "render_markdown", "ranking_line", "verdict_tags", "FLAG_NOTES"]
 
+
 def modalities_of(results: dict) -> list[str]:
     """The modalities a run reports test accuracy of (`test_acc_<modality>`), in its order."""
     return [k[len("test_acc_"):] for k in results["summary"] if k.startswith("test_acc_")]
@@ -227,7 +228,10 @@ def _how(settings: ComparisonSettings, rows: list[dict]) -> str:
     seeds = (f"TPE seed {settings.seed}" if n == 1 else
              f"{n} searches, TPE seeds {settings.seed}..{settings.seed + n - 1}")
     most = settings.max_epochs or "the search space's"
-    return (f"each row tuned with {settings.samples} trials (ASHA: at most {most} "
+    trials = (f"{settings.samples_per_key} trials per searched key (" + ", ".join(
+        f"{r['label']} {r['trials']}" for r in rows if "trials" in r) + ")") if settings.samples_per_key else \
+        f"{settings.samples} trials"
+    return (f"each row tuned with {trials} (ASHA: at most {most} "
             f"epochs, grace {settings.grace_period or 'of the search space, else measured'}, reduction {settings.reduction_factor}; {seeds}{crn}), "
             f"then the best configuration of each search trained with every seed")
 
