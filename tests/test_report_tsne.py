@@ -126,3 +126,29 @@ def test_shown_classes_and_perplexity():
     np.testing.assert_allclose(embed(np.random.default_rng(0).normal(size=(12, 5))), xy)  # seeded
     with pytest.raises(ValueError, match="at least"):
         embed(np.zeros((3, 5)))
+
+
+def test_the_embeddings_computed_ahead_are_the_ones_the_report_draws(finished_study, monkeypatch):
+    """While a study's references train, a thread embeds the report's t-SNE points
+    (bmlr.tuning.report.warmup); the report then computes none of them again."""
+    import sklearn.manifold
+
+    from bmlr.tuning.report import tsne
+    from bmlr.tuning.report.best_model import best_model_sample
+    from bmlr.tuning.report.study_view import Context
+    from bmlr.tuning.report.tsne_features import feature_panels
+    from bmlr.tuning.report.tsne_labels import label_points
+    from bmlr.tuning.report.warmup import warm_report
+
+    monkeypatch.setattr(tsne, "_KEPT", {})
+    with warm_report(finished_study["dir"]):
+        pass  # the references would train here
+    sample = best_model_sample(Context.open(finished_study["dir"], lambda _line: None))
+    points = [*feature_panels(sample).values(), *label_points(sample)[0].values()]
+    assert len(tsne._KEPT) == len(points) == 3 + 2  # audio, visual, fused; a row of labels per modality
+    fitted = []
+    monkeypatch.setattr(sklearn.manifold.TSNE, "fit_transform", lambda self, x: fitted.append(x) or np.zeros((len(x), 2)))
+    for p in points:  # the report's calls: kept, not fitted again
+        assert embed(p).shape == (len(p), 2)
+    assert fitted == []
+    assert not embed(np.asarray(points[0])[::-1].copy()).any() and len(fitted) == 1  # other points: computed

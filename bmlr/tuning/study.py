@@ -235,19 +235,24 @@ def _run(plan: Plan, runtime: Runtime) -> StudyOutcome:
         done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
         with interrupts_held():  # a second Ctrl-C after Ray's graceful stop waits for the records
             outcome = finish(plan, grid, len(done) < s.samples, log, top)
-        return _stages(plan, outcome, runtime.verbose, log)
+        return _stages(plan, outcome, runtime, log)
 
 
-def _stages(plan: Plan, outcome: StudyOutcome, verbose: int, log: Callable[[str], None]) -> StudyOutcome:
+def _stages(plan: Plan, outcome: StudyOutcome, runtime: Runtime, log: Callable[[str], None]) -> StudyOutcome:
     """The stages after a plain search (not a grid, not a staged study's stage), in the search's
-    Ray session: the confirmation (``--confirm``) and the references (``--references``)."""
+    Ray session: the confirmation (``--confirm``) and the references (``--references``); while
+    the references train, the report's t-SNE embeddings are computed ahead (the report comes next)."""
     s = plan.settings
     if outcome.interrupted or not isinstance(plan.strategy, Search) or s.outer_run_id:
         return outcome
     if s.confirm:
-        outcome = confirm(plan, outcome, verbose, log)
+        outcome = confirm(plan, outcome, runtime.verbose, log)
     if s.references and not outcome.interrupted:
-        run_references(plan, outcome, log)
+        from bmlr.tuning.report.warmup import warm_report  # the report's modules: only where one is written
+
+        warm = runtime.report != "none" and outcome.best is not None
+        with warm_report(plan.study_dir) if warm else contextlib.nullcontext():
+            run_references(plan, outcome, log)
     return outcome
 
 

@@ -1,8 +1,14 @@
 """t-SNE as the report's two figures use it (van der Maaten and Hinton, JMLR 2008, the paper's
 [56]): scikit-learn's `sklearn.manifold.TSNE`, seeded, with a perplexity suited to the number
-of points, and one scatter panel coloured by class."""
+of points, and one scatter panel coloured by class.
+
+An embedding is kept in memory by its points (seeded: the same points give the same picture),
+so that one computed ahead (:mod:`bmlr.tuning.report.warmup`, while the study's references
+train) is not computed again by the report."""
 from __future__ import annotations
 
+import hashlib
+import threading
 from typing import Sequence
 
 import numpy as np
@@ -11,6 +17,13 @@ __all__ = ["RANDOM_STATE", "MIN_POINTS", "perplexity_for", "embed", "scatter_by_
 
 RANDOM_STATE = 0
 MIN_POINTS = 5  # fewer points have no neighbourhoods to keep
+_KEPT: dict[str, np.ndarray] = {}  # points' digest -> their embedding (the last few)
+_KEEP = 8
+_LOCK = threading.Lock()
+
+
+def _digest(points: np.ndarray) -> str:
+    return hashlib.sha1(repr(points.shape).encode() + points.tobytes()).hexdigest()
 
 
 def perplexity_for(n_points: int) -> float:
@@ -24,12 +37,21 @@ def embed(points: np.ndarray) -> np.ndarray:
     state, so the same points give the same picture). ValueError under :data:`MIN_POINTS`."""
     from sklearn.manifold import TSNE
 
-    points = np.asarray(points, dtype=np.float64)
+    points = np.ascontiguousarray(points, dtype=np.float64)
     if len(points) < MIN_POINTS:
         raise ValueError(f"t-SNE needs at least {MIN_POINTS} points, got {len(points)}")
+    key = _digest(points)
+    with _LOCK:
+        if key in _KEPT:
+            return _KEPT[key].copy()
     tsne = TSNE(n_components=2, perplexity=perplexity_for(len(points)), init="pca", learning_rate="auto",
                 random_state=RANDOM_STATE)
-    return tsne.fit_transform(points)
+    embedded = tsne.fit_transform(points)
+    with _LOCK:
+        while len(_KEPT) >= _KEEP:
+            _KEPT.pop(next(iter(_KEPT)))
+        _KEPT[key] = embedded
+    return embedded.copy()
 
 
 def scatter_by_class(ax, xy: np.ndarray, labels: np.ndarray, class_names: Sequence[str], title: str) -> None:
