@@ -59,3 +59,16 @@ def test_an_unknown_set_key_suggests_the_closest(tmp_path, capsys, command):
     assert "'epoch'" in err and "did you mean 'epochs'" in err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
 
+
+
+def test_the_train_hint_names_the_installed_command(monkeypatch):
+    """The summary's "train it:" line: `bmlr-train` where the package is installed (as the
+    docs say), `python -m bmlr.train` in a checkout without it."""
+    import shutil
+
+    from bmlr.tuning.export import train_command
+
+    monkeypatch.setattr(shutil, "which", lambda name: f"/venv/bin/{name}")
+    assert train_command("/a b/best.yaml") == "bmlr-train --config '/a b/best.yaml'"
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    assert train_command("best.yaml") == "python -m bmlr.train --config best.yaml"

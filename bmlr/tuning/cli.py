@@ -263,11 +263,9 @@ def exit_code(outcome: StudyOutcome) -> int:
 
 
 def export_main(args: argparse.Namespace, argv: list[str]) -> int:
-    import shlex
-
     from bmlr.config import ConfigError
     from bmlr.mlflow_store import TrackingError, store_of
-    from bmlr.tuning.export import ExportError, check_store, export_run
+    from bmlr.tuning.export import ExportError, check_store, export_run, train_command
 
     uri, source = store_of(args.tracking_uri, args.storage)
     try:
@@ -283,7 +281,7 @@ def export_main(args: argparse.Namespace, argv: list[str]) -> int:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     print(f"wrote {path} ({cfg.dataset}, method {cfg.method}, {cfg.epochs} epochs, seeds {cfg.seeds})\n"
-          f"train it: python -m bmlr.train --config {shlex.quote(str(path))}")
+          f"train it: {train_command(path)}")
     return 0
 
 

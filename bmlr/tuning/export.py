@@ -15,6 +15,7 @@ A study's parent run id exports the study's best trial. (`python -m bmlr.train -
 from __future__ import annotations
 
 import shlex
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +24,18 @@ from bmlr.fileio import abs_path, atomic_write_text
 from bmlr.mlflow_store import BEST_MARK, STORE_HINT, TrackingError, check_store, fetch_trial
 
 __all__ = ["ExportError", "production_config", "source_of", "write_config", "export_run", "check_store",
-           "STORE_HINT"]
+           "STORE_HINT", "train_command"]
 
 
 class ExportError(RuntimeError):
     """The run cannot be exported."""
+
+
+def train_command(path: str | Path) -> str:
+    """The command that trains the configuration file ``path``: the installed ``bmlr-train``,
+    else (a checkout without the package installed) ``python -m bmlr.train``."""
+    program = "bmlr-train" if shutil.which("bmlr-train") else "python -m bmlr.train"
+    return f"{program} --config {shlex.quote(str(path))}"
 
 
 def production_config(trial_config: dict[str, Any], epochs: int | None = None,

@@ -13,7 +13,6 @@ trial, ``error``. Test metrics do not exist here.
 from __future__ import annotations
 
 import json
-import shlex
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any, Callable
 from bmlr.config import beside_study
 from bmlr.fileio import finite_or_none
 from bmlr.tuning import run_view, tracking
-from bmlr.tuning.export import production_config, source_of, write_config
+from bmlr.tuning.export import production_config, source_of, train_command, write_config
 from bmlr.tuning.faults import resume_line
 from bmlr.tuning.plan import Plan, StudyOutcome
 from bmlr.tuning.ray_backend import AUTO, METRIC
@@ -357,7 +356,7 @@ def _summary(plan: Plan, rows: list[Row], counts: dict[str, int], best: Row | No
             log(rungs)
     if best_yaml is not None:
         log(f"best configuration: {best_yaml}\n"
-            f"  train it: python -m bmlr.train --config {shlex.quote(str(best_yaml))}")
+            f"  train it: {train_command(best_yaml)}")
     else:
         log("no trial finished successfully: nothing exported")
     log(f"MLflow: {plan.tracking_uri}  experiment {s.experiment!r}  parent run {plan.parent_run_id}")

@@ -45,7 +45,7 @@ from bmlr.config import ConfigError, load_config
 from bmlr.fileio import abs_path, atomic_write_text, timestamp
 from bmlr.methods import METHODS
 from bmlr.tuning import tracking
-from bmlr.tuning.export import write_config
+from bmlr.tuning.export import train_command, write_config
 from bmlr.tuning.results import format_table, winner_note
 from bmlr.tuning.search_space import SearchSpace, SearchSpaceError, load_search_space, project_root
 from bmlr.tuning.selection import SCORE, choose_best, score
@@ -352,7 +352,7 @@ def _finish(run: _Staged, log: Callable[[str], None], top: int) -> StudyOutcome:
         f"{winner[SCORE]:.4f} (trial {winner['trial_id']}, stage {winner['stage']}, alpha "
         f"{winner.get('param.alpha')}); {epochs[1] + epochs[2]} epochs trained in all")
     log("best trials of both stages:\n" + format_table(sorted(rows, key=lambda r: -(score(r) or -1)), top))
-    log(f"best configuration: {best_yaml}\n  train it: python -m bmlr.train --config {shlex.quote(str(best_yaml))}")
+    log(f"best configuration: {best_yaml}\n  train it: {train_command(best_yaml)}")
     return StudyOutcome(store.dir, rows, winner, best_yaml, run.info["parent_run_id"], run.info["tracking_uri"], False)
 
 
