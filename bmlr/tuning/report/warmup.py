@@ -1,6 +1,6 @@
 """The report's slow part computed ahead: while a study's references train (one Ray task on
-one CPU, the driver waiting), a thread of the driver embeds the points of the report's two
-t-SNE figures, which :func:`bmlr.tuning.report.tsne.embed` then keeps; the report finds them
+one CPU, the driver waiting), a thread of the driver embeds, on one CPU, the points of the
+report's two t-SNE figures, which :func:`bmlr.tuning.report.tsne.embed` then keeps; the report finds them
 done. The same functions choose the points for the warm-up and for the figures, so what is
 computed ahead is what the report would compute. A failure here is silent: the report
 computes (and explains) it again."""
@@ -21,14 +21,19 @@ __all__ = ["warm_report"]
 
 
 def _embed_all(study_dir: Path) -> None:
-    try:
-        sample = best_model_sample(Context.open(study_dir, lambda _line: None))
-        points = [*feature_panels(sample).values(), *label_points(sample)[0].values()]
-    except Exception:  # no sample, an unreadable one, ...: the report says why
-        return
-    for p in points:
-        with contextlib.suppress(Exception):
-            embed(p)
+    """On one thread of OpenMP and BLAS: the reference trains on the other CPUs, and sharing
+    theirs would slow it by what is saved here (measured: 11 s on 2 cores)."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        try:
+            sample = best_model_sample(Context.open(study_dir, lambda _line: None))
+            points = [*feature_panels(sample).values(), *label_points(sample)[0].values()]
+        except Exception:  # no sample, an unreadable one, ...: the report says why
+            return
+        for p in points:
+            with contextlib.suppress(Exception):
+                embed(p)
 
 
 @contextlib.contextmanager
