@@ -89,6 +89,11 @@ def test_a_winning_region_its_trials_never_drew_is_flagged_only_below_the_row_th
     # near: within a tenth of the range on its scale (log: 0.2 decades of 1e-4..1e-2)
     near = _row("c", _search(0, [0.9, 0.91], 1.1e-3, drawn=[*CRN_LRS[:5], 3.6e-3]))
     assert search_flags([found, near], samples=8)["c"] == []
+    # an lr is another step with another optimizer: an SGD row is not held to where an Adam row won
+    for row, optimizer in ((found, "adam"), (never, "sgd")):
+        for search in row["searches"]:
+            search["results"]["config"] = {"optimizer": optimizer}
+    assert search_flags([found, never], samples=8)["b"] == []
 
 
 def test_the_budget_flag_reads_each_rows_own_trials():

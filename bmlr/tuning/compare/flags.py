@@ -8,10 +8,11 @@ A tuned row is flagged, with the reason and what to rerun, where:
   search ran decides the row's number;
 * **edge**: a search's winner lies in the outer tenth of a searched numeric range (log scale
   where the range is): the best may lie beyond it;
-* **missed**: a row ranked above it won at a value of a shared key that this row's space
-  excludes, or that none of its trials drew (within a tenth of its range; a choice never
-  drawn): with common random numbers every row draws the same start-up values, so a region
-  one row found and another never tried is the search's, not the method's;
+* **missed**: a row ranked above it, trained with the same optimizer, won at a value of a
+  shared key that this row's space excludes, or that none of its trials drew (within a tenth
+  of its range; a choice never drawn): with common random numbers every row draws the same
+  start-up values, so a region one row found and another never tried is the search's, not
+  the method's;
 * **budget**: TPE had only its random start-up trials (samples <= start-up).
 
 Each search record carries what these read (:mod:`~bmlr.tuning.compare.records` writes
@@ -117,9 +118,17 @@ def _excludes(spec: dict, value: Any) -> bool:
     return isinstance(value, (int, float)) and not spec["low"] <= value <= spec["high"]
 
 
+def _optimizer(row: dict) -> str | None:
+    """The optimizer a row's winners trained with (None: not known)."""
+    return next(((s.get("results") or {}).get("config", {}).get("optimizer") for s in _searches(row)
+                 if (s.get("results") or {}).get("config")), None)
+
+
 def _missed_flags(row: dict, above: list[dict]) -> list[str]:
-    """Each key of this row where a row ranked above it won at a value this row's space excludes
-    or its trials never drew near (one reason per key)."""
+    """Each key of this row where a row ranked above it, with the same optimizer (an lr means
+    another step with another optimizer: SGD rows beside Adam rows under `--protocol authors`),
+    won at a value this row's space excludes or its trials never drew near (one reason per key)."""
+    above = [o for o in above if None in (_optimizer(o), _optimizer(row)) or _optimizer(o) == _optimizer(row)]
     searched = {}
     drawn: dict[str, list] = {}
     for search in _searches(row):
