@@ -2,8 +2,9 @@
 
 `bmlr.train` logs a :class:`Predictor` of each seed's best epoch with ``mlflow.pytorch.log_model``
 (`--register NAME` puts the best seed in the Model Registry). Loaded back with
-``mlflow.pytorch.load_model``, ``model(inputs)`` gives the fused logits exactly as training
-evaluated them: through the method's own prediction (AUG adds its boosting learners; the
+``mlflow.pytorch.load_model``, ``model(inputs)`` gives the fused logits as training evaluated
+them (in float32 on the CPU: a GPU run evaluated under autocast differs by rounding): through
+the method's own prediction (AUG adds its boosting learners; the
 others are the model's fused output). ``inputs`` maps each modality to a batch tensor, as the
 data set's loader yields it (a manifest's features already scaled: the training split's
 scaling is in ``model.scaling`` and in the seed's `model.pt`); :func:`predict_split` gives a
