@@ -137,14 +137,14 @@ def test_the_embeddings_computed_ahead_are_the_ones_the_report_draws(finished_st
     from bmlr.tuning.report.best_model import best_model_sample
     from bmlr.tuning.report.study_view import Context
     from bmlr.tuning.report.tsne_features import feature_panels
-    from bmlr.tuning.report.tsne_labels import label_points
+    from bmlr.tuning.report.tsne_labels import label_points, sample_reshaping
     from bmlr.tuning.report.warmup import warm_report
 
     monkeypatch.setattr(tsne, "_KEPT", {})
     with warm_report(finished_study["dir"]):
         pass  # the references would train here
     sample = best_model_sample(Context.open(finished_study["dir"], lambda _line: None))
-    points = [*feature_panels(sample).values(), *label_points(sample)[0].values()]
+    points = [*feature_panels(sample).values(), *label_points(sample, sample_reshaping(sample))[0].values()]
     assert len(tsne._KEPT) == len(points) == 3 + 2  # audio, visual, fused; a row of labels per modality
     fitted = []
     monkeypatch.setattr(sklearn.manifold.TSNE, "fit_transform", lambda self, x: fitted.append(x) or np.zeros((len(x), 2)))

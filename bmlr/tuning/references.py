@@ -81,16 +81,14 @@ def _train(config: dict[str, Any], budget: int) -> History:
             for m in history]
 
 
-def reused_untuned(plan: Plan, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """``{"untuned": history, "trial_id": id}`` where the untuned configuration's trial trained
-    every epoch of the budget (it completed, with a history of ``max_epochs`` epochs), else empty."""
+def reused_untuned(plan: Plan, rows: list[dict[str, Any]]) -> tuple[str, History] | None:
+    """``(trial id, history)`` of the untuned configuration's trial where it trained every epoch
+    of the budget (it completed, with a history of ``max_epochs`` epochs), else None."""
     row = untuned_row(plan, rows)
     if row is None or row.get("status") != "completed":
-        return {}
+        return None
     history = plan.store.history(row["trial_id"])
-    if len(history) < plan.max_epochs:
-        return {}
-    return {"untuned": history[:plan.max_epochs], "trial_id": row["trial_id"]}
+    return (row["trial_id"], history[:plan.max_epochs]) if len(history) >= plan.max_epochs else None
 
 
 def train_references(configs: dict[str, dict[str, Any]], budget: int, cpus: float, gpus: float) -> dict[str, History]:
@@ -127,14 +125,16 @@ def run_references(plan: Plan, outcome: StudyOutcome, log: Callable[[str], None]
         return {}
     s, store = plan.settings, plan.store
     planned = reference_configs(plan, best)
-    histories = reused_untuned(plan, outcome.rows)
-    if histories:
-        planned["untuned"] = (planned["untuned"][0], planned["untuned"][1] + f", trial {histories.pop('trial_id')}")
+    histories: dict[str, History] = {}
+    reused = reused_untuned(plan, outcome.rows)
+    if reused is not None:
+        trial_id, histories["untuned"] = reused
+        planned["untuned"] = (planned["untuned"][0], f"{planned['untuned'][1]}, trial {trial_id}")
     to_train = {k: v[0] for k, v in planned.items() if k not in histories}
-    together = "each, " if len(to_train) > 1 else ""
-    log(f"\nreferences: training {', '.join(to_train) or 'nothing'} ({plan.max_epochs} epochs {together}seed {s.seed}"
-        f"{', at once' if together else ''}; --no-references skips them)" + ("; untuned: its trial ran the whole budget, its history is "
-                                                   "the reference" if histories else ""))
+    each = "each, " if len(to_train) > 1 else ""
+    log(f"\nreferences: training {', '.join(to_train) or 'nothing'} ({plan.max_epochs} epochs {each}seed {s.seed}"
+        f"{', at once' if each else ''}; --no-references skips them)"
+        + ("; untuned: its trial ran the whole budget, its history is the reference" if reused else ""))
     start = time.time()
     if to_train:
         histories.update(train_references(to_train, plan.max_epochs, s.cpus_per_trial,

@@ -284,7 +284,10 @@ def winner_note(best: Row, where: str) -> str:
 def untuned_row(plan: Plan, rows: list[Row]) -> Row | None:
     """The trial of the untuned configuration (the search's first trial: each searched key's
     default); None where the study trained no such trial (a grid, a warm-started stage)."""
-    point = plan.strategy.untuned_point(plan)
+    return _row_at(plan.strategy.untuned_point(plan), rows)
+
+
+def _row_at(point: dict[str, Any] | None, rows: list[Row]) -> Row | None:
     return next((r for r in rows if point and all(r.get(f"param.{k}") == v for k, v in point.items())), None)
 
 
@@ -292,7 +295,7 @@ def untuned_line(plan: Plan, rows: list[Row]) -> str:
     """Where the untuned configuration ranked (:func:`untuned_row`), and the winner against it;
     also the parent run's tag ``untuned_trial``. Empty where the study trained no such trial."""
     point = plan.strategy.untuned_point(plan)
-    row = untuned_row(plan, rows)
+    row = _row_at(point, rows)
     if row is None:
         return ""
     ranked = rank(rows)

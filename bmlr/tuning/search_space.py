@@ -116,13 +116,20 @@ class Param:
         default = f" default {self.default}" if self.default is not None else ""
         return f"{self.kind} {self.sample_values()}{step}{default}"
 
-    def edge(self, value: Any, tenth: float = 0.1) -> str | None:
-        """``"low"`` or ``"high"`` where ``value`` lies in the outer ``tenth`` of this numeric
-        range (measured on a log scale for a loguniform one), else None (a choice has no edge)."""
+    def position(self, value: Any) -> float | None:
+        """Where ``value`` lies in this numeric range, 0 at ``low`` and 1 at ``high`` (on a log
+        scale for a loguniform one); None for a choice, an empty range or no value."""
         if self.kind == "choice" or value is None or not self.high > self.low:
             return None
         scale = math.log if self.log else float
-        where = (scale(float(value)) - scale(float(self.low))) / (scale(float(self.high)) - scale(float(self.low)))
+        return (scale(float(value)) - scale(float(self.low))) / (scale(float(self.high)) - scale(float(self.low)))
+
+    def edge(self, value: Any, tenth: float = 0.1) -> str | None:
+        """``"low"`` or ``"high"`` where ``value`` lies in the outer ``tenth`` of this numeric
+        range (:meth:`position`), else None (a choice has no edge)."""
+        where = self.position(value)
+        if where is None:
+            return None
         return "low" if where <= tenth else "high" if where >= 1 - tenth else None
 
     def to_spec(self) -> dict[str, Any]:

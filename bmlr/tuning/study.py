@@ -248,10 +248,12 @@ def _stages(plan: Plan, outcome: StudyOutcome, runtime: Runtime, log: Callable[[
     if s.confirm:
         outcome = confirm(plan, outcome, runtime.verbose, log)
     if s.references and not outcome.interrupted:
-        from bmlr.tuning.report.warmup import warm_report  # the report's modules: only where one is written
+        warming = contextlib.nullcontext()
+        if runtime.report != "none" and outcome.best is not None:
+            from bmlr.tuning.report.warmup import warm_report  # the report's modules: only where one is written
 
-        warm = runtime.report != "none" and outcome.best is not None
-        with warm_report(plan.study_dir) if warm else contextlib.nullcontext():
+            warming = warm_report(plan.study_dir)
+        with warming:
             run_references(plan, outcome, log)
     return outcome
 

@@ -26,6 +26,10 @@ import math
 import statistics
 from typing import Any
 
+from bmlr.tuning.compare.records import searches_of
+from bmlr.tuning.compare.verdict import runs_of
+from bmlr.tuning.search_space import Param
+
 __all__ = ["FLAG_NOTES", "search_flags", "edge_of"]
 
 FLAG_NOTES = {
@@ -43,24 +47,29 @@ FLAG_NOTES = {
 TENTH = 0.1  # "near" and "edge": a tenth of the range, on its own scale
 
 
-def _searches(row: dict) -> list[dict]:
-    return row.get("searches") or [row]
+def _param(key: str, spec: dict) -> Param:
+    """A search record's range or choices as the search space's :class:`Param`."""
+    return Param(key, spec.get("kind", "choice"), spec.get("low"), spec.get("high"),
+                 choices=tuple(spec.get("choices") or ()))
 
 
-def _accs(search: dict) -> list[float]:
-    runs = (search.get("results") or {}).get("seeds", [])
-    return [100 * r["test"]["acc"] for r in runs if isinstance((r.get("test") or {}).get("acc"), (int, float))]
+def _numeric(spec: dict, value: Any) -> bool:
+    return spec.get("kind") != "choice" and isinstance(value, (int, float))
+
+
+def _study_runs(row: dict) -> dict[Any, list[float]]:
+    """Study seed -> the test accuracies (points) of its winner's production runs."""
+    out: dict[Any, list[float]] = {}
+    for (study_seed, _), acc in runs_of(row).items():
+        out.setdefault(study_seed, []).append(100 * acc)
+    return out
 
 
 def _seeds_flag(row: dict) -> str | None:
     """The two searches whose winners' test means differ most, where that exceeds two standard
     errors of the difference (the training seeds' spread within each)."""
-    stats = []
-    for k, search in enumerate(_searches(row)):
-        accs = _accs(search)
-        if len(accs) > 1:
-            stats.append((search.get("study_seed", k), statistics.fmean(accs),
-                          statistics.stdev(accs) / math.sqrt(len(accs))))
+    stats = [(seed, statistics.fmean(accs), statistics.stdev(accs) / math.sqrt(len(accs)))
+             for seed, accs in _study_runs(row).items() if len(accs) > 1]
     if len(stats) < 2:
         return None
     hi, lo = max(stats, key=lambda s: s[1]), min(stats, key=lambda s: s[1])
@@ -71,29 +80,17 @@ def _seeds_flag(row: dict) -> str | None:
             f"apart (2 SE of training noise {two_se:.2f})")
 
 
-def _position(spec: dict, value: float) -> float | None:
-    """Where ``value`` lies in a numeric range, 0 at its low end and 1 at its high end (log scale
-    for a loguniform one); None for a choice or an empty range."""
-    low, high = spec.get("low"), spec.get("high")
-    if spec.get("kind") == "choice" or low is None or high is None or not high > low:
-        return None
-    scale = math.log if spec.get("kind") == "loguniform" else float
-    if spec.get("kind") == "loguniform" and value <= 0:
-        return -math.inf
-    return (scale(float(value)) - scale(float(low))) / (scale(float(high)) - scale(float(low)))
-
-
 def edge_of(spec: dict, value: Any) -> str | None:
-    """``"top"`` or ``"bottom"`` where ``value`` lies in the outer tenth of the range ``spec``."""
-    where = _position(spec, value) if isinstance(value, (int, float)) else None
-    if where is None:
+    """``"top"`` or ``"bottom"`` where ``value`` lies in the outer tenth of the range ``spec``
+    (:meth:`Param.edge`)."""
+    if not _numeric(spec, value):
         return None
-    return "bottom" if where <= TENTH else "top" if where >= 1 - TENTH else None
+    return {"low": "bottom", "high": "top"}.get(_param("", spec).edge(value, TENTH))
 
 
 def _edge_flags(row: dict) -> list[str]:
     out = []
-    for k, search in enumerate(_searches(row)):
+    for k, search in enumerate(searches_of(row)):
         searched = search.get("searched") or {}
         for key, value in (search.get("winner") or {}).items():
             side = edge_of(searched.get(key) or {}, value)
@@ -106,10 +103,11 @@ def _edge_flags(row: dict) -> list[str]:
 
 def _near(spec: dict, value: Any, drawn: list) -> bool:
     """Whether any drawn value is ``value`` (a choice) or within a tenth of the range of it."""
-    if spec.get("kind") == "choice" or not isinstance(value, (int, float)):
+    if not _numeric(spec, value):
         return value in drawn
-    where = _position(spec, value)
-    return any(abs(_position(spec, d) - where) <= TENTH for d in drawn if isinstance(d, (int, float)))
+    param = _param("", spec)
+    where = param.position(value)
+    return any(abs(param.position(d) - where) <= TENTH for d in drawn if isinstance(d, (int, float)))
 
 
 def _excludes(spec: dict, value: Any) -> bool:
@@ -120,7 +118,7 @@ def _excludes(spec: dict, value: Any) -> bool:
 
 def _optimizer(row: dict) -> str | None:
     """The optimizer a row's winners trained with (None: not known)."""
-    return next(((s.get("results") or {}).get("config", {}).get("optimizer") for s in _searches(row)
+    return next(((s.get("results") or {}).get("config", {}).get("optimizer") for s in searches_of(row)
                  if (s.get("results") or {}).get("config")), None)
 
 
@@ -131,13 +129,13 @@ def _missed_flags(row: dict, above: list[dict]) -> list[str]:
     above = [o for o in above if None in (_optimizer(o), _optimizer(row)) or _optimizer(o) == _optimizer(row)]
     searched = {}
     drawn: dict[str, list] = {}
-    for search in _searches(row):
+    for search in searches_of(row):
         searched.update(search.get("searched") or {})
         for key, values in (search.get("drawn") or {}).items():
             drawn.setdefault(key, []).extend(values)
     out = {}
     for other in above:
-        for search in _searches(other):
+        for search in searches_of(other):
             for key, value in (search.get("winner") or {}).items():
                 spec = searched.get(key)
                 if spec is None or key in out:
@@ -152,7 +150,7 @@ def _missed_flags(row: dict, above: list[dict]) -> list[str]:
 
 
 def _mean_test(row: dict) -> float | None:
-    accs = [a for s in _searches(row) for a in _accs(s)]
+    accs = list(runs_of(row).values())
     return statistics.fmean(accs) if accs else None
 
 

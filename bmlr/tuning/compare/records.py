@@ -1,7 +1,8 @@
 """What a comparison keeps of a row's finished study (one search): its run, its trials, its
 winner's score with the binomial standard error, and the evidence the flags read
 (:mod:`~bmlr.tuning.compare.flags`): the searched ranges, the winner's values and every
-trial's values."""
+trial's values. A row holds one such record per study seed (`searches`), or is itself the
+record of its one search (:func:`searches_of`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,9 +12,15 @@ from bmlr.fileio import finite_or_none
 from bmlr.tuning.selection import choose_best, score, standard_error
 from bmlr.tuning.store import StudyStore
 
-__all__ = ["study_record", "search_evidence"]
+__all__ = ["searches_of", "study_record", "search_evidence"]
 
 Row = dict[str, Any]
+
+
+def searches_of(row: Row) -> list[Row]:
+    """The row's searches, one per study seed (`searches`), or the row itself (one search, or
+    an untuned row)."""
+    return row.get("searches") or [row]
 
 
 def study_record(label: str, method: str, store: StudyStore) -> Row:

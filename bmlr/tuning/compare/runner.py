@@ -36,7 +36,7 @@ from bmlr.fileio import abs_path, atomic_write_text, read_json, write_json
 from bmlr.tuning import tracking
 from bmlr.tuning.compare.identity import find_reusable, is_finished_run_of, load_results
 from bmlr.tuning.compare.pool import Job, run_jobs
-from bmlr.tuning.compare.records import study_record
+from bmlr.tuning.compare.records import searches_of, study_record
 from bmlr.tuning.compare.settings import ComparisonError, ComparisonSettings, mlflow_record, slug
 from bmlr.tuning.compare.spaces import arm_space, check_overrides, production_settings, untuned_config
 from bmlr.tuning.compare.tables import render_markdown, verdict_tags
@@ -268,11 +268,6 @@ class Comparison:
         """The trials of each of `arm`'s studies: `--samples`, or `--samples-per-key` times its searched keys."""
         return self.settings.row_samples(len(self.spaces[arm.label].params))
 
-    @staticmethod
-    def searches(row: Row) -> list[Row]:
-        """The searches of a row (`searches`: one per study seed), or the row itself (one)."""
-        return row["searches"] if "searches" in row else [row]
-
     # --- production -----------------------------------------------------------------------
     def production_config(self, arm: Arm, row: Row) -> Config | None:
         """The winner of the search `row` (tuned) or the row's untuned configuration, with the
@@ -335,7 +330,7 @@ class Comparison:
     def load_row_results(self, row: Row) -> None:
         """Each search's results; a row of several searches takes its first search with a
         result (else its first) as its own run, so its top level reads as a row of one."""
-        for search in self.searches(row):
+        for search in searches_of(row):
             search["results"] = load_results(search["run_dir"]) if search.get("run_dir") else None
         if "searches" in row and row["searches"]:
             first = next((t for t in row["searches"] if t.get("results")), row["searches"][0])
@@ -410,7 +405,7 @@ class Comparison:
         with ray_session(address, num_cpus, verbose):
             for k, seed in enumerate(seeds):
                 for arm in self.arms:
-                    self.searches(rows[arm.label])[k].update(self.tune(arm, seed, address, num_cpus, verbose))
+                    searches_of(rows[arm.label])[k].update(self.tune(arm, seed, address, num_cpus, verbose))
                     self.save(list(rows.values()))
 
     def _produce(self, rows: dict[str, Row]) -> None:
@@ -418,7 +413,7 @@ class Comparison:
         every production seed."""
         jobs = []
         for arm in self.arms:
-            for target in self.searches(rows[arm.label]):
+            for target in searches_of(rows[arm.label]):
                 cfg = self.production_config(arm, target)
                 if cfg is None:
                     target["error"] = "no trial of its study succeeded"

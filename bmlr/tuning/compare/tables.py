@@ -15,6 +15,7 @@ import statistics
 from bmlr.methods import METHODS
 from bmlr.tuning.compare.settings import ComparisonSettings, slug
 from bmlr.tuning.compare.flags import FLAG_NOTES, search_flags
+from bmlr.tuning.compare.records import searches_of
 from bmlr.tuning.compare.verdict import Difference, best_row, difference, groups, verdict_lines
 
 __all__ = ["modalities_of", "searches_of", "row_accuracy", "search_flags", "accuracy_table", "modality_table",
@@ -38,12 +39,6 @@ def _spread(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else float("nan")}
-
-
-def searches_of(row: dict) -> list[dict]:
-    """The row's searches, one per study seed (`searches`), or the row itself (one search, or
-    an untuned row)."""
-    return row.get("searches") or [row]
 
 
 def row_accuracy(row: dict) -> dict[str, float] | None:

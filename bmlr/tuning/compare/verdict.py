@@ -17,13 +17,15 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from bmlr.tuning.compare.records import searches_of
+
 __all__ = ["Difference", "runs_of", "difference", "best_row", "groups", "verdict_lines"]
 
 
 def runs_of(row: dict) -> dict[tuple[int, int], float]:
     """``(study seed, training seed) -> test accuracy`` of every production run of the row."""
     out = {}
-    for k, search in enumerate(row.get("searches") or [row]):
+    for k, search in enumerate(searches_of(row)):
         for run in (search.get("results") or {}).get("seeds", []):
             acc = (run.get("test") or {}).get("acc")
             if isinstance(acc, (int, float)):

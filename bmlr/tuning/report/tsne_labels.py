@@ -30,8 +30,8 @@ from bmlr.tuning.report.page import Page, pct
 from bmlr.tuning.report.study_view import Context
 from bmlr.tuning.report.tsne import embed, perplexity_for, scatter_by_class
 
-__all__ = ["FIGURE", "PANELS", "SHOWN_CLASSES", "label_distributions", "shown_classes", "label_points",
-           "draw_labels", "add_tsne_labels"]
+__all__ = ["FIGURE", "PANELS", "SHOWN_CLASSES", "label_distributions", "shown_classes", "sample_reshaping",
+           "label_points", "draw_labels", "add_tsne_labels"]
 
 FIGURE = "tsne_labels.png"
 SHOWN_CLASSES = 3
@@ -57,22 +57,26 @@ def shown_classes(labels: np.ndarray, k: int = SHOWN_CLASSES) -> list[int]:
     return sorted(int(values[i]) for i in order)
 
 
-def label_points(sample: ValidationSample) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per modality, every panel's targets of the shown classes' clips stacked (a row's panels
-    embedded together, so the same position means the same distribution across it), under the
-    sample's alpha and beta; and those clips' labels."""
-    alpha, beta = float(sample.config["alpha"]), float(sample.config["beta"])
-    shaped = label_distributions(sample.labels, sample.unimodal, alpha, beta)
+def sample_reshaping(sample: ValidationSample) -> dict[str, Reshaping]:
+    """:func:`label_distributions` of the sample's clips under its configuration's alpha and beta."""
+    return label_distributions(sample.labels, sample.unimodal, float(sample.config["alpha"]),
+                               float(sample.config["beta"]))
+
+
+def label_points(sample: ValidationSample, shaped: dict[str, Reshaping]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per modality, every panel's targets (``shaped``: :func:`sample_reshaping`) of the shown
+    classes' clips stacked (a row's panels embedded together, so the same position means the
+    same distribution across it); and those clips' labels."""
     labels = sample.labels.numpy()
     keep = np.isin(labels, shown_classes(labels))
     return ({u: np.concatenate([shaped[p].labels[u].numpy()[keep] for p in PANELS]) for u in sample.unimodal},
             labels[keep])
 
 
-def _get_labels_info(sample: ValidationSample) -> tuple[dict[str, list], np.ndarray]:
+def _get_labels_info(sample: ValidationSample, shaped: dict[str, Reshaping]) -> tuple[dict[str, list], np.ndarray]:
     """Per modality, each panel's points of :func:`label_points` embedded in 2-D, and the shown
     clips' labels. ValueError: too few clips."""
-    stacked, labels = label_points(sample)
+    stacked, labels = label_points(sample, shaped)
     return {u: np.split(embed(points), len(PANELS)) for u, points in stacked.items()}, labels
 
 
@@ -120,9 +124,9 @@ def add_tsne_labels(page: Page, ctx: Context, sample: ValidationSample | Unavail
         page.p(f"Not drawn: {reason}.")
         return
     alpha, beta = float(sample.config["alpha"]), float(sample.config["beta"])
-    shaped = label_distributions(sample.labels, sample.unimodal, alpha, beta)
+    shaped = sample_reshaping(sample)
     try:
-        rows, shown_labels = _get_labels_info(sample)
+        rows, shown_labels = _get_labels_info(sample, shaped)
     except ValueError as err:
         page.p(f"Not drawn: {err}.")
         return

@@ -15,7 +15,7 @@ from bmlr.tuning.report.best_model import best_model_sample
 from bmlr.tuning.report.study_view import Context
 from bmlr.tuning.report.tsne import embed
 from bmlr.tuning.report.tsne_features import feature_panels
-from bmlr.tuning.report.tsne_labels import label_points
+from bmlr.tuning.report.tsne_labels import label_points, sample_reshaping
 
 __all__ = ["warm_report"]
 
@@ -28,7 +28,7 @@ def _embed_all(study_dir: Path) -> None:
     with threadpool_limits(limits=1):
         try:
             sample = best_model_sample(Context.open(study_dir, lambda _line: None))
-            points = [*feature_panels(sample).values(), *label_points(sample)[0].values()]
+            points = [*feature_panels(sample).values(), *label_points(sample, sample_reshaping(sample))[0].values()]
         except Exception:  # no sample, an unreadable one, ...: the report says why
             return
         for p in points:

@@ -16,6 +16,7 @@ import statistics
 
 from bmlr.mlflow_store import client_for
 from bmlr.tuning.compare.identity import RESULTS_FILE
+from bmlr.tuning.compare.records import searches_of
 from bmlr.tuning.compare.settings import slug
 from bmlr.tuning.tracking.runs import TAG_LIMIT, create_parent_run, log_params
 
@@ -105,7 +106,7 @@ class ComparisonRun:
             if res:
                 metrics += _summary_metrics(res["summary"], f"{slug(row['label'])}.", short=True)
             metrics += _over_study_seeds(row)
-            for search in row.get("searches") or [row]:
+            for search in searches_of(row):
                 if search.get("results"):
                     self._log_row_run(client, row, search)
         for i in range(0, len(metrics), BATCH):
@@ -117,7 +118,7 @@ class ComparisonRun:
                 client.log_artifacts(self.run_id, str(folder), folder.name)
         failed = [r["label"] for r in rows if not r.get("results")]
         client.set_tag(self.run_id, "arms.failed", ", ".join(failed) or "none")
-        trials = {t.get("trials") for r in rows for t in r.get("searches") or [r] if "trials" in t}
+        trials = {t.get("trials") for r in rows for t in searches_of(r) if "trials" in t}
         if trials:
             client.set_tag(self.run_id, "equal_trials", str(len(trials) == 1).lower())
         status = "KILLED" if interrupted else ("FAILED" if len(failed) == len(rows) else "FINISHED")
