@@ -12,8 +12,10 @@ is Ray's ASHA (or Hyperband) with that grace period, its rungs filled with every
 so far. Where no epoch before the last agrees, it stops nothing at all.
 
 The decision is written to ``record`` (JSON: the grace period or null, the trials it used, the
-agreement per epoch), which the study's summary reads. Ray does not keep a scheduler's state
-across a restore, so a resumed study calibrates again from the trials that end after it.
+agreement per epoch), which the study's summary reads. A resumed study reads it back and keeps
+the grace period it learned (Ray does not keep a scheduler's state across a restore: the rungs
+start empty and fill with the trials that report after the resume); where the study stopped
+before it decided, it calibrates on the trials that end after the resume.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from typing import Any, Callable
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
-from bmlr.fileio import write_json
+from bmlr.fileio import read_json, write_json
 from bmlr.tuning.rung_check import AGREES, MIN_TRIALS, Agreement, rank_agreement
 
 __all__ = ["CalibratedASHA", "Decision", "choose_grace"]
@@ -38,6 +40,13 @@ class Decision:
     def as_record(self) -> dict[str, Any]:
         return {"grace_period": self.grace_period, "trials": self.trials,
                 "agreement": {str(a.epoch): a.rho for a in self.agreement}}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any]) -> "Decision":
+        """The decision :meth:`as_record` wrote."""
+        trials = int(record["trials"])
+        return cls(record["grace_period"], trials,
+                   tuple(Agreement(int(e), rho, trials) for e, rho in record.get("agreement", {}).items()))
 
 
 def choose_grace(curves: list[list[float]], max_t: int) -> Decision:
@@ -71,7 +80,8 @@ class CalibratedASHA(FIFOScheduler):
         self._ended: set[str] = set()  # completed or removed (a failed trial may be retried)
         self._in_inner: set[str] = set()  # the live trials the inner scheduler judges
         self._stop_next: set[str] = set()  # live trials the replayed rungs would have stopped
-        self.decision: Decision | None = None
+        # a resumed study's decision, kept (its ASHA starts with the first trial added)
+        self.decision = Decision.from_record(read_json(record)) if record is not None and record.is_file() else None
         self._inner: ASHAScheduler | None = None
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
@@ -79,6 +89,8 @@ class CalibratedASHA(FIFOScheduler):
         return super().set_search_properties(metric, mode, **spec)
 
     def on_trial_add(self, tune_controller, trial) -> None:
+        if self._inner is None and self.decision is not None and self.decision.grace_period is not None:
+            self._start_inner()  # resumed with a decision
         self._trials[trial.trial_id] = trial
         self._curves.setdefault(trial.trial_id, {})
         if self._inner is not None:
@@ -125,14 +137,17 @@ class CalibratedASHA(FIFOScheduler):
         self.decision = choose_grace(curves, self._max_t)
         if self._record is not None:
             write_json(self._record, self.decision.as_record())
+        if self.decision.grace_period is not None:
+            self._start_inner()
+            self._replay()
+
+    def _start_inner(self) -> None:
+        """Ray's ASHA (or Hyperband) with the decided grace period, its rungs empty."""
         grace = self.decision.grace_period
-        if grace is None:
-            return
         brackets = self._brackets(grace, self._rf) if self._brackets else 1
         self._inner = ASHAScheduler(time_attr=self._time_attr, metric=self._metric, mode=self._mode,
                                     max_t=self._max_t, grace_period=grace, reduction_factor=self._rf,
                                     brackets=brackets)
-        self._replay()
 
     def _replay(self) -> None:
         """Every result so far into the new rungs, in the order trials were added; a live trial
