@@ -96,28 +96,29 @@ def test_grace_period_on_the_command_line(text, expected):
 
 
 def test_a_resumed_study_keeps_its_learned_grace_period(tmp_path):
+    import pickle
+
     record = tmp_path / "grace_period.json"
     first = make_scheduler("asha", max_t=6, grace_period="auto", reduction_factor=2, record=record)
     first.set_search_properties("score", "max")
+    as_saved = pickle.dumps(first)  # Ray pickles the scheduler with the tuner when the study starts
     for i, curve in enumerate(LATE):
         first.on_trial_add(None, FakeTrial(f"t{i}"))
         _feed(first, FakeTrial(f"t{i}"), curve)
     assert first.decision.grace_period == 3
-    # the driver restarts (--resume): a new scheduler on the same record starts where it ended,
-    # judging at epoch 3 from the first new trial on, without calibrating again
-    resumed = make_scheduler("asha", max_t=6, grace_period="auto", reduction_factor=2, record=record)
-    resumed.set_search_properties("score", "max")
-    assert resumed.decision == first.decision
+    # the driver restarts (--resume, Tuner.restore): the scheduler comes back as it was saved and
+    # judges at epoch 3 from the first new trial on, without calibrating again
+    resumed = pickle.loads(as_saved)
     good, bad = FakeTrial("good"), FakeTrial("bad")
     resumed.on_trial_add(None, good)
     resumed.on_trial_add(None, bad)
+    assert resumed.decision == first.decision
     assert _feed(resumed, good, [0.9, 0.9, 0.9]) == [CONTINUE] * 3
     assert _feed(resumed, bad, [0.0, 0.0, 0.0]) == [CONTINUE, CONTINUE, STOP]
     assert json.loads(record.read_text())["grace_period"] == 3
     # a study that decided to stop nothing keeps that too
     record.write_text(json.dumps({"grace_period": None, "trials": 4, "agreement": {"1": 0.1}}))
-    never = make_scheduler("asha", max_t=6, grace_period="auto", reduction_factor=2, record=record)
-    never.set_search_properties("score", "max")
+    never = pickle.loads(as_saved)
     never.on_trial_add(None, good)
     never.on_trial_add(None, bad)
     _feed(never, good, [0.9] * 3)

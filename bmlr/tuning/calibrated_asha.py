@@ -80,8 +80,7 @@ class CalibratedASHA(FIFOScheduler):
         self._ended: set[str] = set()  # completed or removed (a failed trial may be retried)
         self._in_inner: set[str] = set()  # the live trials the inner scheduler judges
         self._stop_next: set[str] = set()  # live trials the replayed rungs would have stopped
-        # a resumed study's decision, kept (its ASHA starts with the first trial added)
-        self.decision = Decision.from_record(read_json(record)) if record is not None and record.is_file() else None
+        self.decision: Decision | None = None
         self._inner: ASHAScheduler | None = None
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec) -> bool:
@@ -89,8 +88,11 @@ class CalibratedASHA(FIFOScheduler):
         return super().set_search_properties(metric, mode, **spec)
 
     def on_trial_add(self, tune_controller, trial) -> None:
-        if self._inner is None and self.decision is not None and self.decision.grace_period is not None:
-            self._start_inner()  # resumed with a decision
+        if self.decision is None and self._record is not None and self._record.is_file():
+            # restored by Ray as it was pickled when the study started: the decision is on disk
+            self.decision = Decision.from_record(read_json(self._record))
+            if self.decision.grace_period is not None:
+                self._start_inner()
         self._trials[trial.trial_id] = trial
         self._curves.setdefault(trial.trial_id, {})
         if self._inner is not None:
