@@ -71,6 +71,9 @@ class Strategy:
         return Replay(rule, samples, seed, self.sampler, self.scheduler, self.grace_period)
 
 
+DEFAULT = Strategy("tpe", "asha")  # what a study runs by default (grace None: the study's, measured)
+
+
 def parse_strategy(text: str, default_grace: int | str) -> Strategy:
     """`SAMPLER+SCHEDULER[/gGRACE]`, checked against the product's names; a grace period equal
     to the study's default is the default (the same replays)."""
@@ -251,6 +254,7 @@ def docs_entry(results: dict[str, Any], truth: dict[str, Any], args: argparse.Na
     return {"grid": {k: truth[k] for k in ("configurations", "grid_size", "seeds", "epochs", "q_star", "best")},
             "q_worst": min(truth["quality"].values()), "samples": args.samples, "searcher_seeds": args.seeds,
             "reference": REFERENCE, "reference_samples": args.reference_samples, "rule": args.rule,
+            "default": DEFAULT.label,  # the study's own: TPE + ASHA with the measured grace period
             "strategies": {label: {k: s[k] for k in keep} for label, s in results["strategies"].items()}}
 
 

@@ -60,8 +60,15 @@ GRID = {"alpha": [0.5, 1.0, 2.0], "beta": [0.1, 0.3, 0.5, 0.7], "lr": [1.0e-3, 3
 # where lr moves validation accuracy over 35 points (clean AV-MNIST saturates at 99 %)
 # 24 configurations with lr up to 1e-2, AV-MNIST's grid and the synthetic default's (data v3, issue 14)
 GRID_24 = {"alpha": [0.5, 2.0], "beta": [0.1, 0.5], "lr": [1.0e-3, 3.0e-3, 1.0e-2], "fusion": ["concat", "sum"]}
-GRIDS = {"synthetic": GRID, "avmnist": GRID_24, "synthetic-v3": GRID_24}
+# the large grid (issue 28): 360 configurations of scikit-learn's digits as two feature views (the
+# top and bottom halves, bench/panel.py) with search_spaces/manifest.yaml's model; five keys, weight
+# decay the one the shipped space does not search
+GRID_DIGITS = {"alpha": [0.25, 1.0, 4.0], "beta": [0.05, 0.35, 0.65, 0.95],
+               "lr": [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2], "fusion": ["concat", "sum"],
+               "weight_decay": [0.0, 1.0e-3, 1.0e-2]}
+GRIDS = {"synthetic": GRID, "avmnist": GRID_24, "synthetic-v3": GRID_24, "digits": GRID_DIGITS}
 AVMNIST_CONFIG = ROOT / "configs" / "avmnist-hard.yaml"
+MANIFEST_SPACE = ROOT / "search_spaces" / "manifest.yaml"
 # the generator version of each synthetic grid (bmlr.data.synthetic.VERSIONS): "synthetic" is the
 # recorded v2 grid (bench/data/search-grid-synthetic-v2-*), kept reproducible by name
 SYNTHETIC_VERSIONS = {"synthetic": "v2", "synthetic-v3": "v3"}
@@ -108,23 +115,31 @@ def base_config(args) -> dict[str, Any]:
     if args.dataset == "avmnist":
         fixed = {**load_config(AVMNIST_CONFIG).to_dict(), "seeds": [args.seed], "device": "cpu", "threads": 1,
                  "data_root": str(Path(args.data_root).resolve())}
+    elif args.dataset == "digits":  # the manifest space's fixed part, the data written under --out
+        from panel import build
+
+        fixed = {**space_fixed(MANIFEST_SPACE), "dataset": "manifest", "seeds": [args.seed], "device": "cpu",
+                 "threads": 1, "val_fraction": args.val_fraction, "data_root": str(build("digits", Path(args.out)))}
+        if args.cache_dir:
+            fixed["cache_dir"] = str(Path(args.cache_dir).resolve())
     else:
         fixed = {**space_fixed(), "seeds": [args.seed], **data_overrides(args)}
     fixed["epochs"] = max(args.horizon or int(fixed["epochs"]), args.epochs)
     return from_dict(fixed).to_dict()
 
 
-def space_fixed() -> dict[str, Any]:
-    """The fixed part of the shipped synthetic search space."""
+def space_fixed(path: Path = ROOT / "search_spaces" / "synthetic.yaml") -> dict[str, Any]:
+    """The fixed part of a shipped search space (default: the synthetic one)."""
     from bmlr.tuning.search_space import load_search_space
 
-    return dict(load_search_space(ROOT / "search_spaces" / "synthetic.yaml").fixed)
+    return dict(load_search_space(path).fixed)
 
 
 # --- phase 1: the grid, really trained ----------------------------------------------------------
 _WORKER: dict[str, Any] = {}
 # per-epoch validation metrics kept in the table: val_acc is what the searches see; the others
-# tell whether an earlier signal would rank the configurations better (rank_agreement)
+# tell whether an earlier signal would rank the configurations better (rank_agreement); each
+# modality's own accuracy (val_acc_<modality>) is kept whatever the modalities are called
 RECORDED = ("val_acc", "val_loss", "val_acc_audio", "val_acc_visual", "val_macro_f1")
 
 
@@ -149,7 +164,8 @@ def _train_point(point: dict[str, Any], epochs: int) -> dict[str, Any]:
     trainer = Trainer(cfg, seed=cfg.seeds[0], data=_WORKER["data"], device=None)
     ends = [time.perf_counter()]
     history = trainer.fit(epochs, on_epoch=lambda metrics: ends.append(time.perf_counter()))
-    curves = {name: [float(m[name]) for m in history if name in m] for name in RECORDED}
+    modalities = tuple(k for k in history[-1] if k.startswith("val_acc_") and k not in RECORDED)  # e.g. val_acc_top
+    curves = {name: [float(m[name]) for m in history if name in m] for name in (*RECORDED, *modalities)}
     return {"key": point_key(point), "point": point, **{k: v for k, v in curves.items() if v},
             "epoch_seconds": [b - a for a, b in zip(ends, ends[1:])], "seconds": time.perf_counter() - start}
 
@@ -199,6 +215,9 @@ def grid_meta(args, grid: dict[str, list[Any]]) -> dict[str, Any]:
     if args.dataset == "avmnist":
         return {"dataset": "avmnist", "config": str(AVMNIST_CONFIG.relative_to(ROOT)), "epochs": args.epochs,
                 "seed": args.seed, "grid": grid}
+    if args.dataset == "digits":
+        return {"dataset": "digits", "space": str(MANIFEST_SPACE.relative_to(ROOT)), "epochs": args.epochs,
+                "seed": args.seed, "val_fraction": args.val_fraction, "grid": grid}
     meta = {"epochs": args.epochs, "seed": args.seed, "val_fraction": args.val_fraction, "grid": grid,
             "synthetic_version": SYNTHETIC_VERSIONS[args.dataset]}
     if args.dataset != "synthetic":
@@ -266,7 +285,7 @@ def epoch_signals(row: dict[str, Any]) -> list[dict[str, float]]:
     the weakest modality's accuracy (min over the unimodal accuracies)."""
     out = []
     for e, best in enumerate(best_so_far(row["val_acc"])):
-        metrics = {m: row[m][e] for m in RECORDED if m in row}
+        metrics = {m: row[m][e] for m in row if m in RECORDED or m.startswith("val_acc_")}
         metrics["best_val_acc"] = best
         unimodal = [v for k, v in metrics.items() if k.startswith("val_acc_")]
         if unimodal:
@@ -440,6 +459,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         from bmlr.config import load_config
 
         args.epochs = args.epochs or int(load_config(AVMNIST_CONFIG).epochs)
+    if args.dataset == "digits":
+        args.epochs = args.epochs or int(space_fixed(MANIFEST_SPACE)["epochs"])
     args.epochs = args.epochs or int(space_fixed()["epochs"])
     args.samples = args.samples or defaults.samples
     args.live_samples = args.live_samples or defaults.samples

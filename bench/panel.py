@@ -18,6 +18,7 @@ untuned as `configs/manifest.yaml`:
   and their 20 standard errors and worst values as the other.
 
     python bench/panel.py --work /tmp/panel [--sets pie digits cancer synthetic avmnist-hard] [--samples 16]
+    python bench/panel.py --work /tmp/panel --sets digits --build-only    # only /tmp/panel/data/digits
 
 Prints a table (test accuracy, mean ± std over the 3 seeds; tuned - untuned with two standard
 errors of the difference, sqrt(s_t^2 / 3 + s_u^2 / 3)) and writes `--work`/panel.json. A data
@@ -148,9 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="folder for the manifests, the studies and the trainings")
     p.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
     p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--build-only", action="store_true", help="write the feature data sets' manifests under "
+                   "--work/data and stop (e.g. for `bmlr-tune compare --dataset manifest --data-root ...`)")
     args = p.parse_args(argv)
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
+    if args.build_only:
+        for name in (s for s in args.sets if s in FEATURE_SETS):
+            try:
+                print(f"{name}: {build(name, work / 'data')}")
+            except FileNotFoundError as err:
+                print(f"{name}: skipped ({err})")
+        return 0
     rows = []
     for name in args.sets:
         try:

@@ -120,6 +120,19 @@ def test_measure_compares_each_strategy_with_random(br, grid):
     assert br.markdown(got).splitlines()[2].startswith("| tpe+asha | 0.000 [0.000, 0.000] | 2.25 | 4 | 4 |")
 
 
+def test_where_a_search_settles_by_trials(br):
+    """bench_keys: the median regret after n trials over searcher seeds (a study with fewer trials
+    holds its last value), and the first n from which it stays within the slack of its last."""
+    bk = load_bench("bench_keys")
+    curves = [[(10, 1.0), (20, 0.5), (30, 0.2), (40, 0.1)], [(10, 0.8), (20, 0.8), (30, 0.1)],
+              [(10, 0.6), (20, 0.3), (30, 0.3), (40, 0.0)]]
+    median = bk.regret_after_trials(curves, 4)
+    assert median == [0.8, 0.5, 0.2, 0.1]
+    assert bk.settles_at(median, slack=0.1) == 3 and bk.settles_at(median, slack=0.0) == 4
+    assert bk.settles_at([0.3, 0.3, 0.3], slack=0.0) == 1
+    assert bk.settles_at([0.0, 0.5, 0.1], slack=0.05) == 3  # a later rise counts: it must stay
+
+
 def test_strategy_names(br):
     assert br.parse_strategy("tpe+asha/g1", default_grace=1) == br.Strategy("tpe", "asha")
     assert br.parse_strategy("random+hyperband/g3", 1).label == "random+hyperband/g3"
