@@ -12,8 +12,9 @@ from bmlr.tuning.compare.verdict import difference, groups
 
 LR = {"kind": "loguniform", "low": 1e-4, "high": 1e-2, "choices": []}
 FUSION = {"kind": "choice", "low": None, "high": None, "choices": ["concat", "sum"]}
-# the lr values a row's 6 trials draw: with common random numbers, every row draws these
-CRN_LRS = [1.2e-4, 3.1e-4, 8.0e-4, 1.1e-3, 2.4e-3, 5.0e-3]
+# the lr values a row's 8 trials draw (4 per searched key, the default): with common random
+# numbers, every row draws these
+CRN_LRS = [1.2e-4, 3.1e-4, 8.0e-4, 1.1e-3, 2.4e-3, 5.0e-3, 1.6e-4, 6.5e-4]
 
 
 def _search(seed: int, accs: list[float], winner_lr: float, lr: dict = LR, drawn=CRN_LRS) -> dict:
@@ -60,8 +61,10 @@ def test_a_planted_unlucky_search_is_flagged_with_its_reasons_and_its_interval_i
     narrow = {**LR, "high": 1e-3}
     lucky = _row("baseline", _search(0, [0.90, 0.91, 0.92], 2.4e-3), _search(1, [0.91, 0.90, 0.92], 2.4e-3))
     unlucky = _row("bmlr",
-                   _search(0, [0.93, 0.92, 0.93], 9.5e-4, lr=narrow, drawn=[1.2e-4, 3.1e-4, 9.5e-4, 1.5e-4, 4e-4, 2e-4]),
-                   _search(1, [0.84, 0.85, 0.84], 2.0e-4, lr=narrow, drawn=[1.5e-4, 2.0e-4, 6.0e-4, 1.1e-4, 8e-4, 3e-4]))
+                   _search(0, [0.93, 0.92, 0.93], 9.5e-4, lr=narrow,
+                           drawn=[1.2e-4, 3.1e-4, 9.5e-4, 1.5e-4, 4e-4, 2e-4, 5e-4, 2.5e-4]),
+                   _search(1, [0.84, 0.85, 0.84], 2.0e-4, lr=narrow,
+                           drawn=[1.5e-4, 2.0e-4, 6.0e-4, 1.1e-4, 8e-4, 3e-4, 2.5e-4, 4.5e-4]))
     rows = [lucky, unlucky]
     flags = dict(search_flags(rows, samples=6)["bmlr"])
     assert flags["seeds"] == ("study seeds disagree: 92.67 (seed 0) vs 84.33 (seed 1), 8.33 points apart "
@@ -82,12 +85,12 @@ def test_a_planted_unlucky_search_is_flagged_with_its_reasons_and_its_interval_i
 
 def test_a_winning_region_its_trials_never_drew_is_flagged_only_below_the_row_that_found_it():
     found = _row("a", _search(0, [0.95, 0.96], 5.0e-3))  # its sixth trial drew 5e-3 and won
-    never = _row("b", _search(0, [0.90, 0.91], 1.1e-3, drawn=[*CRN_LRS[:5], 1.5e-4]))  # its sixth went low
+    never = _row("b", _search(0, [0.90, 0.91], 1.1e-3, drawn=[*CRN_LRS[:5], 1.5e-4, *CRN_LRS[6:]]))  # its sixth went low
     flags = search_flags([found, never], samples=8)
     assert flags["b"] == [("missed", "none of its trials drew lr near 0.005, where a won")]
     assert flags["a"] == []  # a is the better row: b's winner was its draw too
     # near: within a tenth of the range on its scale (log: 0.2 decades of 1e-4..1e-2)
-    near = _row("c", _search(0, [0.9, 0.91], 1.1e-3, drawn=[*CRN_LRS[:5], 3.6e-3]))
+    near = _row("c", _search(0, [0.9, 0.91], 1.1e-3, drawn=[*CRN_LRS[:5], 3.6e-3, *CRN_LRS[6:]]))
     assert search_flags([found, near], samples=8)["c"] == []
     # an lr is another step with another optimizer: an SGD row is not held to where an Adam row won
     for row, optimizer in ((found, "adam"), (never, "sgd")):
@@ -97,17 +100,41 @@ def test_a_winning_region_its_trials_never_drew_is_flagged_only_below_the_row_th
 
 
 def test_the_budget_flag_reads_each_rows_own_trials():
-    """With --samples-per-key a row searching more keys ran more trials: only a row whose own
-    trials stayed within TPE's random start-up is flagged."""
+    """With per-key budgets a row searching more keys ran more trials: a row is flagged where its
+    own trials stayed within TPE's random start-up, or below 4 per key it searches (lr and fusion
+    here: 8)."""
     few = _row("few", _search(0, [0.9, 0.91], 1.1e-3, drawn=CRN_LRS[:4]))  # 4 trials <= 4 start-up
-    many = _row("many", _search(0, [0.9, 0.91], 1.1e-3))  # 6 trials
-    flags = search_flags([few, many])
-    assert flags == {"few": [("budget", "random search only (4 trials <= 4 start-up)")], "many": []}
+    short = _row("short", _search(0, [0.9, 0.91], 1.1e-3, drawn=CRN_LRS[:6]))  # 6 trials for 2 keys
+    many = _row("many", _search(0, [0.9, 0.91], 1.1e-3))  # 8 trials
+    flags = search_flags([few, short, many])
+    assert flags == {"few": [("budget", "random search only (4 trials <= 4 start-up)")],
+                     "short": [("budget", "6 trials for 2 searched keys, fewer than 4 per key")], "many": []}
     settings = _settings().__class__(dataset="avmnist", arms=[{"label": "few", "method": "baseline"}], name="t",
                                      samples_per_key=3)
     assert settings.row_samples(1) == 3 and settings.row_samples(4) == 12
-    assert "each row tuned with 3 trials per searched key (few 4, many 6)" in render_markdown("t", [few, many],
+    assert "each row tuned with 3 trials per searched key (few 4, many 8)" in render_markdown("t", [few, many],
                                                                                                 settings, "x")
+
+
+def test_the_default_budget_is_four_trials_per_searched_key_and_at_least_sixteen():
+    """Neither --samples nor --samples-per-key: the measured default (docs/comparisons.md); either
+    of them: the user's, with no floor."""
+    import argparse
+
+    from bmlr.tuning.compare.cli import budget
+    from bmlr.tuning.compare.settings import ComparisonSettings
+
+    def settings(**options):
+        args = argparse.Namespace(**{"samples": None, "samples_per_key": None, **options})
+        return ComparisonSettings(dataset="avmnist", arms=[{"label": "b", "method": "baseline"}], name="t",
+                                  **budget(args))
+
+    default = settings()
+    assert [default.row_samples(k) for k in (1, 3, 4, 5, 6)] == [16, 16, 16, 20, 24]
+    assert default.budget_text() == "4 trials per searched key, at least 16"
+    assert [settings(samples=10).row_samples(k) for k in (1, 5)] == [10, 10]
+    assert settings(samples=10).budget_text() == "10 trials per row"
+    assert [settings(samples_per_key=2).row_samples(k) for k in (1, 5)] == [2, 10]
 
 
 def test_seeds_that_agree_within_their_training_noise_are_not_flagged():

@@ -29,7 +29,6 @@ __all__ = ["EXIT_ERROR", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "add_compare_option
            "compare_rows", "recipe_rows", "comparison_settings", "compare_main", "recipe_main"]
 
 EXIT_ERROR, EXIT_PARTIAL, EXIT_INTERRUPTED = 2, 1, 130
-DEFAULT_SAMPLES = 16
 
 
 def add_comparison_options(p: argparse.ArgumentParser) -> None:
@@ -44,9 +43,11 @@ def add_comparison_options(p: argparse.ArgumentParser) -> None:
                    "--set threads=1 --set model_width=8 --set method_args.anchor_epochs=4")
     g = p.add_argument_group("budget (the same for every row)")
     mode = g.add_mutually_exclusive_group()
-    mode.add_argument("--samples", type=int, default=None, help=f"trials per row (tuned; default {DEFAULT_SAMPLES})")
+    mode.add_argument("--samples", type=int, default=None, help="the same trials for every tuned row (default: "
+                      "4 per key a row searches, at least 16, as measured in docs/comparisons.md; the table states "
+                      "each row's)")
     mode.add_argument("--samples-per-key", type=int, metavar="K", help="trials per searched key instead: a row that "
-                      "searches 4 keys gets 4K trials, one that searches lr alone K (the table states each row's)")
+                      "searches 4 keys gets 4K trials, one that searches lr alone K")
     mode.add_argument("--no-tune", action="store_true", help="no search: each row trains the untuned defaults (the "
                       "search space's fixed settings and each searched key's default: the paper's and the methods' "
                       "authors' values), not a protocol the paper describes")
@@ -148,8 +149,18 @@ def comparison_settings(args: argparse.Namespace, rows: Rows) -> ComparisonSetti
     search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
     arms = [{"label": a.label, "method": a.method, "fixed": a.fixed_dict} for a in rows.arms]
     return settings_from(ComparisonSettings, args, arms=arms, kind=rows.kind, search_space=search_space,
-                         tune=not args.no_tune, samples=args.samples or DEFAULT_SAMPLES, overrides=overrides,
-                         reference=rows.reference, layout=rows.layout)
+                         tune=not args.no_tune, overrides=overrides, reference=rows.reference, layout=rows.layout,
+                         **budget(args))
+
+
+def budget(args: argparse.Namespace) -> dict[str, int | None]:
+    """The budget's settings: `--samples` for every row, `--samples-per-key`, else the measured
+    default (TRIALS_PER_KEY per searched key, at least MIN_SAMPLES)."""
+    from bmlr.tuning.compare.settings import MIN_SAMPLES, TRIALS_PER_KEY
+
+    if args.samples or args.samples_per_key:
+        return {"samples": args.samples or MIN_SAMPLES, "samples_per_key": args.samples_per_key, "min_samples": 1}
+    return {"samples": MIN_SAMPLES, "samples_per_key": TRIALS_PER_KEY, "min_samples": MIN_SAMPLES}
 
 
 def recipe_main(args: argparse.Namespace, argv: list[str]) -> int:

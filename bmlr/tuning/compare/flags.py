@@ -13,7 +13,9 @@ A tuned row is flagged, with the reason and what to rerun, where:
   of its range; a choice never drawn): with common random numbers every row draws the same
   start-up values, so a region one row found and another never tried is the search's, not
   the method's;
-* **budget**: TPE had only its random start-up trials (samples <= start-up).
+* **budget**: TPE had only its random start-up trials (samples <= start-up), or the row had
+  fewer trials than ``TRIALS_PER_KEY`` per key it searches (what a search was measured to need
+  to settle, :mod:`~bmlr.tuning.compare.settings`).
 
 Each search record carries what these read (:mod:`~bmlr.tuning.compare.records` writes
 them): ``searched`` (each searched key's kind and range or choices), ``winner`` (the exported
@@ -27,6 +29,7 @@ import statistics
 from typing import Any
 
 from bmlr.tuning.compare.records import searches_of
+from bmlr.tuning.compare.settings import TRIALS_PER_KEY
 from bmlr.tuning.compare.verdict import runs_of
 from bmlr.tuning.search_space import Param
 
@@ -41,8 +44,10 @@ FLAG_NOTES = {
     "missed": "a row ranked above it won at a value of a shared key that this row's space excludes or that none "
               "of its trials drew: the difference may be the search's; rerun the row with that range or more "
               "`--samples`",
-    "budget": "the budget leaves TPE only its random start-up trials (samples <= n_startup_trials): every row "
-              "was a random search of its space, so the verdict rests on which values were drawn; raise `--samples`",
+    "budget": "the row's trials were only TPE's random start-up trials, or fewer than the trials per searched key "
+              "a search was measured to need (docs/comparisons.md): its verdict may rest on which values were "
+              "drawn; rerun without `--samples` (the default gives each row trials in proportion to its keys) or "
+              "with more",
 }
 TENTH = 0.1  # "near" and "edge": a tenth of the range, on its own scale
 
@@ -168,7 +173,20 @@ def search_flags(rows: list[dict], samples: int | None = None) -> dict[str, list
         above = [o for o in rows if o is not r and None not in (means[label], means[o["label"]])
                  and means[o["label"]] > means[label]]
         flags[label] += [("missed", reason) for reason in _missed_flags(r, above)]
-        startup, trials = r.get("startup_trials"), r.get("trials", samples)  # a row's own trials (--samples-per-key)
-        if isinstance(trials, int) and isinstance(startup, int) and trials <= startup:
-            flags[label].append(("budget", f"random search only ({trials} trials <= {startup} start-up)"))
+        if (reason := _budget_flag(r, samples)) is not None:
+            flags[label].append(("budget", reason))
     return flags
+
+
+def _budget_flag(row: dict, samples: int | None) -> str | None:
+    """Random start-up trials only, or fewer than TRIALS_PER_KEY per searched key (a row's own
+    trials: `trials`, else ``samples``)."""
+    startup, trials = row.get("startup_trials"), row.get("trials", samples)
+    if not isinstance(trials, int):
+        return None
+    if isinstance(startup, int) and trials <= startup:
+        return f"random search only ({trials} trials <= {startup} start-up)"
+    keys = len(searches_of(row)[0].get("searched") or {})
+    if trials < TRIALS_PER_KEY * keys:
+        return f"{trials} trials for {keys} searched keys, fewer than {TRIALS_PER_KEY} per key"
+    return None

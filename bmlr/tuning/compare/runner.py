@@ -265,7 +265,7 @@ class Comparison:
         return row
 
     def samples_of(self, arm: Arm) -> int:
-        """The trials of each of `arm`'s studies: `--samples`, or `--samples-per-key` times its searched keys."""
+        """The trials of each of `arm`'s studies: `--samples`, else so many per searched key (ComparisonSettings)."""
         return self.settings.row_samples(len(self.spaces[arm.label].params))
 
     # --- production -----------------------------------------------------------------------
@@ -382,8 +382,7 @@ class Comparison:
         s = self.settings
         seeds = self.study_seeds()
         most = s.max_epochs or "the search space's"
-        per_row = f"{s.samples_per_key} trials per searched key" if s.samples_per_key else f"{s.samples} trials per row"
-        budget = (f"{per_row}, at most {most} epochs each (ASHA grace "
+        budget = (f"{s.budget_text()}, at most {most} epochs each (ASHA grace "
                   f"{s.grace_period or 'of the search space, else measured'}, reduction {s.reduction_factor}), "
                   f"{'seed ' + str(s.seed) if len(seeds) == 1 else f'{len(seeds)} searches per row, seeds {seeds}'}"
                   if s.tune else "untuned (search space defaults)")

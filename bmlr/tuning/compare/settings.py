@@ -20,6 +20,14 @@ __all__ = ["PROTOCOLS", "ComparisonError", "ComparisonSettings", "mlflow_record"
 # values are not a study's (the values are already fixed in the row's search space)
 NOT_FOR_STUDIES = ("kind", "overrides", "name")
 PROTOCOLS = ("authors", "shared")  # each row's optimizer settings: its method's authors' or the space's shared
+# A comparison's budget unless --samples or --samples-per-key says otherwise: TRIALS_PER_KEY trials
+# per key a row searches, at least MIN_SAMPLES. Measured (bench/bench_keys.py, docs/comparisons.md):
+# on 10 sub-spaces of three seed-averaged grids (digits, synthetic v3, AV-MNIST-hard; 1 to 5 keys)
+# the default search settled within 1 to 4 trials per searched key (4: lr alone on 5 values). The
+# floor: a grid's 3 to 5 values per key understate a continuous range, and TPE's first 10 trials
+# are random; 16 was the equal budget before, so rows of up to 4 keys keep it.
+TRIALS_PER_KEY = 4
+MIN_SAMPLES = 16
 
 
 class ComparisonError(RuntimeError):
@@ -70,13 +78,24 @@ class ComparisonSettings:
     # "authors" unless --protocol shared)
     protocols: str = "shared"
     study_seeds: int = 1  # studies per tuned row, each with its own TPE seed (`--study-seeds`)
-    # trials per searched key of each tuned row (`--samples-per-key`): a row searching more keys
-    # gets more trials; None: `samples` for every row
+    # trials per searched key of each tuned row (`--samples-per-key`, and by default TRIALS_PER_KEY):
+    # a row searching more keys gets more trials, at least `min_samples`; None: `samples` for every
+    # row (`--samples`, and every comparison.json from before the per-key default)
     samples_per_key: int | None = None
+    min_samples: int = 1
 
     def row_samples(self, keys: int) -> int:
         """The trials of a tuned row that searches ``keys`` keys."""
-        return self.samples_per_key * max(1, keys) if self.samples_per_key else self.samples
+        if not self.samples_per_key:
+            return self.samples
+        return max(self.min_samples, self.samples_per_key * max(1, keys))
+
+    def budget_text(self) -> str:
+        """The budget in words: "16 trials per row", "4 trials per searched key, at least 16"."""
+        if not self.samples_per_key:
+            return f"{self.samples} trials per row"
+        floor = f", at least {self.min_samples}" if self.min_samples > 1 else ""
+        return f"{self.samples_per_key} trials per searched key{floor}"
 
     def arm_list(self) -> list[Arm]:
         return [Arm(a["label"], a["method"], tuple((k, v) for k, v in a.get("fixed", {}).items()),
@@ -93,6 +112,8 @@ class ComparisonSettings:
         need(self.samples >= 1, f"--samples must be >= 1, got {self.samples}")
         need(self.samples_per_key is None or (isinstance(self.samples_per_key, int) and self.samples_per_key >= 1),
              f"--samples-per-key must be an integer >= 1, got {self.samples_per_key}")
+        need(isinstance(self.min_samples, int) and self.min_samples >= 1,
+             f"min_samples must be an integer >= 1, got {self.min_samples}")
         need(self.jobs >= 1, f"--jobs must be >= 1, got {self.jobs}")
         need(isinstance(self.study_seeds, int) and self.study_seeds >= 1,
              f"--study-seeds must be an integer >= 1 (studies per row, each with its own TPE seed), "
@@ -140,7 +161,8 @@ def mlflow_record(s: ComparisonSettings, arms: list[Arm], spaces: dict[str, Any]
     params = {"tuned": s.tune, "production_seeds": s.seeds or "search space", "data_sizes": data_info.get("sizes"),
               "overrides": s.overrides or "none", "reference": s.reference}
     if s.tune:
-        params.update({"samples": s.samples, "samples_per_key": s.samples_per_key or "none", "max_epochs": s.max_epochs or "fixed epochs",
+        params.update({"samples": s.samples, "samples_per_key": s.samples_per_key or "none",
+                       "min_samples": s.min_samples, "max_epochs": s.max_epochs or "fixed epochs",
                        "grace_period": s.grace_period or "search space", "reduction_factor": s.reduction_factor,
                        "seed": s.seed, "study_seeds": s.study_seeds, "searcher": "optuna-tpe", "scheduler": "asha"})
         params.update({f"searched.{slug(label)}": ", ".join(sp.params) for label, sp in spaces.items()})

@@ -223,7 +223,7 @@ def _how(settings: ComparisonSettings, rows: list[dict]) -> str:
     seeds = (f"TPE seed {settings.seed}" if n == 1 else
              f"{n} searches, TPE seeds {settings.seed}..{settings.seed + n - 1}")
     most = settings.max_epochs or "the search space's"
-    trials = (f"{settings.samples_per_key} trials per searched key (" + ", ".join(
+    trials = (f"{settings.budget_text()} (" + ", ".join(
         f"{r['label']} {r['trials']}" for r in rows if "trials" in r) + ")") if settings.samples_per_key else \
         f"{settings.samples} trials"
     return (f"each row tuned with {trials} (ASHA: at most {most} "
