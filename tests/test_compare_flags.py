@@ -43,12 +43,14 @@ def test_a_planted_losing_method_is_behind_with_an_interval_excluding_zero_and_n
     loser = _row("shuffled", _search(0, [0.87, 0.88, 0.885], 1.1e-3), _search(1, [0.88, 0.885, 0.87], 1.1e-3))
     rows = [baseline, loser]
     d = difference(loser, baseline)
-    # per study seed: -3.17 and -3.17 points; two SE of their spread: 0.00
+    # per study seed: -3.17 and -3.17 points: their spread is 0, so the training seeds' noise sets
+    # the interval (runs -3, -3, -3.5, -3, -3.5, -3: sd 0.258 / sqrt(6), twice: 0.21)
     assert d.points == pytest.approx(-3.1667, abs=1e-3) and d.verdict == "behind"
+    assert d.two_se == pytest.approx(0.2108, abs=1e-3)
     assert d.points + d.two_se < 0  # the interval excludes zero
     assert search_flags(rows, samples=6) == {"baseline": [], "shuffled": []}
     table = accuracy_table(rows, "baseline", tuned=True, flags=search_flags(rows, 6)).splitlines()
-    assert table[3].startswith("| shuffled | 87.83 ± 0.00 | -3.17 ± 0.00 behind | -3.17 ± 0.00 behind |")
+    assert table[3].startswith("| shuffled | 87.83 ± 0.00 | -3.17 ± 0.21 behind | -3.17 ± 0.21 behind |")
     assert table[3].endswith(" |  |")  # no flag
     assert ranking_line(rows, {}) == "baseline (91.00) > shuffled (87.83)"
     markdown = render_markdown("t", rows, _settings(), "x")

@@ -7,9 +7,14 @@ A row's runs are its winners' production seeds, one winner per study seed. Two r
 with the same study seeds and training seeds are **paired**: per study seed, the mean over
 training seeds of the seed-by-seed differences. With several study seeds, the standard error
 is the spread of those per-study-seed differences over the study seeds (so it holds both the
-search's luck and the training seeds' noise); with one study seed it is the spread over
-training seeds, which leaves the search's luck out (the text says so). Rows whose runs do not
-pair are compared by their means with the standard errors of both (Welch).
+search's luck and the training seeds' noise), but never less than the training seeds' own
+(the spread of every run's difference): two searches that export the same configuration train
+the same runs, and their agreement says nothing of the training noise. With one study seed it
+is the spread over training seeds, which leaves the search's luck out (the text says so). Rows
+whose runs do not pair are compared by their means with the standard errors of both (Welch).
+
+The ranking's groups (:func:`groups`) follow the mean test accuracy down: a row joins the group
+above it unless that group's first row is ahead of it.
 """
 from __future__ import annotations
 
@@ -68,10 +73,11 @@ def difference(a: dict, b: dict) -> Difference | None:
     if set(ra) == set(rb):
         studies = sorted({s for s, _ in ra})
         per_study = [statistics.fmean(100 * (ra[k] - rb[k]) for k in ra if k[0] == s) for s in studies]
+        training = _se([100 * (ra[k] - rb[k]) for k in ra])  # the training seeds' noise alone
         if len(studies) > 1:
-            se, basis = _se(per_study), f"paired, over {len(studies)} study seeds"
+            se, basis = max(_se(per_study), training or 0.0), f"paired, over {len(studies)} study seeds"
         else:
-            se, basis = _se([100 * (ra[k] - rb[k]) for k in ra]), f"paired, over {len(ra)} training seeds only"
+            se, basis = training, f"paired, over {len(ra)} training seeds only"
         return Difference(a["label"], b["label"], statistics.fmean(per_study), None if se is None else 2 * se, basis)
     va, vb = [100 * v for v in ra.values()], [100 * v for v in rb.values()]
     ses = [_se(va), _se(vb)]
@@ -91,15 +97,16 @@ def best_row(rows: list[dict]) -> dict | None:
 
 
 def groups(rows: list[dict]) -> list[list[dict]]:
-    """The rows with runs as groups, best first: each group is the best remaining row and every
-    remaining row it is not ahead of (within the noise, or noise unknown), by mean test accuracy."""
-    left = sorted((r for r in rows if runs_of(r)), key=_mean, reverse=True)
-    out = []
-    while left:
-        head = left[0]
-        group = [head] + [r for r in left[1:] if difference(head, r).verdict != "ahead"]
-        out.append(group)
-        left = [r for r in left if r not in group]
+    """The rows with runs as groups, best first, in order of mean test accuracy: a row joins the
+    current group where the group's first row is not ahead of it (within the noise, or noise
+    unknown), else it starts the next group. The ranking so never puts a row below one with a
+    lower mean."""
+    out: list[list[dict]] = []
+    for row in sorted((r for r in rows if runs_of(r)), key=_mean, reverse=True):
+        if out and difference(out[-1][0], row).verdict != "ahead":
+            out[-1].append(row)
+        else:
+            out.append([row])
     return out
 
 
