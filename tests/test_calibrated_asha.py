@@ -67,6 +67,22 @@ def test_nothing_stops_until_four_trials_ran_to_the_end_then_asha_with_the_measu
     assert _feed(scheduler, trials[6], [0.0, 0.0, 0.9, 0.9]) == [CONTINUE] * 4  # top of rung 3
 
 
+def test_where_the_first_epoch_already_ranks_as_the_end_a_bad_trial_stops_at_epoch_1(tmp_path):
+    """The opposite of LATE: the four trials keep their order from epoch 1, so the grace period
+    is 1 and a new trial below them all stops after its first epoch."""
+    early = [[0.50 + 0.05 * i + 0.04 * e for e in range(6)] for i in range(4)]
+    assert choose_grace(early, 6).grace_period == 1
+    scheduler = make_scheduler("asha", max_t=6, grace_period="auto", reduction_factor=2, record=tmp_path / "g.json")
+    scheduler.set_search_properties("score", "max")
+    for i, curve in enumerate(early):
+        scheduler.on_trial_add(None, FakeTrial(f"t{i}"))
+        _feed(scheduler, FakeTrial(f"t{i}"), curve)
+    assert scheduler.decision.grace_period == 1
+    bad = FakeTrial("bad")
+    scheduler.on_trial_add(None, bad)
+    assert _feed(scheduler, bad, [0.1]) == [STOP]
+
+
 def test_where_no_epoch_held_nothing_is_ever_stopped(tmp_path):
     record = tmp_path / "grace_period.json"
     scheduler = make_scheduler("hyperband", max_t=6, grace_period="auto", reduction_factor=2, record=record)
