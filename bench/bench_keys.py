@@ -29,7 +29,7 @@ import yaml
 
 if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_regret import REFERENCE, anytime_regret, parse_strategy  # noqa: E402
+from bench_regret import DEFAULT, REFERENCE, anytime_regret, parse_strategy  # noqa: E402
 from replay import add_replay_arguments, load_record, open_replays, run_all  # noqa: E402
 
 SHOWN = (4, 8, 12, 16, 24, 32, 48, 64, 96)
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples", type=int, default=48, help="trials per replayed study")
     p.add_argument("--slack", type=float, default=0.02, help="'settled': within this normalised regret of the "
                    "median regret after all --samples trials")
-    p.add_argument("--strategy", default="tpe+asha", help=f"SAMPLER+SCHEDULER[/gGRACE] (bench_regret; "
+    p.add_argument("--strategy", default=DEFAULT.label, help=f"SAMPLER+SCHEDULER[/gGRACE] (bench_regret; "
                    f"default the study's; the reference there is {REFERENCE})")
     args = p.parse_args(argv)
     args.out = str(Path(args.out or "bench/results/keys").resolve())
