@@ -191,20 +191,21 @@ def store_lock(uri: str) -> Iterator[None]:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def get_or_create_experiment(uri: str, name: str) -> str:
+def get_or_create_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """The experiment's id, created if new (a SQLite store's first use, which creates the
-    database whole: :func:`ensure_store`), under :func:`store_lock`."""
+    database whole: :func:`ensure_store`), under :func:`store_lock`. A new experiment keeps
+    its artifacts in ``artifact_location`` (default :func:`artifact_location_for`)."""
     with store_lock(uri):
         ensure_store(uri)
-        return _get_or_create_experiment(uri, name)
+        return _get_or_create_experiment(uri, name, artifact_location)
 
 
-def _get_or_create_experiment(uri: str, name: str) -> str:
+def _get_or_create_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     try:
         client = client_for(uri)
         experiment = client.get_experiment_by_name(name)
         if experiment is None:  # tagged so that the MLflow UI opens it on model training, not GenAI
-            return client.create_experiment(name, artifact_location=artifact_location_for(uri),
+            return client.create_experiment(name, artifact_location=artifact_location or artifact_location_for(uri),
                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         if experiment.lifecycle_stage == "deleted":
             client.restore_experiment(experiment.experiment_id)

@@ -20,6 +20,7 @@ are declared once in `bmlr.tuning.options`. See docs/tuning.md.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +28,7 @@ from typing import TYPE_CHECKING
 from bmlr.tuning.compare.cli import add_compare_options, add_recipe_options, compare_main, recipe_main
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_max_failures_option, add_ray_options,
                                  add_result_options, add_set_option, add_verbose_option, check_dataset,
-                                 check_ray_options, command_parser, settings_from)
+                                 check_ray_options, check_storage, command_parser, settings_from)
 
 if TYPE_CHECKING:
     from bmlr.tuning.study import StudyOutcome, StudySettings
@@ -48,19 +49,6 @@ def start_errors() -> tuple[type[Exception], ...]:
     from bmlr.tuning.study import StudyError
 
     return SearchSpaceError, ConfigError, StudyError, StoreError, RayStartError
-
-
-def check_storage(storage: str) -> None:
-    """StudyError where `--storage` is, or lies under, something other than a folder."""
-    from bmlr.tuning.study import StudyError
-
-    path = Path(storage).expanduser().absolute()
-    for where in (path, *path.parents):
-        if where.exists():
-            if not where.is_dir():
-                raise StudyError(f"--storage {storage}: {where} is a file, not a folder; give a folder for the "
-                                 f"study folders (it is created if missing)")
-            return
 
 
 def check_study_options(args: argparse.Namespace) -> None:
@@ -98,7 +86,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("resources")
     add_ray_options(g)
     g = p.add_argument_group("where results go")
-    add_result_options(g, storage_help="results folder; a study lives in <storage>/<dataset>/<name>/",
+    add_result_options(g, storage_help="results folder, or object storage (s3://bucket/prefix, gs://...); a "
+                       "study lives in <storage>/<dataset>/<name>/",
                        name_help="study name (default: <method>-<timestamp>)",
                        resume_help="continue an interrupted study (--name, default: the latest study of --dataset "
                        "in --storage); finished trials are not rerun")
@@ -232,7 +221,7 @@ def surface_main(args: argparse.Namespace, argv: list[str]) -> int:
 
     try:
         check_dataset(args.dataset)
-        check_storage(args.storage)
+        check_storage(args.storage, "surface")
         check_ray_options(args)
         if args.resume:
             if not args.name:
@@ -267,8 +256,8 @@ def export_main(args: argparse.Namespace, argv: list[str]) -> int:
     from bmlr.mlflow_store import TrackingError, store_of
     from bmlr.tuning.export import ExportError, check_store, export_run, train_command
 
-    uri, source = store_of(args.tracking_uri, args.storage)
     try:
+        uri, source = store_of(args.tracking_uri, export_storage(args))
         if Path(args.output).is_dir():
             raise ExportError(f"-o {args.output} is a folder; give the YAML file to write, e.g. "
                               f"{Path(args.output) / 'best.yaml'}")
@@ -277,12 +266,24 @@ def export_main(args: argparse.Namespace, argv: list[str]) -> int:
             raise ExportError("--as-trained takes the trial's own epochs and seeds; drop --epochs / --seeds")
         path, cfg = export_run(args.run_id, args.output, uri, epochs=args.epochs, seeds=args.seeds,
                                as_trained=args.as_trained)
-    except (ExportError, TrackingError, ConfigError) as err:
+    except (ExportError, TrackingError, ConfigError, *start_errors()) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
     print(f"wrote {path} ({cfg.dataset}, method {cfg.method}, {cfg.epochs} epochs, seeds {cfg.seeds})\n"
           f"train it: {train_command(path)}")
     return 0
+
+
+def export_storage(args: argparse.Namespace) -> str:
+    """The folder whose default MLflow store `export` reads: ``--storage``, or for object storage
+    its working copy with the store pulled from the bucket (where no --tracking-uri is given)."""
+    from bmlr.tuning import remote
+
+    if not remote.is_uri(args.storage) or args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return args.storage
+    check_storage(args.storage, "run")
+    remote.pull_store(args.storage)
+    return str(remote.local_root(args.storage))
 
 
 def run_main(args: argparse.Namespace, argv: list[str]) -> int:
@@ -295,7 +296,7 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> int:
     try:
         check_dataset(args.dataset)
         check_study_options(args)
-        check_storage(args.storage)
+        check_storage(args.storage, "run")
         check_ray_options(args)
         search_space = "" if args.resume else str(resolve_search_space(args.search_space, args.dataset))
         embedded = args.dataset == "synthetic" and not args.data_root  # the generated default data set
@@ -304,6 +305,7 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> int:
                                  overrides=parse_overrides(args.overrides), references=references)
         runtime = Runtime(address=args.address, num_cpus=args.num_cpus, verbose=args.verbose, top=args.top,
                           report=args.report, baseline_study=args.baseline_study)
+        pull_study(settings, args)
         kind = resumed_kind(settings) if args.resume else None
         if args.strategy == "staged" or kind == "staged":
             outcome = run_staged(settings, runtime, args.stage2_samples, args.stage1_alpha, resume=args.resume)
@@ -319,6 +321,32 @@ def run_main(args: argparse.Namespace, argv: list[str]) -> int:
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return exit_code(outcome)
+
+
+def pull_study(settings: StudySettings, args: argparse.Namespace) -> None:
+    """On object storage: a plain search only; the study's records (a new study with --name: to
+    find it exists; a resumed one: to continue it, or every study's study.json to find the latest)
+    and the default MLflow store pulled into the working copy before the study is planned."""
+    from bmlr.tuning import remote
+    from bmlr.tuning.store import StoreError, find_study
+    from bmlr.tuning.study import StudyError
+
+    if not remote.is_uri(settings.storage):
+        return
+    if args.strategy == "staged" or args.widen:
+        raise StudyError(f"--storage {settings.storage}: object storage holds plain searches; "
+                         f"{'--strategy staged' if args.strategy == 'staged' else '--widen'} needs a folder")
+    try:
+        remote.pull_store(settings.storage)
+        if args.resume and not settings.name:
+            remote.pull_infos(settings.storage, settings.dataset)
+        name = settings.name or (find_study(settings.storage, settings.dataset, None).name if args.resume else None)
+        if name:
+            remote.Mirror(remote.resolve(settings.storage), f"{settings.dataset}/{name}").pull()
+    except StoreError:  # no study there: resuming says so
+        return
+    except OSError as err:
+        raise StudyError(f"--storage {settings.storage}: cannot read the study there ({err})") from None
 
 
 def resumed_kind(settings: StudySettings) -> str | None:

@@ -86,7 +86,8 @@ def _tuner(plan: Plan, candidates: list[Candidate], seeds: list[int], runs: dict
     return ray_backend.build_tuner(plan.trainable(epochs), plan.store.confirm_ray_dir, callbacks=[logger],
                                    scheduler=ray_backend.make_scheduler("fifo"), concurrent=s.concurrent,
                                    max_failures=s.max_failures, verbose=verbose,
-                                   param_space=confirmation_space(candidates, seeds))
+                                   param_space=confirmation_space(candidates, seeds),
+                                   storage=plan.ray_storage(plan.store.confirm_ray_dir))
 
 
 def _end_interrupted(plan: Plan) -> None:
@@ -115,6 +116,7 @@ def confirm(plan: Plan, outcome: StudyOutcome, verbose: int, log: Callable[[str]
         _end_interrupted(plan)
         log(f"\nconfirmation interrupted: {store.best_path} stays the search's winner")
         raise
+    plan.pull_records()
     results = _rows(grid, store, plan.production.epochs)
     store.write_confirmation(results)
     if any(r["status"] == "interrupted" for r in results):  # Ray stopped it (Ctrl-C, SIGTERM) and returned

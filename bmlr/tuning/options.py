@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from pathlib import Path
 from typing import Any, TypeVar
 
 from bmlr.tuning.ray_backend import AUTO, CONNECT_TIMEOUT_S, SCHEDULERS, check_address, check_local, cluster_address
 from bmlr.tuning.scores import SCORE_HELP
 
-__all__ = ["HelpFormatter", "command_parser", "add_data_options", "check_dataset", "add_set_option",
+__all__ = ["HelpFormatter", "command_parser", "add_data_options", "check_dataset", "check_storage", "add_set_option",
            "add_asha_options", "add_ray_options", "check_ray_options", "add_max_failures_option",
            "add_result_options", "add_verbose_option", "settings_from"]
 
@@ -119,6 +120,30 @@ def add_ray_options(group) -> None:
     group.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     group.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT_S, metavar="SECONDS",
                        help="how long to wait for the cluster at --address to answer before giving up")
+
+
+def check_storage(storage: str, command: str | None = None) -> None:
+    """StudyError where `--storage` is, or lies under, something other than a folder; for object
+    storage (a URI, :mod:`bmlr.tuning.remote`), where the command cannot use it (only `run` can) or
+    it cannot be reached."""
+    from bmlr.tuning import remote
+    from bmlr.tuning.study import StudyError
+
+    if remote.is_uri(storage):
+        if command != "run":
+            raise StudyError(f"--storage {storage}: object storage holds studies run by `bmlr-tune run` (and their "
+                             f"--resume); `bmlr-tune {command}` needs a folder (a shared one on a cluster)")
+        try:
+            return remote.check(storage)
+        except remote.RemoteError as err:
+            raise StudyError(str(err)) from None
+    path = Path(storage).expanduser().absolute()
+    for where in (path, *path.parents):
+        if where.exists():
+            if not where.is_dir():
+                raise StudyError(f"--storage {storage}: {where} is a file, not a folder; give a folder for the "
+                                 f"study folders (it is created if missing)")
+            return
 
 
 def check_ray_options(args: argparse.Namespace) -> None:

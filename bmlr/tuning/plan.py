@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from bmlr.config import FIELD_NAMES, METHOD_ARGS_PREFIX, Config, ConfigError, closest_key
 from bmlr.fileio import abs_path, timestamp
-from bmlr.tuning import ray_backend, tracking
+from bmlr.tuning import ray_backend, remote, tracking
 from bmlr.tuning.ray_backend import AUTO, SCHEDULERS
 from bmlr.tuning.scores import ScoreError, ScoreRule, parse_score
 from bmlr.tuning.search_space import COMMAND_LINE_KEYS, SearchSpace, SearchSpaceError, load_search_space
@@ -60,7 +60,7 @@ class StudySettings:
     concurrent: int | None = None  # None: as many as the resources allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | None = None  # None: one GPU per trial where the cluster has GPUs, else 0
-    storage: str = "tune_runs"
+    storage: str = "tune_runs"  # a folder, or object storage (s3://bucket/prefix: bmlr.tuning.remote)
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else sqlite in <storage>
     experiment: str | None = None  # None: bmlr-tune-<dataset>
     name: str | None = None  # None: <method>-<timestamp>
@@ -165,6 +165,23 @@ class Plan:
         return strategy_for(self.settings)
 
     @property
+    def mirror(self) -> remote.Mirror | None:
+        """The study folder's place in object storage (None on a local storage)."""
+        return remote.Mirror.of(self.settings.storage, self.study_dir)
+
+    def ray_storage(self, ray_dir: Path) -> tuple[str, Any]:
+        """``(storage_path, storage_filesystem)`` of a Ray Tune experiment folder of the study:
+        its parent folder, or its place in object storage."""
+        mirror = self.mirror
+        return mirror.ray_storage(ray_dir) if mirror is not None else (str(Path(ray_dir).parent), None)
+
+    def pull_records(self) -> None:
+        """On object storage: what Ray and the trials wrote there (``ray/``, ``confirm/``,
+        ``trials/``), into the driver's copy before it reads them."""
+        if self.mirror is not None:
+            self.mirror.pull(only=("ray", "confirm", "trials"))
+
+    @property
     def runs(self) -> tracking.StudyRuns:
         """The study's MLflow runs (once its parent run exists)."""
         return tracking.StudyRuns(self.tracking_uri, self.experiment_id, self.parent_run_id)
@@ -177,7 +194,7 @@ class Plan:
         return ray_backend.with_resources(train_trial, s.cpus_per_trial, s.gpus_per_trial, base=self.trial_base,
                                           state_dir=str(store.state_dir), threads=self.production.threads,
                                           extras_dir=str(store.extras_dir), max_epochs=max_epochs or self.max_epochs,
-                                          rule=self.rule)
+                                          rule=self.rule, mirror=self.mirror)
 
     def trial_logger(self, max_epochs: int | None = None,
                      confirms: dict[str, str | None] | None = None) -> tracking.MLflowTrialLogger:
@@ -188,14 +205,15 @@ class Plan:
             base_config=self.trial_base, max_epochs=max_epochs or self.max_epochs,
             export_epochs=self.production.epochs, export_seeds=self.production.seeds, study=self.settings.name,
             state_dir=str(self.store.state_dir), extras_dir=str(self.store.extras_dir), order=list(self.space.params),
-            confirms=confirms)
+            confirms=confirms, mirror=self.mirror)
 
     def open_experiment(self) -> str:
         """The study's MLflow experiment, created where new. A new study opens it only once its
         data are ready, so that a data error leaves no experiment (nor a new store) behind."""
         if self.experiment_id is None:
             try:
-                self.experiment_id = tracking.get_or_create_experiment(self.tracking_uri, self.settings.experiment)
+                self.experiment_id = tracking.get_or_create_experiment(self.tracking_uri, self.settings.experiment,
+                                                                       _artifact_location(self.settings))
             except tracking.TrackingError as err:
                 raise StudyError(str(err)) from None
         return self.experiment_id
@@ -241,7 +259,7 @@ def plan_study(settings: StudySettings, resume: bool = False, log: Callable[[str
     returned plan until ``plan.release()``; StudyBusy (a StoreError) where another driver runs
     the study."""
     settings.check()
-    settings = replace(settings, storage=str(abs_path(settings.storage)))
+    settings = replace(settings, storage=remote.resolve(settings.storage))
     held: StudyLock | None = None
     try:
         if resume:
@@ -290,7 +308,7 @@ def resolve_settings(given: StudySettings, source: SearchSpace) -> tuple[StudySe
     max_epochs = given.max_epochs or source.max_epochs or production.epochs
     if not production.threads:  # the thread count the trial runs with, recorded: numbers depend on it
         production.threads = max(1, int(given.cpus_per_trial))
-    storage = Path(given.storage)
+    storage = remote.local_root(given.storage)
     settings = replace(given, data_root=data_root, method=method, score=rule.name,
                        scheduler=given.scheduler or source.scheduler or "asha",
                        grace_period=resolve_grace(given, source, max_epochs),
@@ -306,7 +324,7 @@ def _new_study_dir(settings: StudySettings, lock: bool) -> tuple[Path, StudyLock
     """A new study's folder, locked (with ``lock``) before its exists-check: a second driver
     cannot pass it too; a folder that is not a study's is never written."""
     study_dir = (abs_path(settings.folder) if settings.folder else
-                 study_folder(Path(settings.storage), settings.dataset, settings.name))
+                 study_folder(settings.storage, settings.dataset, settings.name))
     held = StudyStore(study_dir).lock() if lock else None
     try:
         if StudyStore(study_dir).exists():
@@ -411,10 +429,16 @@ def _check_tracking(settings: StudySettings, open_experiment: bool) -> str | Non
     :meth:`Plan.open_experiment` creates it when the study starts)."""
     try:
         tracking.check_reachable(settings.tracking_uri)
-        return tracking.get_or_create_experiment(settings.tracking_uri, settings.experiment) if open_experiment \
-            else None
+        return tracking.get_or_create_experiment(settings.tracking_uri, settings.experiment,
+                                                 _artifact_location(settings)) if open_experiment else None
     except tracking.TrackingError as err:
         raise StudyError(str(err)) from None
+
+
+def _artifact_location(settings: StudySettings) -> str | None:
+    """A new experiment's artifact location: beside the study folders on object storage, else
+    the tracking store's default."""
+    return f"{settings.storage}/{remote.ARTIFACTS}" if remote.is_uri(settings.storage) else None
 
 
 def _check_parent_run(uri: str, run_id: str) -> None:

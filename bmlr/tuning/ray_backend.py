@@ -366,18 +366,21 @@ def ray_verbosity(verbose: int) -> int:
 
 def build_tuner(trainable, ray_dir: Path, callbacks: Sequence[Any] = (), searcher=None, scheduler=None,
                 num_samples: int = 1, concurrent: int | None = None, max_failures: int = 0, verbose: int = 1,
-                param_space: Mapping[str, Any] | None = None, progress=None):
+                param_space: Mapping[str, Any] | None = None, progress=None,
+                storage: tuple[str, Any] | None = None):
     """A ``tune.Tuner`` whose experiment lives in ``ray_dir``, selecting on :data:`METRIC`. Trials
     reuse their worker (no new process and imports per trial); a failed trial is retried
     ``max_failures`` times and never stops the others. ``verbose`` (:func:`ray_verbosity`): 0
     prints nothing, 1 the progress callback ``progress`` (default: a
     :class:`~bmlr.tuning.progress.StudyProgress` that names no best) instead of Ray's output, 2
-    Ray's full output and the progress."""
+    Ray's full output and the progress. ``storage``: ``(storage_path, storage_filesystem)`` where
+    the experiment is not in ``ray_dir``'s parent on this disk (object storage)."""
     from ray import tune
 
     from bmlr.tuning.progress import StudyProgress
 
     callbacks = list(callbacks)
+    storage_path, filesystem = storage or (str(Path(ray_dir).parent), None)
     if verbose >= 1:
         callbacks.append(progress if progress is not None else StudyProgress(metric=METRIC))
     return tune.Tuner(
@@ -386,17 +389,19 @@ def build_tuner(trainable, ray_dir: Path, callbacks: Sequence[Any] = (), searche
                                     num_samples=num_samples, max_concurrent_trials=concurrent, reuse_actors=True,
                                     trial_dirname_creator=trial_dirname, trial_name_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=Path(ray_dir).name, storage_path=str(Path(ray_dir).parent), callbacks=callbacks,
+            name=Path(ray_dir).name, storage_path=storage_path, storage_filesystem=filesystem, callbacks=callbacks,
             verbose=ray_verbosity(verbose),
             failure_config=tune.FailureConfig(max_failures=max_failures, fail_fast=False)))
 
 
-def restore_tuner(ray_dir: Path, trainable):
-    """The tuner of an interrupted experiment in ``ray_dir``, continuing its unfinished trials
-    (failed ones stay failed), or None where Ray has nothing to restore there."""
+def restore_tuner(ray_dir: Path, trainable, storage: tuple[str, Any] | None = None):
+    """The tuner of an interrupted experiment in ``ray_dir`` (on object storage: ``storage`` as
+    for :func:`build_tuner`), continuing its unfinished trials (failed ones stay failed), or None
+    where Ray has nothing to restore there."""
     from ray import tune
 
-    if not tune.Tuner.can_restore(str(ray_dir)):
+    path, filesystem = (f"{storage[0]}/{Path(ray_dir).name}", storage[1]) if storage else (str(ray_dir), None)
+    if not tune.Tuner.can_restore(path, storage_filesystem=filesystem):
         return None
-    return tune.Tuner.restore(str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=False,
-                              restart_errored=False)
+    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False,
+                              restart_errored=False, storage_filesystem=filesystem)

@@ -208,6 +208,8 @@ def finish(plan: Plan, grid, interrupted: bool, log: Callable[[str], None] = pri
     study_runs.end("KILLED" if interrupted else "FINISHED")
     if not interrupted:  # every trial has ended: no state to continue from
         shutil.rmtree(store.state_dir, ignore_errors=True)
+        if plan.mirror is not None:
+            plan.mirror.delete(store.state_dir)
     _summary(plan, rows, counts, best, best_yaml, interrupted, log, top)
     return StudyOutcome(plan.study_dir, rows, best, best_yaml, plan.parent_run_id, plan.tracking_uri, interrupted)
 

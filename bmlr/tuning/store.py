@@ -1,7 +1,8 @@
 """The study folder, owned by one class: the only reader and writer of ``study.json``,
 ``trials.csv`` and ``best.yaml``, and of finding a study for ``--resume``.
 
-Study folder ``<storage>/<dataset>/<name>/``:
+Study folder ``<storage>/<dataset>/<name>/`` (on object storage, the driver's working copy of
+it: :mod:`bmlr.tuning.remote`):
 
     study.json          settings, MLflow tracking URI, experiment and parent run id, data sizes;
                         a staged study: kind "staged", its stages and winner
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bmlr.fileio import abs_path, atomic_write_text, read_csv, read_json, write_csv, write_json
+from bmlr.tuning.remote import local_root
 
 __all__ = ["STUDY_FILE", "SPACE_FILE", "TRIALS_FILE", "BEST_FILE", "RAY_DIR", "STATE_DIR", "TRIALS_DIR",
            "HISTORY_FILE", "LOCK_FILE", "StoreError", "StudyBusy", "StudyLock", "StudyStore", "check_name",
@@ -181,7 +183,7 @@ def read_json_lines(path: Path) -> list[dict[str, Any]]:
 def studies(storage: str | os.PathLike, dataset: str) -> list["StudyStore"]:
     """Every study under ``<storage>/<dataset>``, oldest first (by when its study.json was
     last written)."""
-    base = abs_path(storage) / dataset
+    base = local_root(storage) / dataset
     infos = sorted(base.glob(f"*/{STUDY_FILE}"), key=lambda p: p.stat().st_mtime)
     return [StudyStore(p.parent) for p in infos]
 
@@ -202,7 +204,7 @@ def study_folder(storage: str | os.PathLike, dataset: str, name: str, option: st
     """``<storage>/<dataset>/<name>``, checked: both names plain (:func:`check_name`) and the
     folder, links followed, inside ``<storage>/<dataset>`` (a link that points elsewhere is
     refused: a study never writes outside its storage)."""
-    base = abs_path(storage) / check_name(dataset, "--dataset")
+    base = local_root(storage) / check_name(dataset, "--dataset")
     folder = base / check_name(name, option)
     if folder.resolve().parent != base.resolve():
         raise StoreError(f"{option} {name!r}: {folder} leads to {folder.resolve()}, outside {base}; "
@@ -224,7 +226,7 @@ def check_unclaimed(folder: Path, marker: str, what: str, option: str = "--name"
 def find_study(storage: str | os.PathLike, dataset: str, name: str | None) -> Path:
     """The folder of study ``name`` under ``<storage>/<dataset>``, or without a name the most
     recently created one there."""
-    base = abs_path(storage) / check_name(dataset, "--dataset")
+    base = local_root(storage) / check_name(dataset, "--dataset")
     if name:
         folder = study_folder(storage, dataset, name)
         if not (folder / STUDY_FILE).is_file():

@@ -34,7 +34,7 @@ from bmlr.data import DataError, build_datasets
 from bmlr.data.cache import cache_root
 from bmlr.fileio import write_failure_line
 from bmlr.production_tracking import interrupts_held
-from bmlr.tuning import ray_backend, tracking
+from bmlr.tuning import ray_backend, remote, tracking
 from bmlr.tuning.config_drift import config_drift, describe_drift
 from bmlr.tuning.faults import (no_space_left, output_gone, resume_line, stops_on_full_disk,
                                 terminal_may_go)
@@ -44,6 +44,7 @@ from bmlr.tuning.ray_backend import METRIC, MODE, RayStartError
 from bmlr.tuning.references import run_references
 from bmlr.tuning.results import finish, folder_results
 from bmlr.tuning.search_space import SearchSpace, project_root
+from bmlr.tuning.store import StudyBusy
 from bmlr.tuning.strategies import Search
 
 __all__ = ["StudyError", "StudySettings", "Runtime", "Plan", "StudyOutcome", "plan_study", "resume_store", "prepare_data",
@@ -149,7 +150,7 @@ def build_tuner(plan: Plan, verbose: int):
     the study's strategy (:mod:`bmlr.tuning.strategies`: its searcher, scheduler and space)."""
     s = plan.settings
     if plan.resumed:
-        restored = ray_backend.restore_tuner(plan.store.ray_dir, plan.trainable())
+        restored = ray_backend.restore_tuner(plan.store.ray_dir, plan.trainable(), plan.ray_storage(plan.store.ray_dir))
         if restored is not None:
             return restored
     try:
@@ -162,7 +163,7 @@ def build_tuner(plan: Plan, verbose: int):
                              history=plan.store.history, metric=METRIC)
     return ray_backend.build_tuner(plan.trainable(), plan.store.ray_dir, callbacks=[plan.trial_logger()],
                                    concurrent=s.concurrent, max_failures=s.max_failures, verbose=verbose,
-                                   progress=progress, **parts)
+                                   progress=progress, storage=plan.ray_storage(plan.store.ray_dir), **parts)
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -177,6 +178,7 @@ def run_study(settings: StudySettings, runtime: Runtime = Runtime(), resume: boo
     picks the exported trial. `runtime`: how this process runs it (:class:`Runtime`)."""
     log = runtime.log
     plan = plan_study(settings, resume=resume, log=log, space=space)  # holds the study's driver lock
+    lease = _lease(plan)
     try:
         finished = finished_outcome(plan, log) if plan.resumed else None
         if finished is not None:
@@ -191,7 +193,37 @@ def run_study(settings: StudySettings, runtime: Runtime = Runtime(), resume: boo
             write_report_safely(outcome.study_dir, baseline_study=runtime.baseline_study, log=log)
         return outcome
     finally:
+        _push(plan, lease, log)
         plan.release()
+
+
+def _lease(plan: Plan) -> remote.Lease | None:
+    """On object storage, the study's lease (:class:`bmlr.tuning.remote.Lease`: the one-driver rule
+    where there is no ``flock``); StudyBusy where another driver holds it."""
+    if plan.mirror is None:
+        return None
+    try:
+        return remote.Lease(plan.mirror).acquire(StudyBusy)
+    except BaseException:
+        plan.release()
+        raise
+
+
+def _push(plan: Plan, lease: remote.Lease | None, log: Callable[[str], None]) -> None:
+    """On object storage, the driver's records uploaded (a failed upload is said: the working copy
+    in the cache keeps them, and the next run of the study pushes them) and the lease released."""
+    if plan.mirror is None:
+        return
+    try:
+        if plan.store.exists():
+            count = plan.mirror.push()
+            log(f"storage: the study's records ({count} files) written to {plan.mirror.storage}/{plan.mirror.rel}")
+    except OSError as err:
+        log(f"note: the study's records could not be written to {plan.settings.storage} ({err}); they are in "
+            f"{plan.study_dir}, and the next run or resume of the study writes them")
+    finally:
+        if lease is not None:
+            lease.release()
 
 
 def finished_outcome(plan: Plan, log: Callable[[str], None]) -> StudyOutcome | None:
@@ -220,6 +252,8 @@ def _run(plan: Plan, runtime: Runtime) -> StudyOutcome:
         try:
             with interrupts_held():  # created whole (folder, study.json, parent run) before a Ctrl-C counts
                 start_tracking(plan, data_info)
+                if plan.mirror is not None:  # the study exists in the bucket from its start
+                    plan.mirror.push()
             _banner(plan, log)
             ray.enter_context(ray_session(runtime.address, runtime.num_cpus, runtime.verbose))
             ray.enter_context(_ends_parent_on_start_error(plan))
@@ -232,6 +266,7 @@ def _run(plan: Plan, runtime: Runtime) -> StudyOutcome:
                 raise
             _records_after_kill(plan, log, top)
             raise KeyboardInterrupt from None
+        plan.pull_records()
         done = [r for r in grid if r.error is not None or (r.metrics or {}).get("done")]
         with interrupts_held():  # a second Ctrl-C after Ray's graceful stop waits for the records
             outcome = finish(plan, grid, len(done) < s.samples, log, top)
@@ -284,6 +319,7 @@ def _records_after_kill(plan: Plan, log: Callable[[str], None], top: int) -> Non
     written = False
     try:
         with interrupts_held():
+            plan.pull_records()
             finish(plan, folder_results(plan.store.ray_dir, plan.runs.trials()), True, log, top)
             written = True
     except Exception as err:

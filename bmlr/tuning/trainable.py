@@ -23,6 +23,10 @@ file is always the latest finished epoch, by construction. It lives beside Ray's
 storage and has the same requirement on multi-node clusters (a shared file system).
 The driver deletes it when the trial ends.
 
+On object storage (``--storage s3://...``, :mod:`bmlr.tuning.remote`) the trial writes these
+files in its Ray trial folder (on its node) and uploads each one as it is written; a retried
+trial, on any node, downloads its state file first.
+
 The data are not shipped to the trial: the driver builds the preprocessed cache
 once before any trial starts (`bmlr.data.build_datasets`), and every trial calls
 `build_datasets(cfg)` itself, which only reads that cache.
@@ -95,7 +99,8 @@ def save_val_top3(trainer, path: Path, k: int = 3) -> None:
 
 
 def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, threads: int = 1,
-                extras_dir: str | None = None, max_epochs: int | None = None, rule: ScoreRule = DEFAULT_RULE) -> None:
+                extras_dir: str | None = None, max_epochs: int | None = None, rule: ScoreRule = DEFAULT_RULE,
+                mirror=None) -> None:
     """Function trainable. `config` holds the sampled keys, `base` everything else (from
     `tune.with_parameters`, a small dict: no data, no model), its `epochs` the production
     run's (the schedule's horizon). The trial trains `max_epochs` epochs of that run (None:
@@ -105,7 +110,8 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     top-3 counts of the best epoch so far in `<extras_dir>/trial_<id>/val_top3.json` (for the
     study report's Figure 4), and a trial that trains to its end saves its best epoch's view of a
     validation sample (`val_sample.pt`, :mod:`bmlr.tuning.val_sample`). Each report carries :data:`METRIC`, the trial's score by ``rule``
-    (:mod:`bmlr.tuning.scores`) over the epochs trained so far."""
+    (:mod:`bmlr.tuning.scores`) over the epochs trained so far. ``mirror``
+    (:class:`bmlr.tuning.remote.Mirror`): the study folder is on object storage."""
     import torch
     from ray import tune
 
@@ -113,13 +119,19 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     from bmlr.engine import Trainer
 
     torch.set_num_threads(max(1, int(threads)))
+    if mirror is not None:  # the trial's copy of its files, in its Ray trial folder on this node
+        scratch = Path(tune.get_context().get_trial_dir()) / "study"
+        state_dir = str(mirror.here(state_dir, scratch))
+        extras_dir = extras_dir and str(mirror.here(extras_dir, scratch))
+    keep = mirror.put if mirror is not None else (lambda path: None)
     cfg = from_dict({**base, **config}, source="trial configuration")
     budget = cfg.epochs if max_epochs is None else int(max_epochs)
     cfg.epochs = max(cfg.epochs, budget)
     trainer = Trainer(cfg, seed=cfg.seeds[0])  # build_datasets(cfg) reads the driver's cache
     trial_id = tune.get_context().get_trial_id()
     path = state_path(state_dir, trial_id)
-    if path.is_file():  # a retried or resumed trial: continue after its last finished epoch
+    restored = path.is_file() or (mirror is not None and mirror.get(path))
+    if restored:  # a retried or resumed trial: continue after its last finished epoch
         # weights_only: tensors and plain types only, so a state file written by someone else runs no code
         trainer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
@@ -129,15 +141,18 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
         reported[METRIC] = rule.value(accs)
         if extras_dir and trainer.best_epoch == trainer.epoch:  # before the report: ASHA may stop us there
             save_val_top3(trainer, val_top3_path(extras_dir, trial_id))
+            keep(val_top3_path(extras_dir, trial_id))
         if extras_dir and trainer.epoch == budget:  # the last epoch (its report ends the trial): for the report
             save_val_sample(trainer, val_sample_path(extras_dir, trial_id))
+            keep(val_sample_path(extras_dir, trial_id))
         if extras_dir:  # every epoch, restored ones included: Ray's result.json starts at the restore
-            write_history(history_path(extras_dir, trial_id), [{**report_metrics(m), METRIC: rule.value(accs[:i])}
-                                                               for i, m in enumerate(trainer.history, 1)])
+            keep(write_history(history_path(extras_dir, trial_id), [{**report_metrics(m), METRIC: rule.value(accs[:i])}
+                                                                    for i, m in enumerate(trainer.history, 1)]))
         # report first: if the trial dies before the save, the epoch is redone and re-reported
         # (MLflow skips epochs it has), rather than saved but never reported
         tune.report(reported)
         save_state(trainer.state_dict(), path)
+        keep(path)
 
     trainer.fit(budget, on_epoch=after_epoch)
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bmlr.tuning.options import (add_asha_options, add_data_options, add_ray_options, add_result_options,
-                                 add_set_option, add_verbose_option, check_dataset, check_ray_options,
+                                 add_set_option, add_verbose_option, check_dataset, check_ray_options, check_storage,
                                  settings_from)
 
 if TYPE_CHECKING:
@@ -198,6 +198,7 @@ def run_comparison(args: argparse.Namespace, rows: Rows, argv: list[str]) -> int
     shown = " ".join(["python", "tune.py", *argv])
     try:
         check_dataset(args.dataset)
+        check_storage(args.storage, "compare")
         check_ray_options(args)
         comparison = Comparison(comparison_settings(args, rows), resume=args.resume, command=shown, title=rows.title,
                                 notes=rows.notes)

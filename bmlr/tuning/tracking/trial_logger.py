@@ -51,7 +51,7 @@ class MLflowTrialLogger(Callback):
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, base_config: dict,
                  max_epochs: int, export_epochs: int, export_seeds: list[int], study: str,
                  state_dir: str | None = None, extras_dir: str | None = None, order: list[str] | None = None,
-                 confirms: dict[str, str | None] | None = None):
+                 confirms: dict[str, str | None] | None = None, mirror=None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -66,6 +66,7 @@ class MLflowTrialLogger(Callback):
         # a confirmation stage (bmlr.tuning.confirm): trial config `name` -> the run of the search
         # trial it confirms, under which its runs nest
         self.confirms = dict(confirms or {})
+        self.mirror = mirror  # object storage (bmlr.tuning.remote.Mirror): histories pulled, states deleted there too
         self._reset()
 
     def _reset(self) -> None:
@@ -170,7 +171,10 @@ class MLflowTrialLogger(Callback):
     def _history(self, trial_id: str) -> list[dict[str, Any]]:
         if not self.extras_dir:
             return []
-        return read_history(history_path(self.extras_dir, trial_id)) or []
+        path = history_path(self.extras_dir, trial_id)
+        if self.mirror is not None:  # the trial may have run on another node: its upload is the record
+            self.mirror.get(path)
+        return read_history(path) or []
 
     def _last_epoch_of(self, trial) -> int | None:
         """The last epoch the trial trained: its history.json, else what it reported."""
@@ -214,6 +218,8 @@ class MLflowTrialLogger(Callback):
         for trial_id, ended in list(self._ended.items()):
             if now - ended > STATE_GRACE_S:
                 Path(self.state_dir, f"trial_{trial_id}.pt").unlink(missing_ok=True)
+                if self.mirror is not None:
+                    self.mirror.delete(Path(self.state_dir, f"trial_{trial_id}.pt"))
                 del self._ended[trial_id]
 
     def on_trial_recover(self, iteration, trials, trial, **info):
