@@ -257,10 +257,14 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     when one arrives (Ray Tune's graceful stop during a tuner's run, else Python's
     KeyboardInterrupt), so the runs end KILLED rather than being left RUNNING. A SIGHUP that
     is ignored (started under `nohup`) stays ignored. The previous handlers are restored
-    after. Off the main thread (where signals cannot be caught) it does nothing."""
+    after. Off the main thread (where signals cannot be caught) it does nothing. An interrupt
+    that lands in a finalizer or a garbage-collector callback, where Python cannot raise it, is
+    not printed as a traceback ("Exception ignored in ..."): the stop the first one began goes on."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    hook = sys.unraisablehook
+    sys.unraisablehook = _quiet_interrupts(hook)
     previous = {}
     for name in ("SIGTERM", "SIGHUP"):
         signum = getattr(signal, name, None)  # no SIGHUP on Windows
@@ -272,6 +276,14 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, signal.SIG_DFL if handler is None else handler)
+        sys.unraisablehook = hook
+
+
+def _quiet_interrupts(hook):
+    def quiet(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            hook(unraisable)
+    return quiet
 
 
 def _sigterm_like_sigint(signum, frame) -> None:

@@ -204,3 +204,22 @@ def test_a_full_disk_under_the_data_cache_is_one_line_for_training_and_tuning(se
     finally:
         if subprocess.run(["umount", str(cache)], capture_output=True).returncode:
             subprocess.run(["umount", "-l", str(cache)], capture_output=True)
+
+
+def test_an_interrupt_python_cannot_raise_is_not_printed_as_a_traceback(monkeypatch):
+    """A Ctrl-C that lands in a garbage-collector callback or a finalizer ("Exception ignored
+    in ...") is not passed on to the hook that prints it while a command runs; any other such
+    exception still is, and the hook is restored after."""
+    import types
+
+    def unraisable(exc: BaseException):
+        return types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None, err_msg=None,
+                                     object=None)
+
+    printed = []
+    monkeypatch.setattr(sys, "unraisablehook", printed.append)
+    with sigterm_as_ctrl_c():
+        sys.unraisablehook(unraisable(KeyboardInterrupt()))
+        sys.unraisablehook(unraisable(ValueError("kept")))
+    assert [type(u.exc_value) for u in printed] == [ValueError]
+    assert sys.unraisablehook == printed.append
