@@ -3,6 +3,7 @@
 Every measurement runs a real study (`tune.py` in a subprocess, the tiny synthetic default
 unless --set says otherwise) and watches it: wall time, peak memory of the whole process tree
 (driver, Ray's processes, every trial; proportional set size, so shared pages count once),
+the GPUs' memory where nvidia-smi answers (the peak over the study, the most one process held),
 the study folder's size on disk, and trial intervals from Ray's results (how many ran at once).
 
     python bench/bench_scaling.py samples       # 8, 16, 32 trials (TPE + ASHA defaults)
@@ -79,12 +80,29 @@ def pss_kb(pid: int) -> int:
     return 0
 
 
+def gpu_mib(query: str) -> list[int] | None:
+    """One integer per row of `nvidia-smi --query-<query> --format=csv,noheader,nounits` (MiB);
+    None without nvidia-smi (no GPU, or --fake-gpus)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, f"--query-{query}", "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [int(v) for v in out.split() if v.isdigit()]
+
+
 class MemoryWatch(threading.Thread):
-    """Peak summed PSS of a process and all its descendants, sampled every `every` seconds."""
+    """Peak summed PSS of a process and all its descendants, sampled every `every` seconds; with
+    nvidia-smi also the GPUs' memory in use (summed, the first sample as the baseline) and the most
+    one process on a GPU held (a trial; None where nvidia-smi lists no processes, as in some containers)."""
 
     def __init__(self, pid: int, every: float = 0.5):
         super().__init__(daemon=True)
         self.pid, self.every, self.peak_kb, self.peak_procs = pid, every, 0, 0
+        self.gpu_base_mib = self.gpu_peak_mib = self.gpu_process_mib = None
         self._done = threading.Event()
 
     def run(self) -> None:
@@ -93,6 +111,12 @@ class MemoryWatch(threading.Thread):
             total = sum(pss_kb(p) for p in pids)
             if total > self.peak_kb:
                 self.peak_kb, self.peak_procs = total, len(pids)
+            used, procs = gpu_mib("gpu=memory.used"), gpu_mib("compute-apps=used_memory")
+            if used:
+                self.gpu_base_mib = sum(used) if self.gpu_base_mib is None else self.gpu_base_mib
+                self.gpu_peak_mib = max(self.gpu_peak_mib or 0, sum(used))
+            if procs:
+                self.gpu_process_mib = max(self.gpu_process_mib or 0, *procs)
             self._done.wait(self.every)
 
     def stop(self) -> None:
@@ -113,6 +137,8 @@ def run_study(args, work: Path, name: str, extra: list[str], data_root: Path | N
            "--set", f"cache_dir={work / 'cache'}", *extra]
     for item in args.set:
         cmd += ["--set", item]
+    if args.report:
+        cmd += ["--report", args.report]
     if data_root is not None:
         cmd += ["--data-root", str(data_root)]
     log = (work / f"{name}.log").open("w")
@@ -153,6 +179,8 @@ def run_study(args, work: Path, name: str, extra: list[str], data_root: Path | N
             "trials_per_hour_training": len(intervals) / span * 3600 if span else None,
             "epochs_per_hour": epochs / wall * 3600, "max_parallel": most,
             "peak_pss_gb": watch.peak_kb / 1024 ** 2, "processes_at_peak": watch.peak_procs,
+            "gpu_mem_peak_mib": watch.gpu_peak_mib and watch.gpu_peak_mib - watch.gpu_base_mib,
+            "gpu_mem_max_process_mib": watch.gpu_process_mib,
             "study_disk_mb": du(study) / 1e6, "mlflow_db_mb": du(storage / "mlflow.db") / 1e6,
             "data_prepare_s": prepared}
 
@@ -244,6 +272,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=1, help="GPUs (packing)")
     p.add_argument("--fake-gpus", action="store_true", help="packing on a CPU machine: a Ray head advertising --gpus")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="passed on to tune.py")
+    p.add_argument("--report", choices=("full", "fast", "none"), help="the studies' report (default: tune.py's)")
+    p.add_argument("--data-root", help="samples, concurrency, packing: a synthetic data folder (default: "
+                   "tune.py's generated default)")
     p.add_argument("--work", help="folder for the studies (default: a temporary one, removed afterwards)")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--json", help="write the numbers here")
@@ -258,12 +289,12 @@ def measure(args, work: Path, base: list[str]) -> list[dict[str, Any]]:
     key, defaults, progress, title = WHAT[args.what]
     if args.warmup:
         start = time.time()
-        run_study(args, work, "warmup", [*base, "--samples", "2", "--max-epochs", "1"])
+        run_study(args, work, "warmup", [*base, "--samples", "2", "--max-epochs", "1"], args.data_root)
         print(f"  warm-up study (not measured): {time.time() - start:.0f}s", flush=True)
     rows = []
     for value in [int(v) for v in (args.values or defaults).split(",")]:
         extra, data_root = study_args(args, value, work)
-        row = {key: value, **run_study(args, work, f"{args.what}-{value}", base + extra, data_root)}
+        row = {key: value, **run_study(args, work, f"{args.what}-{value}", base + extra, data_root or args.data_root)}
         if args.what == "data":
             row.update(train_clips=6 * value, cache_mb=du(work / "cache") / 1e6)
         rows.append(row)

@@ -219,6 +219,9 @@ def run_variants(variants: list[tuple[str, dict[str, Any]]], base: dict[str, Any
             rows[name]["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
     for name in trainers:
         rows[name]["samples_per_s"] = rows[name]["batch_size"] / rows[name]["step_s"]
+        if args.size == "paper":  # the training steps of a CREMA-D-sized epoch, as printed
+            steps = math.ceil(CREMAD_TRAIN_CLIPS / rows[name]["batch_size"])
+            rows[name]["cremad_epoch_s"] = steps * rows[name]["step_s"]
     if args.epoch and args.size == "tiny":  # real epochs (train + validation), variants interleaved
         times: dict[str, dict[str, list[float]]] = {n: {"train": [], "val": []} for n in trainers}
         for _ in range(args.epoch_rounds):
