@@ -434,7 +434,7 @@ def store_of(tracking_uri: str | None, storage: str) -> tuple[str, str]:
         return os.environ["MLFLOW_TRACKING_URI"], "MLFLOW_TRACKING_URI"
     if "://" in str(storage):  # object storage: `bmlr-tune export` pulls its store first
         raise TrackingError(f"--storage {storage}: the MLflow store of object storage is read by `bmlr-tune export "
-                            f"RUN_ID --storage {storage}`; export the run there and train the file, or pass "
+                            f"--run-id RUN_ID --storage {storage}`; export the run there and train the file, or pass "
                             f"--tracking-uri")
     return default_tracking_uri(Path(storage).expanduser()), f"--storage {storage}"
 

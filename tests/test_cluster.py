@@ -215,7 +215,8 @@ def test_study_on_object_storage_runs_on_both_nodes_and_resumes_from_the_bucket(
     folders = {name: tmp_path / name for name in ("head", "worker", "driver", "fresh", "data-cache")}
     for folder in folders.values():
         (folder / "home").mkdir(parents=True)
-    node_env = {name: {**s3_server["env"], "HOME": str(folders[name] / "home"),
+        (folder / "tmp").mkdir()
+    node_env = {name: {**s3_server["env"], "HOME": str(folders[name] / "home"), "TMPDIR": str(folders[name] / "tmp"),
                        "BMLR_CACHE": str(folders[name] / "cache")} for name in folders}
     fs, storage = s3_server["fs"], "s3://studies/runs"
     with two_node_cluster(node_env["head"], node_env["worker"], folders["worker"] / "home") as cluster:
@@ -230,14 +231,11 @@ def test_study_on_object_storage_runs_on_both_nodes_and_resumes_from_the_bucket(
         assert rc == 0
         assert not ray.is_initialized()  # the driver disconnected from the cluster
         nodes = {n["ip"]: n for n in cluster["nodes"]}
-        # each trial wrote its files in its own Ray trial folder, not in the driver's copy
-        scratch = {Path(folder).name: sorted(p.parent.name for p in Path(folder).rglob("trials/*/history.json"))
-                   for folder in cluster["temp_dirs"]}
 
     files = _bucket_files(fs, "studies/runs/synthetic/two-nodes")
     for record in ("study.json", "trials.csv", "best.yaml", "search_space.yaml", "optuna.journal"):
         assert record in files, sorted(files)
-    assert not any(name.startswith(("state/", ".driver")) for name in files), sorted(files)
+    assert not any(name.startswith(("state/", ".driver")) or "/study/" in name for name in files), sorted(files)
     results = sorted(name for name in files if name.startswith("ray/trial_") and name.endswith("/result.json"))
     assert len(results) == 2
     assert len([name for name in files if name.startswith("trials/") and name.endswith("/history.json")]) == 2
@@ -250,10 +248,10 @@ def test_study_on_object_storage_runs_on_both_nodes_and_resumes_from_the_bucket(
     assert len(nodes) == 2 and WORKER_IP in nodes, nodes
     used = set().union(*ips_per_trial.values())
     assert used == set(nodes), f"trials ran on {ips_per_trial}; cluster nodes {sorted(nodes)}"
-    working = Path("storage", "s3", "studies", "runs", "synthetic", "two-nodes", "trials")
-    assert [len(found) for found in scratch.values()] == [1, 1], scratch  # one trial on each node's own disk
-    pulled = sorted(p.parent.name for p in (folders["driver"] / "cache" / working).glob("*/history.json"))
-    assert pulled == sorted(sum(scratch.values(), []))
+    # the trials wrote in their node's temporary folder (removed after) and the bucket; the driver pulled both
+    working = folders["driver"] / "cache" / "storage" / "s3" / "studies" / "runs" / "synthetic" / "two-nodes"
+    assert len(list(working.glob("trials/*/history.json"))) == 2
+    assert [p for name in ("head", "worker") for p in (folders[name] / "tmp").rglob("*") if p.is_file()] == []
     assert "mlflow.db" in _bucket_files(fs, "studies/runs")
     assert any(name.endswith("/artifacts/best.yaml") for name in _bucket_files(fs, "studies/runs/mlartifacts"))
     # nothing of the study outside the caches (the data's, each node's working copy) and Ray's folders
@@ -274,6 +272,10 @@ def test_study_on_object_storage_runs_on_both_nodes_and_resumes_from_the_bucket(
     best = folders["fresh"] / "best.yaml"
     with fs.open_input_stream("studies/runs/synthetic/two-nodes/best.yaml") as f:
         best.write_bytes(f.read())
+    parent = json.loads((copy / "study.json").read_text())["parent_run_id"]
+    exported = folders["fresh"] / "exported.yaml"  # `export` reads the MLflow store the bucket keeps
+    assert cli.main(["export", "--run-id", parent, "--storage", storage, "-o", str(exported)]) == 0
+    assert yaml.safe_load(exported.read_text())["lr"] == yaml.safe_load(best.read_text())["lr"]
     assert train.main(["--config", str(best), "--no-mlflow", "--no-progress", "--set", "epochs=1",
                        "--set", f"output_dir={folders['fresh'] / 'runs'}"]) == 0
     assert list((folders["fresh"] / "runs").rglob("*.yaml"))

@@ -10,9 +10,9 @@ in a local copy and the bucket is the record.
   and when it ends. A resume on another machine that sees only the bucket pulls them there.
 - Ray Tune's experiment (``ray/``, ``confirm/``) goes straight to the bucket
   (``RunConfig.storage_path`` on the same filesystem).
-- A trial, on whatever node it runs, writes its files (``state/``, ``trials/``) in its own Ray
-  trial folder (on that node's disk, with Ray's temporary files) and uploads each one as it is
-  written; the driver pulls them before it reads.
+- A trial, on whatever node it runs, writes its files (``state/``, ``trials/``) in a temporary
+  folder of that node (removed when the trial ends) and uploads each one as it is written; the
+  driver pulls them before it reads.
 - MLflow's artifacts go to ``<storage>/mlartifacts`` (a new experiment's artifact location;
   an existing experiment keeps its own).
 - One driver per study: object storage has no ``flock``. The driver holds a **lease**,
@@ -181,7 +181,7 @@ class Mirror:
 
     def here(self, path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
         """Where this node keeps a path of the driver's copy of the study folder: in the copy
-        at ``root`` (a trial's: its Ray trial folder), else in :attr:`local`."""
+        at ``root`` (a trial's temporary folder), else in :attr:`local`."""
         return (Path(root) / self.rel if root is not None else self.local) / self._rel(path)
 
     # --- single files, as a trial writes them ---------------------------------------------------

@@ -24,7 +24,7 @@ storage and has the same requirement on multi-node clusters (a shared file syste
 The driver deletes it when the trial ends.
 
 On object storage (``--storage s3://...``, :mod:`bmlr.tuning.remote`) the trial writes these
-files in its Ray trial folder (on its node) and uploads each one as it is written; a retried
+files in a temporary folder of its node and uploads each one as it is written; a retried
 trial, on any node, downloads its state file first.
 
 The data are not shipped to the trial: the driver builds the preprocessed cache
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,17 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     study report's Figure 4), and a trial that trains to its end saves its best epoch's view of a
     validation sample (`val_sample.pt`, :mod:`bmlr.tuning.val_sample`). Each report carries :data:`METRIC`, the trial's score by ``rule``
     (:mod:`bmlr.tuning.scores`) over the epochs trained so far. ``mirror``
-    (:class:`bmlr.tuning.remote.Mirror`): the study folder is on object storage."""
+    (:class:`bmlr.tuning.remote.Mirror`): the study folder is on object storage; the trial's
+    files are written in a temporary folder of this node, uploaded, and the folder removed."""
+    if mirror is None:
+        return _train(config, base, state_dir, threads, extras_dir, max_epochs, rule)
+    with tempfile.TemporaryDirectory(prefix="bmlr-trial-") as scratch:
+        _train(config, base, str(mirror.here(state_dir, scratch)), threads,
+               extras_dir and str(mirror.here(extras_dir, scratch)), max_epochs, rule, mirror)
+
+
+def _train(config: dict[str, Any], base: dict[str, Any], state_dir: str, threads: int, extras_dir: str | None,
+           max_epochs: int | None, rule: ScoreRule, mirror=None) -> None:
     import torch
     from ray import tune
 
@@ -119,10 +130,6 @@ def train_trial(config: dict[str, Any], base: dict[str, Any], state_dir: str, th
     from bmlr.engine import Trainer
 
     torch.set_num_threads(max(1, int(threads)))
-    if mirror is not None:  # the trial's copy of its files, in its Ray trial folder on this node
-        scratch = Path(tune.get_context().get_trial_dir()) / "study"
-        state_dir = str(mirror.here(state_dir, scratch))
-        extras_dir = extras_dir and str(mirror.here(extras_dir, scratch))
     keep = mirror.put if mirror is not None else (lambda path: None)
     cfg = from_dict({**base, **config}, source="trial configuration")
     budget = cfg.epochs if max_epochs is None else int(max_epochs)
