@@ -148,6 +148,19 @@ def two_node_cluster(head_env: dict | None = None, worker_env: dict | None = Non
             shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def s3_shut_down_after_the_module():
+    """The tests below use S3 in this process (the driver runs in it); pyarrow's S3 client is shut
+    down after them, so that the later tests' forked processes (preprocessing pools, data-loader
+    workers) copy none of the AWS SDK's threads' locks."""
+    yield
+    from bmlr.tuning import remote
+
+    remote.close()
+    threads = [(Path("/proc/self/task") / t / "comm").read_text().strip() for t in os.listdir("/proc/self/task")]
+    assert not [t for t in threads if t.startswith("Aws")], threads
+
+
 @pytest.fixture
 def s3_server(tmp_path):
     """moto's standalone S3 server on a loopback port, with a bucket `studies`; yields the
@@ -304,6 +317,8 @@ def test_object_storage_that_cannot_be_used_stops_the_study_before_anything(s3_s
             assert cli.main([*run, "--storage", storage]) == 2
         err = capsys.readouterr().err
         assert f"error: --storage {storage}: " in err and said in err, err
+    assert cli.main([*run[:4], "--name", "../escape", "--storage", "s3://studies/runs"]) == 2
+    assert "'../escape': expected a plain folder name" in capsys.readouterr().err
     assert cli.main(["compare", "--methods", "baseline", "bmlr", "--storage", "s3://studies/runs"]) == 2
     assert "`bmlr-tune compare` needs a folder" in capsys.readouterr().err
     assert _bucket_files(s3_server["fs"], "studies") == {}

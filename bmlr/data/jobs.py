@@ -1,4 +1,4 @@
-"""Preprocessing jobs run once each, in forked worker processes, with a progress bar.
+"""Preprocessing jobs run once each, in worker processes, with a progress bar.
 
 Both kinds of preprocessing (frames and audio out of videos, spectrograms into the cache) are a
 list of independent jobs that each either succeed or fail with a :class:`DataError` whose text
@@ -23,8 +23,8 @@ def run_jobs(jobs: Sequence[J], work: Callable[[J], str | None], name: Callable[
              unit: str = "clip") -> tuple[int, dict[str, str]]:
     """Run ``work(job)`` for every job; return ``(number done, {name(job): problem})``.
 
-    ``workers > 1`` runs that many processes (forked where the platform can: the work is
-    CPU-bound and holds the GIL); ``work`` and the jobs must then be picklable (a module-level
+    ``workers > 1`` runs that many processes (the work is CPU-bound and holds the GIL), started
+    by :func:`pool_context`; ``work`` and the jobs must then be picklable (a module-level
     function or a ``functools.partial`` of one). Without ``skip_bad`` the first problem raises
     :class:`DataError` after the pool is shut down; outputs already written are kept, so the
     next run resumes. ``progress`` shows a tqdm bar labelled ``desc``.
@@ -50,8 +50,7 @@ def run_jobs(jobs: Sequence[J], work: Callable[[J], str | None], name: Callable[
     try:
         workers = min(max(1, int(workers or 1)), len(jobs))
         if workers > 1:
-            context = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-            with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context()) as pool:
                 futures = {pool.submit(work, job): job for job in jobs}
                 try:
                     for future in as_completed(futures):
@@ -66,3 +65,17 @@ def run_jobs(jobs: Sequence[J], work: Callable[[J], str | None], name: Callable[
         if bar is not None:
             bar.close()
     return done, failed
+
+
+def pool_context():
+    """How worker processes start: from a fork server, a fresh process that has imported the
+    preprocessing modules once and forks each worker from there (quick, and no other thread of
+    ours holds a lock at the fork). Forking the calling process itself would
+    copy only the calling thread, so a lock another thread held (Ray's gRPC threads in a study's
+    driver, the AWS SDK's threads once ``--storage s3://`` was checked, a test runner's) would
+    stay locked in the child, which could hang. Platforms without a fork server: the default."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return None
+    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["bmlr.data.video", "bmlr.data.cache"])
+    return context

@@ -328,7 +328,7 @@ def pull_study(settings: StudySettings, args: argparse.Namespace) -> None:
     find it exists; a resumed one: to continue it, or every study's study.json to find the latest)
     and the default MLflow store pulled into the working copy before the study is planned."""
     from bmlr.tuning import remote
-    from bmlr.tuning.store import StoreError, find_study
+    from bmlr.tuning.store import StoreError, check_name, find_study
     from bmlr.tuning.study import StudyError
 
     if not remote.is_uri(settings.storage):
@@ -336,11 +336,12 @@ def pull_study(settings: StudySettings, args: argparse.Namespace) -> None:
     if args.strategy == "staged" or args.widen:
         raise StudyError(f"--storage {settings.storage}: object storage holds plain searches; "
                          f"{'--strategy staged' if args.strategy == 'staged' else '--widen'} needs a folder")
+    name = settings.name and check_name(settings.name)  # a name never leads outside <storage>/<dataset>
     try:
         remote.pull_store(settings.storage)
-        if args.resume and not settings.name:
+        if args.resume and not name:
             remote.pull_infos(settings.storage, settings.dataset)
-        name = settings.name or (find_study(settings.storage, settings.dataset, None).name if args.resume else None)
+            name = find_study(settings.storage, settings.dataset, None).name
         if name:
             remote.Mirror(remote.resolve(settings.storage), f"{settings.dataset}/{name}").pull()
     except StoreError:  # no study there: resuming says so

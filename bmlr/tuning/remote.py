@@ -39,7 +39,7 @@ from typing import Any, Iterable
 
 from bmlr.fileio import abs_path
 
-__all__ = ["RemoteError", "is_uri", "resolve", "local_root", "filesystem", "check", "Mirror", "Lease",
+__all__ = ["RemoteError", "is_uri", "resolve", "local_root", "filesystem", "close", "check", "Mirror", "Lease",
            "HEARTBEAT_S", "LEASE_FILE", "ARTIFACTS"]
 
 LEASE_FILE = ".driver.lease"
@@ -100,6 +100,19 @@ def _filesystem(uri: str, endpoint: str | None):
     except (ImportError, ValueError) as err:
         raise RemoteError(f"--storage {uri}: no filesystem for {parsed.scheme}:// ({err})") from None
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), fs_path
+
+
+def close() -> None:
+    """Drop the filesystems made here and shut pyarrow's S3 client down (its threads end): for a
+    process that goes on to fork, since the AWS SDK's threads do not survive a fork. A later use
+    of S3 in the same process fails."""
+    import gc
+
+    import pyarrow.fs as pafs
+
+    _filesystem.cache_clear()
+    gc.collect()
+    pafs.finalize_s3()
 
 
 def check(uri: str) -> None:
