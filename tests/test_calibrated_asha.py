@@ -139,3 +139,22 @@ def test_a_resumed_study_keeps_its_learned_grace_period(tmp_path):
     never.on_trial_add(None, bad)
     _feed(never, good, [0.9] * 3)
     assert _feed(never, bad, [0.0] * 6) == [CONTINUE] * 5 + [STOP]
+
+
+def test_a_resumed_study_says_the_grace_period_it_measured(tmp_path):
+    """The banner of a resumed study names the grace period it keeps, not a measurement to come."""
+    import types
+
+    from bmlr.tuning.store import StudyStore
+    from bmlr.tuning.strategies import Search
+
+    settings = types.SimpleNamespace(grace_period="auto", reduction_factor=3)
+    plan = types.SimpleNamespace(settings=settings, resumed=True, store=StudyStore(tmp_path))
+    assert Search().schedule_text(plan) == "ASHA grace measured on the first 4 trials to finish, reduction 3"
+    (tmp_path / "grace_period.json").write_text(json.dumps({"grace_period": 3, "trials": 4, "agreement": {}}))
+    assert Search().schedule_text(plan) == "ASHA grace 3, as measured on the first 4 trials, reduction 3"
+    (tmp_path / "grace_period.json").write_text(json.dumps({"grace_period": None, "trials": 5, "agreement": {}}))
+    assert Search("hyperband").schedule_text(plan) == \
+        "Hyperband (ASHA brackets) no early stopping, as measured on the first 5 trials, reduction 3"
+    plan.resumed = False  # a new study in a folder that happens to hold a record: still to be measured
+    assert Search().schedule_text(plan) == "ASHA grace measured on the first 4 trials to finish, reduction 3"

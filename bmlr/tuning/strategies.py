@@ -77,8 +77,13 @@ class Search:
             return "every combination trained to the end"
         s = plan.settings
         name = "ASHA" if self.scheduler == "asha" else "Hyperband (ASHA brackets)"
-        grace = (f"grace measured on the first {MIN_TRIALS} trials to finish" if s.grace_period == ray_backend.AUTO
-                 else f"grace {s.grace_period}")
+        grace = f"grace {s.grace_period}"
+        if s.grace_period == ray_backend.AUTO:  # a resumed study keeps what it measured (bmlr.tuning.calibrated_asha)
+            record = plan.store.read_grace() if plan.resumed else None
+            grace = (f"grace measured on the first {MIN_TRIALS} trials to finish" if record is None else
+                     f"grace {record['grace_period']}, as measured on the first {record['trials']} trials"
+                     if record["grace_period"] else
+                     f"no early stopping, as measured on the first {record['trials']} trials")
         return f"{name} {grace}, reduction {s.reduction_factor}"
 
     def choose(self, rows: list[Row]) -> Row | None:
