@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from bmlr.tuning import cli
+from process_helpers import kill_naming
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -73,20 +74,6 @@ def _kill_group(proc: subprocess.Popen, grace: float = 5) -> None:
         pass
 
 
-def _pids_naming(marker: str) -> list[int]:
-    """Processes whose command line names our own, unique Ray session folder."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def _ray_nodes(address: str) -> list[dict]:
     """Alive nodes of the cluster (a short-lived driver of our own)."""
     code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
@@ -124,7 +111,8 @@ def two_node_cluster(head_env: dict | None = None, worker_env: dict | None = Non
         address = f"127.0.0.1:{port}"
         procs.append(subprocess.Popen(
             [str(BIN / "ray"), "start", "--address", address, "--node-ip-address", WORKER_IP,
-             "--resources", json.dumps({"worker_node": 1}), *common, *(["--temp-dir", temp_dirs[-1]] if worker_dir else [])],
+             "--resources", json.dumps({"worker_node": 1}), *common,
+             *(["--temp-dir", temp_dirs[-1]] if worker_dir else [])],
             env={**_env(), **(worker_env or {})}, cwd=worker_dir, stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL, start_new_session=True))
         deadline = time.time() + 90
@@ -139,11 +127,7 @@ def two_node_cluster(head_env: dict | None = None, worker_env: dict | None = Non
     finally:
         for proc in reversed(procs):
             _kill_group(proc)
-        for pid in [pid for folder in temp_dirs for pid in _pids_naming(folder)]:  # any that left the groups
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+        kill_naming(*temp_dirs)  # anything of our sessions that left the process groups
         for folder in temp_dirs:
             shutil.rmtree(folder, ignore_errors=True)
 

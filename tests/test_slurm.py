@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from process_helpers import kill_naming, pids_naming
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "cluster" / "slurm.sbatch"
 BIN = Path(sys.executable).parent
@@ -72,20 +74,6 @@ def _env(ray_temp_dir: str, *path_first: Path) -> dict:
     return env
 
 
-def _pids_naming(marker: str) -> list[int]:
-    """Processes whose command line names our own, unique Ray session folder."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
-                pids.append(int(entry.name))
-        except OSError:
-            continue
-    return pids
-
-
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -94,18 +82,9 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def _kill_naming(*markers: str) -> None:
-    for marker in markers:
-        for pid in _pids_naming(marker):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-
-
 def _kill(proc: subprocess.Popen, *markers: str) -> None:
     """SIGKILL to the process group we started and to anything naming one of our folders."""
-    _kill_naming(*markers)
+    kill_naming(*markers)
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -134,10 +113,10 @@ def test_the_sbatch_script_runs_a_study_on_a_one_node_ray_cluster_without_slurm(
         assert "1 Ray node(s) up" in out and "'CPU': 1.0" in out, out[-4000:]  # the job's CPUs, not the machine's
         assert (tmp_path / "runs" / "synthetic" / "slurm" / "best.yaml").is_file(), out[-4000:]
         deadline = time.monotonic() + 10  # Ray's last workers exit once they see their raylet gone
-        while (_group_alive(proc.pid) or _pids_naming(temp_dir)) and time.monotonic() < deadline:
+        while (_group_alive(proc.pid) or pids_naming(temp_dir)) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not _group_alive(proc.pid), "processes of the job are still running"
-        assert _pids_naming(temp_dir) == [], "processes of the job's Ray session are still running"
+        assert pids_naming(temp_dir) == [], "processes of the job's Ray session are still running"
     finally:
         _kill(proc, temp_dir, str(tmp_path))
         shutil.rmtree(temp_dir, ignore_errors=True)
@@ -251,7 +230,7 @@ def one_machine_slurm():
     finally:
         if procs:  # a job a failed test left: the batch script names the spool folder, the study tmp_path
             subprocess.run(["scancel", "--user=root"], env=env, capture_output=True, timeout=30)
-        _kill_naming(str(d))
+        kill_naming(str(d))
         for proc in reversed(procs):
             for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
                 try:
@@ -283,9 +262,9 @@ def test_the_sbatch_script_runs_a_study_as_a_slurm_job(one_machine_slurm, tmp_pa
         assert "1 Ray node(s) up" in job and "'CPU': 1.0" in job, job[-4000:]
         assert (tmp_path / "runs" / "synthetic" / "slurm" / "best.yaml").is_file(), job[-4000:]
         deadline = time.monotonic() + 10
-        while _pids_naming(temp_dir) and time.monotonic() < deadline:
+        while pids_naming(temp_dir) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _pids_naming(temp_dir) == [], "processes of the job's Ray session are still running"
+        assert pids_naming(temp_dir) == [], "processes of the job's Ray session are still running"
     finally:
         _kill(proc, temp_dir, str(tmp_path))
         shutil.rmtree(temp_dir, ignore_errors=True)

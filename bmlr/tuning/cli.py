@@ -281,7 +281,7 @@ def export_storage(args: argparse.Namespace) -> str:
 
     if not remote.is_uri(args.storage) or args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
         return args.storage
-    check_storage(args.storage, "run")
+    check_storage(args.storage, "export")
     remote.pull_store(args.storage)
     return str(remote.local_root(args.storage))
 

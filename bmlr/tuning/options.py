@@ -124,13 +124,13 @@ def add_ray_options(group) -> None:
 
 def check_storage(storage: str, command: str | None = None) -> None:
     """StudyError where `--storage` is, or lies under, something other than a folder; for object
-    storage (a URI, :mod:`bmlr.tuning.remote`), where the command cannot use it (only `run` can) or
-    it cannot be reached."""
+    storage (a URI, :mod:`bmlr.tuning.remote`), where the command cannot use it (only `run` and
+    `export` can) or it cannot be reached."""
     from bmlr.tuning import remote
     from bmlr.tuning.study import StudyError
 
     if remote.is_uri(storage):
-        if command != "run":
+        if command not in ("run", "export"):
             raise StudyError(f"--storage {storage}: object storage holds studies run by `bmlr-tune run` (and their "
                              f"--resume); `bmlr-tune {command}` needs a folder (a shared one on a cluster)")
         try:

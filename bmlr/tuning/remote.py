@@ -39,14 +39,14 @@ from typing import Any, Iterable
 
 from bmlr.fileio import abs_path
 
-__all__ = ["RemoteError", "is_uri", "resolve", "local_root", "filesystem", "close", "check", "Mirror", "Lease",
-           "HEARTBEAT_S", "LEASE_FILE", "ARTIFACTS"]
+__all__ = ["RemoteError", "is_uri", "resolve", "local_root", "filesystem", "close", "check",
+           "Mirror", "Lease", "pull_store", "pull_infos", "HEARTBEAT_S", "LEASE_FILE", "ARTIFACTS"]
 
 LEASE_FILE = ".driver.lease"
 HEARTBEAT_S = 20.0  # how often a driver renews its lease; one older than 4 heartbeats is stale
 ARTIFACTS = "mlartifacts"  # MLflow's artifacts beside the study folders
 STORE_FILE = "mlflow.db"  # the default MLflow store, at the storage's root
-DRIVER_ONLY = ("ray", "confirm", "state", "trials")  # written remotely by Ray or the trials, never pushed
+NOT_PUSHED = ("ray", "confirm", "state", "trials")  # written to the bucket by Ray or the trials themselves
 
 
 class RemoteError(RuntimeError):
@@ -259,7 +259,7 @@ class Mirror:
         if self.local.is_dir():
             for path in sorted(self.local.rglob("*")):
                 rel = path.relative_to(self.local)
-                if path.is_file() and rel.parts[0] not in DRIVER_ONLY and not rel.name.startswith(".driver."):
+                if path.is_file() and rel.parts[0] not in NOT_PUSHED and not rel.name.startswith(".driver."):
                     self.put(path)
                     count += 1
         store = local_root(self.storage) / STORE_FILE
@@ -272,14 +272,11 @@ class Mirror:
             count += 1
         return count
 
-    def pull_store(self) -> bool:
-        """The storage's default MLflow store from the bucket, where the bucket's copy is newer
-        than this node's (a study continued on another machine)."""
-        return pull_store(self.storage)
 
 
 def pull_store(storage: str) -> bool:
-    """:meth:`Mirror.pull_store` for a whole storage."""
+    """The storage's default MLflow store from the bucket, where the bucket's copy is newer than
+    this node's (a study continued on another machine); whether it was pulled."""
     import pyarrow.fs as pafs
 
     fs, root = filesystem(storage)

@@ -156,7 +156,8 @@ class MLflowTrialLogger(Callback):
             return  # already logged before the study was interrupted
         # epochs trained before a restore that MLflow missed (the driver died before it logged
         # them) come from the trial's history.json, the rest from this result
-        earlier = [h for h in self._history(trial.trial_id) if self._last_step.get(run_id, 0) < h["epoch"] < epoch]
+        last = self._last_step.get(run_id, 0)  # only a gap needs the history (on object storage: a download)
+        earlier = [h for h in self._history(trial.trial_id) if last < h["epoch"] < epoch] if epoch > last + 1 else []
         ts = int(time.time() * 1000)
         metrics = [Metric(k, float(v), ts, epoch) for k, v in result.items()
                    if k not in RAY_KEYS and k != "epoch" and isinstance(v, (int, float))
