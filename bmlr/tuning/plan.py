@@ -346,6 +346,7 @@ def _stored(given: StudySettings, log: Callable[[str], None],
         settings = StudySettings(**store.settings())
     except StoreError as err:
         raise StudyError(str(err)) from None
+    settings = replace(settings, tracking_uri=remote.store_here(settings.storage, settings.tracking_uri))
     for key in RESUME_KEEPS:
         new, old = getattr(given, key), getattr(settings, key)
         if new not in (None, {}, StudySettings.__dataclass_fields__[key].default) and new != old:

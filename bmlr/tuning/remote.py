@@ -7,7 +7,9 @@ in a local copy and the bucket is the record.
   :func:`local_root`. Before a study (new with ``--name``, or resumed) it pulls the study's
   records from the bucket, and it pushes what it wrote (``study.json``, ``trials.csv``,
   ``best.yaml``, the report, the default MLflow store ``mlflow.db``) when the study is created
-  and when it ends. A resume on another machine that sees only the bucket pulls them there.
+  and when it ends. Another machine that sees only the bucket pulls them to find, report and
+  export the study; an interrupted study continues only where it ran (docs/clusters.md: Ray
+  restores a searcher and scheduler that name that machine's working copy).
 - Ray Tune's experiment (``ray/``, ``confirm/``) goes straight to the bucket
   (``RunConfig.storage_path`` on the same filesystem).
 - A trial, on whatever node it runs, writes its files (``state/``, ``trials/``) in a temporary
@@ -39,7 +41,7 @@ from typing import Any, Iterable
 
 from bmlr.fileio import abs_path
 
-__all__ = ["RemoteError", "is_uri", "resolve", "local_root", "filesystem", "close", "check",
+__all__ = ["RemoteError", "is_uri", "resolve", "local_root", "store_here", "filesystem", "close", "check",
            "Mirror", "Lease", "pull_store", "pull_infos", "HEARTBEAT_S", "LEASE_FILE", "ARTIFACTS"]
 
 LEASE_FILE = ".driver.lease"
@@ -78,6 +80,21 @@ def filesystem(uri: str):
     """``(pyarrow filesystem, path)`` of a URI: S3 with short timeouts and the endpoint of
     ``$AWS_ENDPOINT_URL``; other schemes through pyarrow, else fsspec."""
     return _filesystem(uri, os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
+
+
+def store_here(storage: str, tracking_uri: str | None) -> str | None:
+    """``tracking_uri``, or where it is the default SQLite store of a working copy of ``storage``
+    as another machine (or cache) recorded it (``.../storage/<scheme>/<bucket>/<prefix>/mlflow.db``),
+    this machine's copy of that store: what a study resumed elsewhere logs to."""
+    if not is_uri(storage) or not (tracking_uri or "").startswith("sqlite:///"):
+        return tracking_uri
+    parsed = urllib.parse.urlparse(resolve(storage))
+    tail = Path("storage", parsed.scheme, (parsed.netloc + parsed.path).strip("/"), STORE_FILE).parts
+    if Path(tracking_uri[len("sqlite:///"):]).parts[-len(tail):] != tail:
+        return tracking_uri
+    from bmlr.mlflow_store import default_tracking_uri
+
+    return default_tracking_uri(local_root(storage))
 
 
 @functools.lru_cache(maxsize=8)

@@ -82,6 +82,10 @@ def start_tracking(plan: Plan, data_info: dict[str, Any]) -> None:
     fresh study), or mark the parent run running again (a resumed one)."""
     if plan.parent_run_id is not None:
         plan.runs.reopen()
+        info = plan.store.read_info()
+        if info.get("tracking_uri") != plan.tracking_uri:  # object storage resumed elsewhere: this copy's store
+            plan.store.update_info(tracking_uri=plan.tracking_uri,
+                                   settings={**info["settings"], "tracking_uri": plan.tracking_uri})
         return
     plan.open_experiment()  # a new study's experiment (and a new store) once the data are ready
     store = plan.store

@@ -29,6 +29,7 @@ import yaml
 from ray.tune import Callback
 
 from bmlr.mlflow_store import client_for
+from bmlr.tuning.remote import store_here
 from bmlr.tuning.run_view import trial_run_name
 from bmlr.tuning.store import history_path, read_history
 from bmlr.tuning.tracking.runs import log_epochs, log_params, trial_status
@@ -83,7 +84,11 @@ class MLflowTrialLogger(Callback):
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"order": [], "confirms": {}, **state})  # pickled before run names / confirmations
+        self.__dict__.update({"order": [], "confirms": {}, "mirror": None, **state})  # pickled before those keys
+        if self.mirror is not None:  # Ray restores the logger it pickled, maybe on another machine: this one's copy
+            self.state_dir = self.state_dir and str(self.mirror.here(self.state_dir))
+            self.extras_dir = self.extras_dir and str(self.mirror.here(self.extras_dir))
+            self.tracking_uri = store_here(self.mirror.storage, self.tracking_uri)
         self._reset()
 
     @property
